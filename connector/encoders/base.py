@@ -1,0 +1,36 @@
+"""The Encoder extension point: texts in, dense + sparse vectors out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+from connector.records import Vectors
+
+
+class Encoder(ABC):
+    """Turns texts into `Vectors` (L2-normalised dense + sparse lexical weights).
+
+    Implementations load their model in `__init__` and must be deterministic for a given
+    model: the sync relies on `fingerprint` to know when stored vectors are still valid.
+    """
+
+    #: Size of the dense vector, read from the model (1024 for bge-m3).
+    dimension: int
+    #: Largest number of tokens per text, special tokens included.
+    max_length: int
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """What identifies the vectors this encoder produces (model id/revision, weights hash,
+        max_length). Two encoders with equal fingerprints give equal vectors."""
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str]) -> list[Vectors]:
+        """Encode texts in one forward pass per batch; output order equals input order."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self):
+        """The model's own tokenizer (a `transformers` fast tokenizer), used by the chunker."""

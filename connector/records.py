@@ -1,0 +1,99 @@
+"""The records that flow between stages: Document -> Chunk -> Vectors -> Point."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Namespace for deterministic point ids; never change it, or every store gets new ids.
+POINT_NAMESPACE = uuid.UUID("6f1c7e4a-2b8e-4f4e-9a57-2f0b8c1d9e10")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def point_id(collection: str, doc_id: str, chunk_index: int) -> str:
+    """Deterministic point id: UUIDv5 of collection, doc_id and chunk index."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}\x1f{doc_id}\x1f{chunk_index}"))
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source item. `doc_id` is stable across runs for the same item."""
+
+    doc_id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document's cleaned text; offsets index into that cleaned text."""
+
+    doc_id: str
+    index: int
+    text: str
+    char_start: int
+    char_end: int
+
+    @property
+    def sha256(self) -> str:
+        return sha256_text(self.text)
+
+
+@dataclass
+class SparseVector:
+    """Lexical weights: unique token ids sorted ascending, float32 weights > 0."""
+
+    indices: np.ndarray  # int64
+    values: np.ndarray  # float32
+
+    @classmethod
+    def empty(cls) -> "SparseVector":
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+    def as_dict(self) -> dict[int, float]:
+        return {int(i): float(v) for i, v in zip(self.indices, self.values)}
+
+    def to_json(self) -> dict[str, list]:
+        return {"indices": [int(i) for i in self.indices], "values": [float(v) for v in self.values]}
+
+
+@dataclass
+class Vectors:
+    """The encoder's output for one text."""
+
+    dense: np.ndarray  # float32, L2-normalised
+    sparse: SparseVector
+
+
+@dataclass
+class Point:
+    """What a sink writes: id, vectors and payload."""
+
+    id: str
+    dense: np.ndarray
+    sparse: SparseVector
+    payload: dict[str, Any]
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def lexical_score(a: SparseVector, b: SparseVector) -> float:
+    """Sum over shared token ids of w1 * w2 (bge-m3's unnormalised lexical matching score)."""
+    shared, ia, ib = np.intersect1d(a.indices, b.indices, assume_unique=True, return_indices=True)
+    if shared.size == 0:
+        return 0.0
+    return float(np.dot(a.values[ia].astype(np.float64), b.values[ib].astype(np.float64)))

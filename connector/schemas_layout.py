@@ -1,0 +1,82 @@
+"""Collection layouts: the declarative files in `schemas/` (shipped as `connector.schemas`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from connector.errors import SchemaMismatchError
+
+if TYPE_CHECKING:
+    from connector.sinks.base import CollectionInfo
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    name: str
+    kind: str  # 'dense' or 'sparse'
+    distance: str | None = None
+    size: int | str | None = None  # an int, or 'model'
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str  # text, keyword, int, json
+    index: bool = False
+    max_length: int | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    vectors: tuple[VectorSpec, ...]
+    fields: tuple[FieldSpec, ...]
+
+    def vector(self, name: str) -> VectorSpec:
+        return next(v for v in self.vectors if v.name == name)
+
+    def check(self, info: "CollectionInfo", dense_size: int) -> None:
+        """Raise SchemaMismatchError naming every difference between `info` and this layout."""
+        problems = []
+        for spec in self.vectors:
+            kind = info.vectors.get(spec.name)
+            if kind is None:
+                problems.append(f"vector '{spec.name}' ({spec.kind}) is missing")
+            elif kind != spec.kind:
+                problems.append(f"vector '{spec.name}' is {kind}, expected {spec.kind}")
+        want = dense_size if any(v.size == "model" for v in self.vectors) else None
+        if want is not None and info.vectors.get("dense") == "dense" and info.dense_size != want:
+            problems.append(f"vector 'dense' has size {info.dense_size}, the model gives {want}")
+        if info.fields:
+            for field in self.fields:
+                if field.name not in info.fields:
+                    problems.append(f"payload field '{field.name}' is missing")
+        if problems:
+            raise SchemaMismatchError(
+                f"collection '{info.name}' does not match the '{self.name}' layout: "
+                + "; ".join(problems)
+                + ". Nothing was written. Use another collection name in the config, or drop the "
+                "collection (`connector schema -c CONFIG --recreate`) to rebuild it."
+            )
+
+
+def schemas_dir():
+    """`schemas/`: installed as the `connector.schemas` package, or read from a source checkout."""
+    try:
+        return resources.files("connector.schemas")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "schemas"
+
+
+def load_layout(name: str = "chunks") -> Layout:
+    """Read `schemas/<name>.yaml` from the installed package."""
+    text = schemas_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    vectors = tuple(VectorSpec(name=k, **v) for k, v in data["vectors"].items())
+    fields = tuple(FieldSpec(name=k, **v) for k, v in data["payload"].items())
+    return Layout(name=data["name"], vectors=vectors, fields=fields)

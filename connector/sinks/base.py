@@ -1,0 +1,123 @@
+"""The Sink extension point: one base class for every vector store.
+
+Batching and hybrid fusion live here, once; a backend implements the small `_`-prefixed
+primitives and translates its vendor's exceptions into TransientError / TerminalError.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from connector.records import Hit, Point, SparseVector
+from connector.schemas_layout import Layout
+
+RRF_K = 60
+
+
+@dataclass
+class CollectionInfo:
+    """What a store says about an existing collection, in layout terms."""
+
+    name: str
+    dense_size: int | None  # size of the 'dense' vector, None if missing
+    vectors: dict[str, str]  # vector name -> kind ('dense' or 'sparse')
+    fields: set[str]  # payload fields the collection declares (empty if schemaless)
+    count: int
+
+
+class Sink(ABC):
+    """A vector store collection the connector writes points into."""
+
+    def __init__(self, collection: str, batch_size: int, layout: Layout):
+        self.collection = collection
+        self.batch_size = batch_size
+        self.layout = layout
+
+    # ---- primitives each backend implements -------------------------------------------
+    @abstractmethod
+    def describe(self) -> CollectionInfo | None:
+        """The existing collection, or None if it does not exist."""
+
+    @abstractmethod
+    def _create(self, dense_size: int) -> None:
+        """Create the collection from `self.layout` with the given dense size."""
+
+    @abstractmethod
+    def _upsert(self, points: Sequence[Point]) -> None:
+        """Write one batch; return only when the store confirmed it."""
+
+    @abstractmethod
+    def _delete(self, ids: Sequence[str]) -> None:
+        """Delete one batch of ids (ids that do not exist are ignored)."""
+
+    @abstractmethod
+    def _search_dense(self, vector, limit: int) -> list[Hit]: ...
+
+    @abstractmethod
+    def _search_sparse(self, vector: SparseVector, limit: int) -> list[Hit]: ...
+
+    @abstractmethod
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
+        """Points by id (missing ids are left out). Vectors are only filled if asked."""
+
+    @abstractmethod
+    def iter_ids(self) -> Iterator[str]:
+        """Every point id in the collection, page by page."""
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete the whole collection (tests and `schema --recreate`)."""
+
+    def close(self) -> None:
+        """Release the client (embedded stores hold a file lock)."""
+
+    # ---- shared behaviour ------------------------------------------------------------
+    def ensure_collection(self, dense_size: int) -> bool:
+        """Create the collection if missing, else check it matches the layout.
+
+        Returns True if it was created. Raises SchemaMismatchError, and writes nothing,
+        when an existing collection differs (vector size, vector kind, missing field).
+        """
+        info = self.describe()
+        if info is None:
+            self._create(dense_size)
+            return True
+        self.layout.check(info, dense_size)
+        return False
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        for start in range(0, len(points), self.batch_size):
+            self._upsert(points[start : start + self.batch_size])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        ids = list(ids)
+        for start in range(0, len(ids), self.batch_size):
+            self._delete(ids[start : start + self.batch_size])
+
+    def search(self, mode: str, dense=None, sparse: SparseVector | None = None, limit: int = 10) -> list[Hit]:
+        """mode 'dense', 'sparse', or 'hybrid' (reciprocal rank fusion of both lists)."""
+        if mode == "dense":
+            return self._search_dense(dense, limit)
+        if mode == "sparse":
+            return self._search_sparse(sparse, limit)
+        if mode == "hybrid":
+            depth = max(limit * 4, 20)
+            return rrf_fuse([self._search_dense(dense, depth), self._search_sparse(sparse, depth)], limit)
+        raise ValueError(f"unknown search mode {mode!r}; use dense, sparse or hybrid")
+
+
+def rrf_fuse(rankings: list[list[Hit]], limit: int, k: int = RRF_K) -> list[Hit]:
+    """Reciprocal rank fusion: score = sum over lists of 1 / (k + rank), rank from 1."""
+    scores: dict[str, float] = {}
+    payloads: dict[str, dict] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (k + rank)
+            payloads.setdefault(hit.id, hit.payload)
+    best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    return [Hit(id=i, score=s, payload=payloads[i]) for i, s in best]
