@@ -97,3 +97,11 @@ def lexical_score(a: SparseVector, b: SparseVector) -> float:
     if shared.size == 0:
         return 0.0
     return float(np.dot(a.values[ia].astype(np.float64), b.values[ib].astype(np.float64)))
+
+
+@dataclass(frozen=True)
+class FailedDocument:
+    """A source item that could not be read; the sync records it and goes on."""
+
+    doc_id: str
+    reason: str  # one line, says what is wrong

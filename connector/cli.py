@@ -1,0 +1,335 @@
+"""The `connector` command line. Commands stay thin: they parse options, call the library,
+and print. This is the only place that turns ConnectorError into exit codes:
+0 done, 1 error, 2 bad usage or config, 3 finished but some documents failed and were recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from connector.config import SyncConfig, load_config, resolve_model_ref
+from connector.errors import ConfigError, ConnectorError
+
+HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical
+
+
+def emit(ctx: click.Context, data, human: str | None = None) -> None:
+    """Print `data` as one JSON document with --json, else the human text."""
+    if ctx.meta.get("json"):
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        click.echo(human if human is not None else json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def json_option(f):
+    def mark(ctx, _param, value):
+        ctx.meta["json"] = value
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, callback=mark, expose_value=False, is_eager=True,
+                        help="Print one JSON document on stdout.")(f)
+
+
+def config_option(required=True):
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                        required=required, help="Path to the YAML config.")
+
+
+class ConnectorGroup(click.Group):
+    """Turns a ConnectorError raised by any command into its message and exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConnectorError as err:
+            click.echo(f"error: {err}", err=True)
+            if ctx.meta.get("json"):
+                click.echo(json.dumps({"error": str(err), "exit_code": err.exit_code}, ensure_ascii=False))
+            raise click.exceptions.Exit(err.exit_code) from None
+
+
+@click.group(cls=ConnectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="connector")
+def cli():
+    """Keep a vector store (Qdrant or Milvus) in sync with a folder of documents,
+    encoded on the CPU with BAAI/bge-m3 into dense + sparse vectors.
+
+    \b
+    Example:
+      connector sync -c configs/qdrant-local.yaml
+      connector search -c configs/qdrant-local.yaml "how do I reset my password"
+    """
+
+
+# ---- sync -------------------------------------------------------------------------------
+@cli.command()
+@config_option()
+@click.option("--prune", is_flag=True, help="Delete the points of documents that are gone from the source.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; encode and write nothing.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@json_option
+@click.pass_context
+def sync(ctx, config_path, prune, dry_run, progress):
+    """Sync the source into the store: encode and write only what changed.
+
+    \b
+    Example:
+      connector sync -c configs/qdrant-local.yaml --prune --json
+    """
+    from connector.pipeline import run_sync
+
+    config = load_config(config_path)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    report = run_sync(config, prune=prune, dry_run=dry_run, progress=progress)
+    emit(ctx, report.to_json(), _sync_text(report))
+    ctx.exit(report.exit_code)
+
+
+def _sync_text(report) -> str:
+    d, c = report.documents, report.chunks
+    head = "dry run, nothing written: " if report.dry_run else ""
+    lines = [
+        f"{head}documents: {d['seen']} seen, {d['new']} new, {d['changed']} changed, {d['unchanged']} unchanged, "
+        f"{d['deleted']} deleted, {d['failed']} failed",
+        f"chunks: {c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} from cache, "
+        f"{c['upserted']} {'to upsert' if report.dry_run else 'upserted'}, "
+        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}",
+    ]
+    for change in report.changes:
+        lines.append(f"  {change['action']:7} {change['doc_id']}"
+                     + (f"  (+{change['chunks_to_upsert']} / -{change['chunks_to_delete']} chunks)"
+                        if "chunks_to_upsert" in change else f"  (-{change['chunks_to_delete']} chunks)"))
+    for f in report.failures:
+        lines.append(f"  FAILED {f['doc_id']}: {f['reason']}")
+    return "\n".join(lines)
+
+
+# ---- search -----------------------------------------------------------------------------
+@cli.command()
+@config_option()
+@click.argument("query")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "sparse"]), default="hybrid", show_default=True,
+              help="hybrid = reciprocal rank fusion of the dense and the sparse ranking.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@json_option
+@click.pass_context
+def search(ctx, config_path, query, mode, limit):
+    """Search the collection with a query encoded like the documents.
+
+    \b
+    Example:
+      connector search -c configs/qdrant-local.yaml "reset password" --mode sparse --limit 5
+    """
+    from connector.pipeline import make_encoder
+    from connector.sinks.factory import make_sink
+
+    config = load_config(config_path)
+    encoder = make_encoder(config)
+    vectors = encoder.encode([query])[0]
+    sink = make_sink(config.sink)
+    try:
+        if sink.describe() is None:
+            raise ConfigError(f"collection '{config.sink.collection}' does not exist yet; run `connector sync` first")
+        hits = sink.search(mode, dense=vectors.dense, sparse=vectors.sparse, limit=limit)
+    finally:
+        sink.close()
+    rows = [
+        {"id": h.id, "doc_id": h.payload.get("doc_id"), "chunk_index": h.payload.get("chunk_index"),
+         "score": h.score, "text": h.payload.get("text")}
+        for h in hits
+    ]
+    human = "\n".join(
+        f"{n:>3}. {r['score']:.4f}  {r['doc_id']}#{r['chunk_index']}  {_snippet(r['text'])}" for n, r in enumerate(rows, 1)
+    ) or "no hits"
+    emit(ctx, {"query": query, "mode": mode, "hits": rows}, human)
+
+
+def _snippet(text: str | None, width: int = 100) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---- status -----------------------------------------------------------------------------
+@cli.command()
+@config_option()
+@json_option
+@click.pass_context
+def status(ctx, config_path):
+    """Show ledger and store counts, and the documents that failed.
+
+    \b
+    Example:
+      connector status -c configs/qdrant-local.yaml --json
+    """
+    from connector.ledger import Ledger
+    from connector.pipeline import sink_target
+    from connector.sinks.factory import make_sink
+
+    config = load_config(config_path)
+    ledger = Ledger(config.state_dir)
+    try:
+        data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger": ledger.counts(),
+                "failed_documents": ledger.failed_documents()}
+    finally:
+        ledger.close()
+    sink = make_sink(config.sink)
+    try:
+        info = sink.describe()
+        data["store"] = {"collection": config.sink.collection, "exists": info is not None,
+                         "points": info.count if info else 0}
+    except ConnectorError as err:
+        data["store"] = {"collection": config.sink.collection, "error": str(err)}
+    finally:
+        sink.close()
+    led, store = data["ledger"], data["store"]
+    lines = [
+        f"target: {data['target']}",
+        f"ledger: {led['documents']} documents, {led['chunks']} chunks, {led['failed_documents']} failed, "
+        f"{led['pending_deletes']} pending deletes",
+        "store: " + (f"error: {store['error']}" if "error" in store else
+                     f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
+    ]
+    lines += [f"  FAILED {f['doc_id']}: {f['reason']}" for f in data["failed_documents"]]
+    emit(ctx, data, "\n".join(lines))
+
+
+# ---- embed / similarity -------------------------------------------------------------------
+def _encoder_from(config_path: Path | None, model: str | None, max_length: int | None):
+    from connector.encoders.bge_m3 import BGEM3Encoder
+
+    if (config_path is None) == (model is None):
+        raise click.UsageError("give exactly one of -c CONFIG or --model PATH_OR_HUB_ID")
+    if config_path is not None:
+        enc = load_config(config_path).encoder
+        if max_length:
+            enc.max_length = max_length
+        return BGEM3Encoder.from_config(enc)
+    return BGEM3Encoder(resolve_model_ref(model, Path.cwd()), max_length=max_length or 8192)
+
+
+def encoder_options(f):
+    f = config_option(required=False)(f)
+    f = click.option("--model", help="Model folder or hub id (instead of -c).")(f)
+    return click.option("--max-length", type=click.IntRange(8, 8192), help="Token limit per text.")(f)
+
+
+@cli.command()
+@encoder_options
+@click.argument("texts", nargs=-1, required=True)
+@json_option
+@click.pass_context
+def embed(ctx, config_path, model, max_length, texts):
+    """Encode texts and print their dense and sparse vectors.
+
+    \b
+    Example:
+      connector embed --model ./models/bge-m3 --json "first text" "second text"
+    """
+    encoder = _encoder_from(config_path, model, max_length)
+    vectors = encoder.encode(list(texts))
+    rows = [{"text": t, "dense": [float(x) for x in v.dense], "sparse": v.sparse.to_json()} for t, v in zip(texts, vectors)]
+    human = "\n".join(
+        f"{_snippet(t, 50)!r}: dense[{len(v.dense)}] norm={np.linalg.norm(v.dense):.4f}, sparse {len(v.sparse.indices)} tokens"
+        for t, v in zip(texts, vectors)
+    )
+    emit(ctx, {"dimension": encoder.dimension, "embeddings": rows}, human)
+
+
+@cli.command()
+@encoder_options
+@click.argument("text_a")
+@click.argument("text_b")
+@json_option
+@click.pass_context
+def similarity(ctx, config_path, model, max_length, text_a, text_b):
+    """Dense cosine, lexical score and hybrid (dense + 0.3 * lexical) of two texts.
+
+    \b
+    Example:
+      connector similarity --model ./models/bge-m3 "What is BGE M3?" "BGE M3 is an embedding model"
+    """
+    from connector.records import lexical_score
+
+    encoder = _encoder_from(config_path, model, max_length)
+    a, b = encoder.encode([text_a, text_b])
+    dense = float(np.dot(a.dense, b.dense))
+    lexical = lexical_score(a.sparse, b.sparse)
+    data = {"dense": dense, "lexical": lexical, "hybrid": dense + HYBRID_SPARSE_WEIGHT * lexical}
+    emit(ctx, data, f"dense cosine {dense:.6f}\nlexical      {lexical:.6f}\nhybrid       {data['hybrid']:.6f}")
+
+
+# ---- schema -----------------------------------------------------------------------------
+@cli.command()
+@config_option()
+@click.option("--create", is_flag=True, help="Create the collection if it is missing.")
+@click.option("--recreate", is_flag=True, help="Drop the collection (all its points) and create it again.")
+@click.option("--yes", is_flag=True, help="Confirm --recreate without a prompt.")
+@json_option
+@click.pass_context
+def schema(ctx, config_path, create, recreate, yes):
+    """Show the collection layout and the collection's state, or create it.
+
+    \b
+    Example:
+      connector schema -c configs/milvus-lite.yaml --create
+    """
+    from connector.ledger import Ledger
+    from connector.pipeline import make_encoder
+    from connector.sinks.factory import make_sink
+
+    config = load_config(config_path)
+    sink = make_sink(config.sink)
+    try:
+        action = "shown"
+        if recreate:
+            if not yes:
+                click.confirm(f"Drop collection '{config.sink.collection}' and every point in it?", abort=True)
+            sink.drop()
+            ledger = Ledger(config.state_dir)  # the store is empty now: so must the ledger be
+            try:
+                for doc_id in ledger.doc_ids():
+                    ledger.forget_document(doc_id)
+                ledger.deletes_done(ledger.pending_deletes())
+            finally:
+                ledger.close()
+        if create or recreate:
+            created = sink.ensure_collection(make_encoder(config).dimension)
+            action = "created" if created else "exists (checked against the layout)"
+        info = sink.describe()
+    finally:
+        sink.close()
+    layout = sink.layout
+    data = {
+        "collection": config.sink.collection,
+        "action": action,
+        "layout": {
+            "name": layout.name,
+            "vectors": {v.name: {"kind": v.kind, "distance": v.distance, "size": v.size} for v in layout.vectors},
+            "payload": {f.name: {"type": f.type, "index": f.index} for f in layout.fields},
+        },
+        "exists": info is not None,
+        "store": None if info is None else {"dense_size": info.dense_size, "vectors": info.vectors, "points": info.count},
+    }
+    human = [f"collection '{config.sink.collection}': {action}; " + ("exists" if info else "does not exist")]
+    human += [f"  vector {v.name}: {v.kind}" + (f", {v.distance}, size {v.size}" if v.kind == "dense" else "")
+              for v in layout.vectors]
+    human += [f"  payload {f.name}: {f.type}" + (" (indexed)" if f.index else "") for f in layout.fields]
+    if info:
+        human.append(f"  store: dense size {info.dense_size}, {info.count} points")
+    emit(ctx, data, "\n".join(human))
+
+
+# ---- entry point ------------------------------------------------------------------------
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="connector")
+
+
+if __name__ == "__main__":
+    main()
