@@ -1,0 +1,262 @@
+"""The whole flow through the CLI, on embedded Qdrant and on Milvus Lite, with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from connector.cli import cli
+from connector.config import load_config
+from connector.ledger import Ledger
+from connector.records import point_id
+from connector.sinks.factory import make_sink
+
+LONG_DOC = "\n\n".join(
+    f"Section {n}. The device keeps a log of every connection attempt number {n}. "
+    f"When the cable is replaced the counter {n} resets and the status light blinks twice."
+    for n in range(1, 13)
+)
+
+
+def write_corpus(root: Path) -> None:
+    (root / "guides").mkdir(parents=True)
+    (root / "reset.md").write_text("# Reset\n\nOpen the sign-in page and choose Forgot password. Thx u!\n", encoding="utf-8")
+    (root / "guides" / "long.txt").write_text(LONG_DOC, encoding="utf-8")
+    (root / "guides" / "zh.md").write_text("# 常见问题\n\n如何重置密码？请点击“忘记密码”。链接三十分钟后失效！", encoding="utf-8")
+    (root / "page.html").write_text(
+        "<html><head><title>Billing</title><script>var x = 1;</script></head>"
+        "<body><h1>Billing</h1><p>Invoices are issued monthly.</p></body></html>",
+        encoding="utf-8",
+    )
+    (root / "tickets.jsonl").write_text(
+        json.dumps({"id": "t-1", "text": "Cannot log in after a password change.", "lang": "en"}) + "\n"
+        + json.dumps({"id": "t-2", "text": "Das Gerät verbindet sich nicht per USB.", "lang": "de"}) + "\n",
+        encoding="utf-8",
+    )
+
+
+EXPECTED_DOC_IDS = {"reset.md", "guides/long.txt", "guides/zh.md", "page.html", "t-1", "t-2"}
+
+
+@pytest.fixture(params=["qdrant", "milvus"])
+def project(request, tmp_path, tiny_model_dir):
+    """A corpus folder and a config for one backend; returns the config path."""
+    write_corpus(tmp_path / "docs")
+    sink = (
+        {"type": "qdrant", "path": "./store/qdrant", "collection": "kb"}
+        if request.param == "qdrant"
+        else {"type": "milvus", "uri": "./store/milvus.db", "collection": "kb"}
+    )
+    config = {
+        "source": {"type": "files", "path": "./docs"},
+        "preprocess": {"abbreviations": {"u": "you", "thx": "thanks"}, "drop_symbols": ["®", "™"]},
+        "chunking": {"max_tokens": 48, "overlap_tokens": 8},
+        "encoder": {"model": str(tiny_model_dir), "max_length": 512, "batch_size": 4},
+        "sink": sink,
+        "state_dir": "./state",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run(*args: str) -> tuple[int, dict | None, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    data = None
+    if "--json" in args and result.stdout.strip():
+        data = json.loads(result.stdout)
+    return result.exit_code, data, result.stdout + result.stderr
+
+
+def store_state(config_path: Path) -> tuple[int, list[str]]:
+    sink = make_sink(load_config(config_path).sink)
+    try:
+        return sink.count(), sorted(sink.iter_ids())
+    finally:
+        sink.close()
+
+
+def ledger_ids(config_path: Path) -> list[str]:
+    ledger = Ledger(load_config(config_path).state_dir)
+    try:
+        return sorted(ledger.iter_point_ids())
+    finally:
+        ledger.close()
+
+
+def test_sync_lifecycle(project):
+    cfg = str(project)
+
+    # first sync: everything new, store == ledger, ids deterministic
+    code, first, out = run("sync", "-c", cfg, "--json")
+    assert code == 0, out
+    assert first["documents"]["new"] == len(EXPECTED_DOC_IDS) and first["documents"]["failed"] == 0
+    assert first["chunks"]["encoded"] > len(EXPECTED_DOC_IDS)  # the long doc has several chunks
+    count, ids = store_state(project)
+    assert ids == ledger_ids(project) and count == len(ids) == first["chunks"]["upserted"]
+    assert len(set(ids)) == len(ids)
+    assert point_id("kb", "reset.md", 0) in ids and point_id("kb", "t-2", 0) in ids
+
+    # second sync: nothing encoded or written, same ids
+    code, second, out = run("sync", "-c", cfg, "--json")
+    assert code == 0, out
+    assert second["documents"]["unchanged"] == len(EXPECTED_DOC_IDS)
+    assert second["chunks"] == {"encoded": 0, "cached": 0, "upserted": 0, "deleted": 0}
+    assert store_state(project)[1] == ids
+
+    # edit one paragraph near the end of the long doc: only the chunks it touched are encoded
+    long_chunks = [i for i in ids if i in {point_id("kb", "guides/long.txt", n) for n in range(100)}]
+    assert len(long_chunks) >= 4
+    docs = project.parent / "docs"
+    edited = LONG_DOC.replace("counter 11 resets", "counter eleven is cleared")
+    (docs / "guides" / "long.txt").write_text(edited, encoding="utf-8")
+    code, third, out = run("sync", "-c", cfg, "--json")
+    assert code == 0, out
+    assert third["documents"]["changed"] == 1 and third["documents"]["unchanged"] == len(EXPECTED_DOC_IDS) - 1
+    assert 1 <= third["chunks"]["encoded"] <= 2 < len(long_chunks)
+    assert third["chunks"]["upserted"] == third["chunks"]["encoded"]
+    count, ids_after_edit = store_state(project)
+    assert ids_after_edit == ledger_ids(project) == ids and count == len(ids)
+
+    # dry run of a deletion: reports, writes nothing
+    (docs / "page.html").unlink()
+    code, dry, out = run("sync", "-c", cfg, "--prune", "--dry-run", "--json")
+    assert code == 0, out
+    assert dry["dry_run"] is True and dry["documents"]["deleted"] == 1
+    assert {"doc_id": "page.html", "action": "delete", "chunks_to_delete": 1} in dry["changes"]
+    assert store_state(project)[1] == ids
+
+    # without --prune the points stay
+    code, kept, _ = run("sync", "-c", cfg, "--json")
+    assert kept["documents"]["deleted"] == 0 and store_state(project)[1] == ids
+
+    # with --prune they go
+    code, pruned, out = run("sync", "-c", cfg, "--prune", "--json")
+    assert code == 0, out
+    assert pruned["documents"]["deleted"] == 1 and pruned["chunks"]["deleted"] == 1
+    count, ids_after_prune = store_state(project)
+    assert point_id("kb", "page.html", 0) not in ids_after_prune
+    assert ids_after_prune == ledger_ids(project) and count == len(ids) - 1
+
+    # status agrees
+    code, status, out = run("status", "-c", cfg, "--json")
+    assert code == 0, out
+    assert status["ledger"]["documents"] == len(EXPECTED_DOC_IDS) - 1
+    assert status["ledger"]["chunks"] == status["store"]["points"] == count
+
+
+def test_dry_run_first_sync_writes_nothing(project):
+    code, dry, out = run("sync", "-c", str(project), "--dry-run", "--json")
+    assert code == 0, out
+    assert dry["documents"]["new"] == len(EXPECTED_DOC_IDS)
+    assert dry["chunks"]["encoded"] == dry["chunks"]["upserted"] > 0
+    assert {c["doc_id"] for c in dry["changes"]} == EXPECTED_DOC_IDS
+    sink = make_sink(load_config(project).sink)
+    try:
+        assert sink.describe() is None
+    finally:
+        sink.close()
+
+
+def test_search_finds_exact_chunk(project):
+    cfg = str(project)
+    assert run("sync", "-c", cfg)[0] == 0
+    query = "Das Gerät verbindet sich nicht per USB."
+    for mode in ("dense", "sparse", "hybrid"):
+        code, data, out = run("search", "-c", cfg, query, "--mode", mode, "--limit", "3", "--json")
+        assert code == 0, out
+        hits = data["hits"]
+        assert 1 <= len(hits) <= 3
+        assert set(hits[0]) == {"id", "doc_id", "chunk_index", "score", "text"}
+        assert hits[0]["doc_id"] == "t-2" and hits[0]["text"] == query
+    code, data, _ = run("search", "-c", cfg, query, "--mode", "dense", "--json")
+    assert data["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_embed_and_similarity(tiny_model_dir):
+    code, data, out = run("embed", "--model", str(tiny_model_dir), "--json", "hello world", "", "密码 password password")
+    assert code == 0, out
+    rows = data["embeddings"]
+    assert len(rows) == 3 and data["dimension"] == len(rows[0]["dense"])
+    for row in rows:
+        assert np.linalg.norm(row["dense"]) == pytest.approx(1.0, abs=1e-5)
+        idx = row["sparse"]["indices"]
+        assert idx == sorted(set(idx)) and len(idx) == len(row["sparse"]["values"])
+        assert all(v > 0 for v in row["sparse"]["values"])
+    assert rows[1]["sparse"] == {"indices": [], "values": []}
+
+    code, sim, out = run("similarity", "--model", str(tiny_model_dir), "--json", "same text", "same text")
+    assert code == 0, out
+    assert sim["dense"] == pytest.approx(1.0, abs=1e-5)
+    assert sim["hybrid"] == pytest.approx(sim["dense"] + 0.3 * sim["lexical"])
+    assert sim["lexical"] > 0
+
+    code, _, out = run("embed", "--json", "x")  # neither -c nor --model
+    assert code == 2 and "--model" in out
+
+
+def test_failed_document_is_recorded_and_exit_3(project):
+    (project.parent / "docs" / "broken.txt").write_bytes(b"\xff\xfe\xfa not utf-8 \x80\x81")
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 3, out
+    assert data["documents"]["failed"] == 1 and data["failures"][0]["doc_id"] == "broken.txt"
+    assert data["documents"]["new"] == len(EXPECTED_DOC_IDS)
+    code, status, _ = run("status", "-c", str(project), "--json")
+    assert [f["doc_id"] for f in status["failed_documents"]] == ["broken.txt"]
+    (project.parent / "docs" / "broken.txt").write_text("now readable", encoding="utf-8")
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 0 and data["documents"]["new"] == 1, out
+    assert run("status", "-c", str(project), "--json")[1]["failed_documents"] == []
+
+
+def test_bad_config_exit_2_and_nothing_written(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump({
+            "source": {"type": "files", "path": "./docs", "inlcude": ["*.md"]},
+            "chunking": {"max_tokens": 64, "overlap_tokens": 64},
+            "sink": {"type": "qdrant", "collection": "kb"},
+            "state_dir": "./state",
+        })
+    )
+    code, data, out = run("sync", "-c", str(path), "--json")
+    assert code == 2
+    assert data["exit_code"] == 2
+    assert "source.inlcude" in out and "overlap_tokens" in out and "exactly one of 'path'" in out
+    assert not (tmp_path / "state").exists()
+
+
+def test_existing_collection_of_wrong_size_is_refused(project, tmp_path):
+    from connector.schemas_layout import load_layout
+
+    config = load_config(project)
+    sink = make_sink(config.sink)
+    try:
+        sink.ensure_collection(7)  # not the model's size
+    finally:
+        sink.close()
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 2, out
+    assert "size 7" in data["error"] and "Nothing was written" in data["error"]
+    assert store_state(project)[0] == 0
+    assert ledger_ids(project) == []
+    assert load_layout().name == "chunks"
+
+
+def test_console_script_runs(project):
+    exe = Path(sys.executable).parent / "connector"
+    assert exe.exists(), "the console script 'connector' is not installed"
+    proc = subprocess.run([str(exe), "sync", "-c", str(project), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["documents"]["new"] == len(EXPECTED_DOC_IDS)
+    proc = subprocess.run([str(exe), "sync", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Example" in proc.stdout
