@@ -52,6 +52,16 @@ class Layout:
         want = dense_size if any(v.size == "model" for v in self.vectors) else None
         if want is not None and info.vectors.get("dense") == "dense" and info.dense_size != want:
             problems.append(f"vector 'dense' has size {info.dense_size}, the model gives {want}")
+        dense_spec = next((v for v in self.vectors if v.name == "dense" and v.kind == "dense"), None)
+        if (
+            dense_spec is not None
+            and dense_spec.distance
+            and info.dense_distance
+            and info.vectors.get("dense") == "dense"
+            and info.dense_distance.lower() != dense_spec.distance.lower()
+        ):
+            problems.append(f"vector 'dense' uses {info.dense_distance} distance, expected {dense_spec.distance}")
+        problems.extend(info.problems)
         if info.fields:
             for field in self.fields:
                 if field.name not in info.fields:

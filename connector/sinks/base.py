@@ -7,9 +7,10 @@ primitives and translates its vendor's exceptions into TransientError / Terminal
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+from connector.errors import TerminalError
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
 
@@ -25,15 +26,21 @@ class CollectionInfo:
     vectors: dict[str, str]  # vector name -> kind ('dense' or 'sparse')
     fields: set[str]  # payload fields the collection declares (empty if schemaless)
     count: int
+    dense_distance: str | None = None  # 'cosine', 'dot', 'euclid', ... if the store says
+    problems: list[str] = field(default_factory=list)  # backend-specific mismatches (e.g. primary key)
 
 
 class Sink(ABC):
     """A vector store collection the connector writes points into."""
 
-    def __init__(self, collection: str, batch_size: int, layout: Layout):
+    page_size = 1000  # ids per page in iter_ids
+
+    def __init__(self, collection: str, batch_size: int, layout: Layout, page_size: int | None = None):
         self.collection = collection
         self.batch_size = batch_size
         self.layout = layout
+        if page_size is not None:
+            self.page_size = page_size
 
     # ---- primitives each backend implements -------------------------------------------
     @abstractmethod
@@ -74,7 +81,13 @@ class Sink(ABC):
         """Delete the whole collection (tests and `schema --recreate`)."""
 
     def close(self) -> None:
-        """Release the client (embedded stores hold a file lock)."""
+        """Release the client (embedded stores hold a file lock). Safe to call twice."""
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ---- shared behaviour ------------------------------------------------------------
     def ensure_collection(self, dense_size: int) -> bool:
@@ -91,8 +104,31 @@ class Sink(ABC):
         return False
 
     def upsert(self, points: Sequence[Point]) -> None:
+        """Write points in batches of `batch_size`; returns when the store confirmed every batch.
+
+        Every payload must hold exactly the layout's fields (TerminalError otherwise, before
+        anything of that batch is written)."""
+        points = list(points)
         for start in range(0, len(points), self.batch_size):
-            self._upsert(points[start : start + self.batch_size])
+            batch = points[start : start + self.batch_size]
+            for point in batch:
+                self.check_payload(point)
+            self._upsert(batch)
+
+    def check_payload(self, point: Point) -> None:
+        """Raise TerminalError when a payload's keys differ from the layout's fields."""
+        expected = {f.name for f in self.layout.fields}
+        keys = set(point.payload)
+        if keys != expected:
+            parts = []
+            if expected - keys:
+                parts.append(f"missing {sorted(expected - keys)}")
+            if keys - expected:
+                parts.append(f"unknown {sorted(keys - expected)}")
+            raise TerminalError(
+                f"upsert into collection '{self.collection}': point {point.id} has a payload that does not "
+                f"match the '{self.layout.name}' layout ({'; '.join(parts)}). Put extra data under 'metadata'."
+            )
 
     def delete(self, ids: Sequence[str]) -> None:
         ids = list(ids)
@@ -104,11 +140,18 @@ class Sink(ABC):
         if mode == "dense":
             return self._search_dense(dense, limit)
         if mode == "sparse":
-            return self._search_sparse(sparse, limit)
+            return self._sparse_or_nothing(sparse, limit)
         if mode == "hybrid":
             depth = max(limit * 4, 20)
-            return rrf_fuse([self._search_dense(dense, depth), self._search_sparse(sparse, depth)], limit)
+            return rrf_fuse([self._search_dense(dense, depth), self._sparse_or_nothing(sparse, depth)], limit)
         raise ValueError(f"unknown search mode {mode!r}; use dense, sparse or hybrid")
+
+
+    def _sparse_or_nothing(self, sparse: SparseVector | None, limit: int) -> list[Hit]:
+        # An empty query shares no token with any point: every lexical score is 0, so no hits.
+        if sparse is None or len(sparse.indices) == 0:
+            return []
+        return self._search_sparse(sparse, limit)
 
 
 def rrf_fuse(rankings: list[list[Hit]], limit: int, k: int = RRF_K) -> list[Hit]:
@@ -121,3 +164,35 @@ def rrf_fuse(rankings: list[list[Hit]], limit: int, k: int = RRF_K) -> list[Hit]
             payloads.setdefault(hit.id, hit.payload)
     best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:limit]
     return [Hit(id=i, score=s, payload=payloads[i]) for i, s in best]
+
+
+# ---- helpers for the backends' error translation ------------------------------------------
+# gRPC status names (grpc.StatusCode.X.name) worth retrying; compared by name so that this
+# module does not import grpc.
+TRANSIENT_GRPC_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"})
+TRANSIENT_HTTP_STATUS = frozenset({408, 429, 502, 503, 504})
+
+
+def redact(text: str, secrets: Sequence[str | None]) -> str:
+    """`text` with every secret replaced by '***' (messages must never carry a key or token)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def grpc_code_name(err: BaseException) -> str | None:
+    """The gRPC status name of `err` or of an error it wraps (via __cause__/__context__), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        code = getattr(err, "code", None)
+        if callable(code):
+            try:
+                code = code()
+            except Exception:  # noqa: BLE001 - not a grpc error after all
+                code = None
+        if type(code).__name__ == "StatusCode":  # grpc.StatusCode
+            return code.name
+        err = err.__cause__ or err.__context__
+    return None

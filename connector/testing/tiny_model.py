@@ -54,6 +54,8 @@ def make_model(
     """
     import torch
 
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _write_tokenizer(out)
@@ -61,8 +63,6 @@ def make_model(
         vocab_size = len(tokenizer)
     if vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size ({vocab_size}) must be at least the tokenizer's size ({len(tokenizer)})")
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
 
     config = _bge_m3_config(num_layers, hidden_size, num_heads, intermediate_size, vocab_size, max_position_embeddings)
     _write_json(out / "config.json", config)
@@ -217,9 +217,7 @@ def _write_heads(out: Path, hidden: int) -> None:
 
 
 def _write_sentence_transformers_files(out: Path, hidden: int) -> None:
-    import sentence_transformers
-    import torch
-    import transformers
+    from importlib.metadata import version
 
     _write_json(
         out / "modules.json",
@@ -233,9 +231,9 @@ def _write_sentence_transformers_files(out: Path, hidden: int) -> None:
         out / "config_sentence_transformers.json",
         {
             "__version__": {
-                "sentence_transformers": sentence_transformers.__version__,
-                "transformers": transformers.__version__,
-                "pytorch": torch.__version__,
+                "sentence_transformers": version("sentence-transformers"),
+                "transformers": version("transformers"),
+                "pytorch": version("torch"),
             }
         },
     )

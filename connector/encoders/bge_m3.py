@@ -1,0 +1,292 @@
+"""BAAI/bge-m3 on torch (CPU, fp32): dense and sparse vectors from one forward pass.
+
+Matches FlagEmbedding's BGEM3FlagModel (see design.md, "bge-m3, exactly"):
+dense = L2-normalised hidden state of <s> (CLS, not the pooler); lexical weights =
+relu(sparse_linear(hidden states)) per token, special tokens dropped, weights > 0 kept,
+the max kept for a token id that occurs several times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from connector.encoders.base import Encoder
+from connector.errors import ConfigError, ModelLoadError
+from connector.records import SparseVector, Vectors
+
+#: Weight files, in order of preference; only one of them is downloaded.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+#: Every other file the model needs from the hub (never onnx/, which doubles the download).
+MODEL_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "sparse_linear.pt",
+    "colbert_linear.pt",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+)
+
+_HASH_EDGE = 1 << 20  # bytes hashed from each end of the weight file
+
+
+def hub_allow_patterns(weights_file: str = WEIGHT_FILES[0]) -> list[str]:
+    """The `allow_patterns` for `snapshot_download`: the model files plus one weight file."""
+    if weights_file not in WEIGHT_FILES:
+        raise ValueError(f"weights_file must be one of {WEIGHT_FILES}, not {weights_file!r}")
+    return [*MODEL_FILES, weights_file]
+
+
+class BGEM3Encoder(Encoder):
+    """BAAI/bge-m3 (or any model folder with its layout) on the CPU in fp32.
+
+    `model` is a local folder or a hub id (downloaded once into the Hugging Face cache; only
+    the files in `hub_allow_patterns()`). `max_length` truncates each text, special tokens
+    included. `batch_size` texts go through the model at once, sorted by length so that
+    padding stays small. `threads` sets torch's intra-op threads for the whole process
+    (default: the physical cores available to this process).
+
+    Raises ModelLoadError when the model cannot be fetched or a file is missing or broken.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_length: int = 8192,
+        batch_size: int = 16,
+        revision: str | None = None,
+        threads: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
+        if max_length < 2:
+            raise ConfigError(f"max_length must leave room for the 2 special tokens, not {max_length}")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        torch.set_num_threads(threads or physical_cores())
+
+        local = _local_folder(model)
+        if local is not None:
+            self.folder, self._revision, model_ref = local, None, str(local)
+        else:
+            self.folder = _download(model, revision)
+            # The hub cache keeps each download in snapshots/<commit hash>/.
+            self._revision = self.folder.name if self.folder.parent.name == "snapshots" else revision
+            model_ref = model
+        weights_file = _check_files(self.folder)
+        self._tokenizer, self._model, self._sparse_linear = _load(self.folder)
+        self.dimension = int(self._model.config.hidden_size)
+
+        usable_positions = self._model.config.max_position_embeddings - self._model.config.pad_token_id - 1
+        if max_length > usable_positions:
+            raise ConfigError(
+                f"encoder.max_length ({max_length}) is more than the model in {self.folder} supports "
+                f"({usable_positions} tokens); lower encoder.max_length"
+            )
+        tok = self._tokenizer
+        self._skip_ids = np.array(
+            sorted({tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id} - {None}), dtype=np.int64
+        )
+        self._fingerprint = {
+            "model": model_ref,
+            "revision": self._revision,
+            "content_sha256": content_hash(self.folder, weights_file),
+            "max_length": max_length,
+        }
+
+    @classmethod
+    def from_config(cls, encoder_config) -> "BGEM3Encoder":
+        """Build from a `connector.config.EncoderConfig`."""
+        return cls(
+            encoder_config.model,
+            max_length=encoder_config.max_length,
+            batch_size=encoder_config.batch_size,
+            revision=encoder_config.revision,
+            threads=encoder_config.threads,
+        )
+
+    @property
+    def fingerprint(self) -> dict:
+        """model (hub id or resolved folder), revision (hub commit, None for a folder),
+        content_sha256 (config, sparse head, tokenizer and the weight file's size and ends)
+        and max_length."""
+        return dict(self._fingerprint)
+
+    @property
+    def tokenizer(self):
+        """The model's fast tokenizer (`transformers` PreTrainedTokenizerFast / TokenizersBackend)."""
+        return self._tokenizer
+
+    def encode(self, texts: Sequence[str]) -> list[Vectors]:
+        """Encode texts; output order equals input order. An empty text gets a dense vector
+        and an empty sparse vector."""
+        texts = list(texts)
+        if not texts:
+            return []
+        # Tokenize once; each batch is then padded only to its own longest text.
+        token_ids = self._tokenizer(
+            texts, truncation=True, max_length=self.max_length, add_special_tokens=True, return_attention_mask=False
+        )["input_ids"]
+        longest_first = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+        results: list[Vectors | None] = [None] * len(texts)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = longest_first[start : start + self.batch_size]
+                for i, vectors in zip(batch, self._encode_batch([token_ids[i] for i in batch])):
+                    results[i] = vectors
+        return results
+
+    def _encode_batch(self, batch_ids: list[list[int]]) -> list[Vectors]:
+        padded = self._tokenizer.pad({"input_ids": batch_ids}, padding="longest", return_tensors="pt")
+        hidden = self._model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).last_hidden_state
+        dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy()
+        token_weights = torch.relu(self._sparse_linear(hidden)).squeeze(-1).numpy()
+        return [
+            Vectors(
+                dense=dense[row].astype(np.float32, copy=True),
+                sparse=lexical_weights(np.asarray(ids, dtype=np.int64), token_weights[row, : len(ids)], self._skip_ids),
+            )
+            for row, ids in enumerate(batch_ids)
+        ]
+
+
+def lexical_weights(token_ids: np.ndarray, token_weights: np.ndarray, skip_ids: np.ndarray) -> SparseVector:
+    """bge-m3's lexical weights of one text: drop `skip_ids` (special tokens), keep weights > 0,
+    keep the max weight of a repeated id; ids sorted ascending."""
+    keep = (token_weights > 0) & ~np.isin(token_ids, skip_ids)
+    ids, weights = token_ids[keep], token_weights[keep]
+    if ids.size == 0:
+        return SparseVector.empty()
+    order = np.argsort(ids, kind="stable")
+    ids, weights = ids[order], weights[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return SparseVector(ids[starts].astype(np.int64), np.maximum.reduceat(weights, starts).astype(np.float32))
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may run on (hyper-threads of one core count once).
+
+    Reads the Linux CPU topology; elsewhere falls back to the logical CPU count.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
+
+
+def content_hash(folder: Path, weights_file: str) -> str:
+    """A cheap content hash of a model folder: config.json, sparse_linear.pt, the tokenizer
+    files, and the weight file's name, size and first and last MB (2 MB read, even for 2.2 GB)."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "sparse_linear.pt", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model"):
+        path = folder / name
+        if path.is_file():
+            digest.update(f"{name}:{path.stat().st_size}\n".encode())
+            digest.update(path.read_bytes())
+    weights = folder / weights_file
+    size = weights.stat().st_size
+    digest.update(f"{weights_file}:{size}\n".encode())
+    with open(weights, "rb") as f:
+        digest.update(f.read(_HASH_EDGE))
+        f.seek(max(0, size - _HASH_EDGE))
+        digest.update(f.read(_HASH_EDGE))
+    return digest.hexdigest()
+
+
+def _local_folder(model: str) -> Path | None:
+    """The model's folder if `model` is a path; None if it is a hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1:
+        raise ModelLoadError(
+            f"model folder not found: {model}. Set encoder.model to a folder holding BAAI/bge-m3's files "
+            "(config.json, model.safetensors, tokenizer.json, sparse_linear.pt, ...) or to a hub id such as BAAI/bge-m3"
+        )
+    return None
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it if it was set later.
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=hub_allow_patterns(WEIGHT_FILES[0]), local_files_only=offline
+            )
+        )
+        if not (folder / WEIGHT_FILES[0]).is_file():  # an older repo with pytorch_model.bin only
+            folder = Path(
+                snapshot_download(
+                    repo_id, revision=revision, allow_patterns=hub_allow_patterns(WEIGHT_FILES[1]), local_files_only=offline
+                )
+            )
+    except Exception as err:  # offline, hub unreachable, unknown repo, no access: the fix is the same
+        at = f" at revision {revision}" if revision else ""
+        raise ModelLoadError(
+            f"could not fetch the model '{repo_id}'{at} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "If this machine cannot reach the hub, download the model on a machine with network, e.g. "
+            f"`huggingface-cli download {repo_id} --local-dir ./bge-m3 --exclude 'onnx/*'`, copy that folder here "
+            "and point the config at it: `encoder: {model: ./bge-m3}` (a path relative to the config file works)."
+        ) from err
+    return folder
+
+
+def _check_files(folder: Path) -> str:
+    """Fail fast, naming the missing file; return the weight file's name."""
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a model folder: config.json is missing")
+    if not (folder / "sparse_linear.pt").is_file():
+        raise ModelLoadError(
+            f"{folder} has no sparse_linear.pt, bge-m3's sparse head: without it there are no lexical weights. "
+            "Copy the complete model folder (sparse_linear.pt is part of BAAI/bge-m3 on the hub)"
+        )
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return name
+    raise ModelLoadError(f"{folder} has no model weights: expected {' or '.join(WEIGHT_FILES)}")
+
+
+def _load(folder: Path):
+    """Load the fast tokenizer, the transformer (fp32, eval mode) and the sparse head (fp32)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for broken folders
+        raise ModelLoadError(f"could not load the model in {folder} ({type(err).__name__}: {err})") from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{folder}: no fast tokenizer could be built; add tokenizer.json to the folder")
+
+    sparse_linear = torch.nn.Linear(model.config.hidden_size, 1)
+    try:
+        state = torch.load(folder / "sparse_linear.pt", map_location="cpu", weights_only=True)
+        sparse_linear.load_state_dict({name: tensor.float() for name, tensor in state.items()})
+    except Exception as err:
+        raise ModelLoadError(
+            f"{folder / 'sparse_linear.pt'} is not a Linear({model.config.hidden_size}, 1) state dict "
+            f"({type(err).__name__}: {err}); copy the file again from the model's hub repository"
+        ) from err
+    return tokenizer, model, sparse_linear.eval()

@@ -1,0 +1,134 @@
+"""Text cleaning applied to every document before chunking.
+
+The steps, in order:
+
+1. remove the configured `drop_symbols` (before NFKC, which would turn '™' into 'TM');
+2. normalise line endings (\\r\\n, \\r, NEL, U+2028 to \\n; U+2029 to a blank line; form feed and
+   vertical tab to \\n);
+3. remove control characters (category Cc, except \\n and \\t), format characters (Cf: zero-width
+   space/joiners, U+2060, BOM, soft hyphen, bidi marks, ...) and lone surrogates (Cs, which
+   cannot be written as UTF-8);
+4. Unicode NFKC (if `normalize_unicode`); steps 1-4 repeat while a drop symbol reappears
+   (NFKC or a removed zero-width character can form one);
+5. fold runs of spaces and tabs into one space, strip spaces at both ends of every line, fold
+   three or more newlines into one blank line (paragraph breaks survive), strip the ends;
+6. expand abbreviations: whole words only (a key touching a letter, digit, underscore or
+   combining mark is part of a longer word), case-insensitive, longest key first; then step 5
+   again, to tidy what an empty expansion leaves behind.
+
+Invisible characters go before NFKC on purpose: removing a zero-width space between 'e' and a
+combining accent after NFKC would leave a string that NFKC changes again, so the result would
+not be idempotent. Removing joiners (U+200C/U+200D) splits emoji ZWJ sequences and changes the
+spelling of some Persian and Indic words; that is accepted for search text.
+
+`Normalizer` is idempotent (`n(n(x)) == n(x)`) as long as no abbreviation value contains an
+abbreviation key as a whole word (e.g. {u: 'u you'} expands again on every pass), forms a
+drop symbol together with its neighbours, or is empty and so joins words into a new key.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import unicodedata
+
+from connector.config import PreprocessConfig
+
+_LINE_ENDINGS = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
+_LINE_ENDING_REPLACEMENT = {"\u2029": "\n\n"}
+_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
+_SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def _char_class(categories: tuple[str, ...], keep: str = "") -> str:
+    """A regex character class of every code point in the given Unicode categories."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(sys.maxunicode + 1):
+        ch = chr(cp)
+        if ch in keep or unicodedata.category(ch) not in categories:
+            continue
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    parts = []
+    for lo, hi in ranges:
+        part = re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
+        parts.append(part)
+    return "[" + "".join(parts) + "]"
+
+
+@functools.lru_cache(maxsize=None)
+def _invisible_pattern() -> re.Pattern[str]:
+    # Built once per process (scans every code point, ~0.3 s).
+    return re.compile(_char_class(("Cc", "Cf", "Cs"), keep="\n\t") + "+")
+
+
+@functools.lru_cache(maxsize=None)
+def _mark_class() -> str:
+    """Combining marks: a key followed by one is part of a longer word ('u' + U+0331 is not 'u')."""
+    return _char_class(("Mn", "Mc", "Me"))[1:-1]
+
+
+def _clean_space(text: str) -> str:
+    text = _HORIZONTAL_SPACE.sub(" ", text)
+    text = _SPACE_AROUND_NEWLINE.sub("\n", text)
+    text = _MANY_NEWLINES.sub("\n\n", text)
+    return text.strip()
+
+
+class Normalizer:
+    """Cleans text as configured by `PreprocessConfig`; call it: `clean = Normalizer(cfg)(text)`."""
+
+    def __init__(self, config: PreprocessConfig | None = None):
+        config = config or PreprocessConfig()
+        self.normalize_unicode = config.normalize_unicode
+        symbols = sorted({s for s in config.drop_symbols if s}, key=len, reverse=True)
+        self._drop = re.compile("|".join(map(re.escape, symbols))) if symbols else None
+        self._invisible = _invisible_pattern()
+
+        # Keys and values go through the character cleaning too, so keys match cleaned text and
+        # values do not bring back what cleaning removed. A later key that differs only in
+        # case replaces an earlier one.
+        self._expansions: dict[str, str] = {}
+        for key, value in config.abbreviations.items():
+            key = _clean_space(self._clean_chars(key))
+            if key:
+                self._expansions[key.lower()] = _clean_space(self._clean_chars(value))
+        self._abbreviations = None
+        if self._expansions:
+            keys = sorted(self._expansions, key=len, reverse=True)
+            word = r"\w" + _mark_class()
+            alternatives = "|".join(map(re.escape, keys))
+            self._abbreviations = re.compile(
+                rf"(?<![{word}])(?:{alternatives})(?![{word}])", re.IGNORECASE
+            )
+
+    def __call__(self, text: str) -> str:
+        text = _clean_space(self._clean_chars(text))
+        if self._abbreviations is not None:
+            # Expanding after the space cleanup lets a key like 'a b' match 'a  b'; cleaning again
+            # tidies what an empty expansion leaves behind.
+            text = _clean_space(self._abbreviations.sub(self._expand, text))
+        return text
+
+    def _clean_chars(self, text: str) -> str:
+        while True:
+            if self._drop is not None:
+                text = self._drop.sub("", text)
+            text = _LINE_ENDINGS.sub(lambda m: _LINE_ENDING_REPLACEMENT.get(m.group(0), "\n"), text)
+            text = self._invisible.sub("", text)
+            if self.normalize_unicode:
+                text = unicodedata.normalize("NFKC", text)
+            # Removing a symbol shortens the text, so this loop ends.
+            if self._drop is None or not self._drop.search(text):
+                return text
+
+    def _expand(self, match: re.Match[str]) -> str:
+        found = match.group(0)
+        value = self._expansions.get(found.lower())
+        if value is None:  # case folding that str.lower() does not mirror (rare scripts)
+            value = next(v for k, v in self._expansions.items() if re.fullmatch(re.escape(k), found, re.I))
+        return value

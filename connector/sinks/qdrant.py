@@ -1,0 +1,346 @@
+"""Qdrant sink: embedded Qdrant in a folder (`path`, local mode) or a Qdrant server (`url`).
+
+The layout becomes named vectors (`dense`: size from the model, cosine) and a named sparse
+vector (`sparse`); payload is schemaless, so the layout's fields only drive payload indexes.
+qdrant-client is imported lazily, so that a missing extra is reported cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from connector.config import QdrantSinkConfig, secret_from_env
+from connector.errors import ConnectorError, MissingExtraError, StoreError, TerminalError, TransientError
+from connector.records import Hit, Point, SparseVector
+from connector.schemas_layout import Layout
+from connector.sinks.base import (
+    TRANSIENT_GRPC_CODES,
+    TRANSIENT_HTTP_STATUS,
+    CollectionInfo,
+    Sink,
+    grpc_code_name,
+    redact,
+)
+
+# layout distance -> qdrant models.Distance member
+DISTANCES = {"cosine": "COSINE", "dot": "DOT", "euclid": "EUCLID", "l2": "EUCLID", "manhattan": "MANHATTAN"}
+# layout field type -> qdrant models.PayloadSchemaType member
+PAYLOAD_INDEX_TYPES = {"keyword": "KEYWORD", "text": "TEXT", "int": "INTEGER"}
+
+
+def require_qdrant():
+    """Import qdrant-client, or raise MissingExtraError naming the extra to install."""
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError:
+        raise MissingExtraError("qdrant-client", "qdrant", "The Qdrant sink") from None
+    return QdrantClient, models
+
+
+def translate_qdrant_error(
+    err: BaseException, collection: str, operation: str, secrets: Sequence[str | None] = ()
+) -> StoreError:
+    """Turn a qdrant-client (or httpx / grpc / local-mode) exception into TransientError or TerminalError.
+
+    Transient: connection refused/reset, timeouts, HTTP 408/429/502/503/504, gRPC UNAVAILABLE,
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED. Everything else is terminal. The message
+    names the collection and the operation and never carries a secret.
+    """
+    if isinstance(err, StoreError):
+        return err
+    transient = False
+    hint = "Retrying will not help: fix the request, the config or the collection."
+    detail = f"{type(err).__name__}: {err}"
+
+    status = getattr(err, "status_code", None)  # qdrant_client.http.exceptions.UnexpectedResponse
+    source = getattr(err, "source", None)  # ResponseHandlingException wraps the httpx error
+    type_names = {t.__name__ for t in type(err).__mro__}
+    if "ResourceExhaustedResponse" in type_names:
+        transient = True
+    elif isinstance(status, int):
+        transient = status in TRANSIENT_HTTP_STATUS
+        if status in (401, 403):
+            hint = "Check the API key (the environment variable named by sink.api_key_env)."
+    elif source is not None and "ResponseHandlingException" in type_names:
+        detail = f"{type(source).__name__}: {source}"
+        transient = _is_network_error(source)
+    elif grpc_code_name(err) is not None:
+        code = grpc_code_name(err)
+        transient = code in TRANSIENT_GRPC_CODES
+        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            hint = "Check the API key (the environment variable named by sink.api_key_env)."
+    elif _is_network_error(err):
+        transient = True
+    elif isinstance(err, RuntimeError) and "already accessed by another instance" in str(err):
+        hint = (
+            "The embedded Qdrant folder is open in another process or by another sink; close that one "
+            "first, or use a Qdrant server (sink.url) for concurrent access."
+        )
+    if transient:
+        hint = "The store may be down, restarting or overloaded; trying again later can succeed."
+    detail = " ".join(detail.split())[:600]
+    message = redact(f"Qdrant {operation} on collection '{collection}' failed: {detail}. {hint}", secrets)
+    return (TransientError if transient else TerminalError)(message)
+
+
+def _is_network_error(err: BaseException) -> bool:
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    # httpx.TransportError covers ConnectError, ReadError, timeouts, RemoteProtocolError ...
+    return any(t.__name__ in ("TransportError", "TimeoutException") for t in type(err).__mro__)
+
+
+def _canonical_id(point_id: str) -> str:
+    # Qdrant answers with the canonical (lower-case, hyphenated) form of a UUID id.
+    try:
+        return str(uuid.UUID(str(point_id)))
+    except ValueError:
+        return str(point_id)
+
+
+class QdrantSink(Sink):
+    """A Qdrant collection; embedded (`path`) or on a server (`url` + optional API key)."""
+
+    def __init__(
+        self,
+        collection: str,
+        layout: Layout,
+        *,
+        path: str | Path | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        batch_size: int = 64,
+        timeout: float = 30.0,
+        page_size: int | None = None,
+    ):
+        super().__init__(collection, batch_size, layout, page_size)
+        if (path is None) == (url is None):
+            raise ValueError("QdrantSink needs exactly one of path (embedded) or url (server)")
+        self._client_cls, self.models = require_qdrant()
+        self.path = Path(path) if path is not None else None
+        self.url = url
+        self._api_key = api_key
+        self.timeout = timeout
+        self._client = None
+
+    @classmethod
+    def from_config(cls, config: QdrantSinkConfig, layout: Layout) -> "QdrantSink":
+        api_key = secret_from_env(config.api_key_env, "Qdrant sink (sink.api_key_env)")
+        return cls(
+            config.collection,
+            layout,
+            path=config.path,
+            url=config.url,
+            api_key=api_key,
+            batch_size=config.batch_size,
+            timeout=config.timeout,
+        )
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    # ---- plumbing --------------------------------------------------------------------
+    @contextmanager
+    def _op(self, operation: str):
+        """Run a vendor call; translate its exceptions into the connector's error tree."""
+        try:
+            yield
+        except ConnectorError:
+            raise
+        except Exception as err:  # noqa: BLE001 - translation is the point
+            raise translate_qdrant_error(err, self.collection, operation, [self._api_key]) from err
+
+    @property
+    def client(self):
+        """The qdrant-client, created on first use (embedded mode takes the folder's lock here)."""
+        if self._client is None:
+            with self._op("connect"):
+                if self.is_local:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                    self._client = self._client_cls(path=str(self.path))
+                else:
+                    self._client = self._client_cls(
+                        url=self.url,
+                        api_key=self._api_key,
+                        timeout=max(1, math.ceil(self.timeout)),
+                        check_compatibility=False,  # no network call in the constructor
+                    )
+        return self._client
+
+    # ---- primitives --------------------------------------------------------------------
+    def describe(self) -> CollectionInfo | None:
+        with self._op("describe"):
+            if not self.client.collection_exists(self.collection):
+                return None
+            params = self.client.get_collection(self.collection).config.params
+            count = self.client.count(self.collection, exact=True).count
+        vectors: dict[str, str] = {}
+        dense_size = None
+        dense_distance = None
+        problems = []
+        if isinstance(params.vectors, dict):
+            for name, spec in params.vectors.items():
+                vectors[name] = "dense"
+                if name == "dense":
+                    dense_size = spec.size
+                    dense_distance = _distance_name(spec.distance)
+        elif params.vectors is not None:
+            problems.append("the collection has one unnamed vector; the layout needs named vectors")
+        for name in params.sparse_vectors or {}:
+            vectors[name] = "sparse"
+        return CollectionInfo(
+            name=self.collection,
+            dense_size=dense_size,
+            vectors=vectors,
+            fields=set(),  # Qdrant payload is schemaless
+            count=count,
+            dense_distance=dense_distance,
+            problems=problems,
+        )
+
+    def _create(self, dense_size: int) -> None:
+        m = self.models
+        dense, sparse = {}, {}
+        for spec in self.layout.vectors:
+            if spec.kind == "dense":
+                size = dense_size if spec.size in (None, "model") else int(spec.size)
+                distance = getattr(m.Distance, DISTANCES[(spec.distance or "cosine").lower()])
+                dense[spec.name] = m.VectorParams(size=size, distance=distance)
+            elif spec.kind == "sparse":
+                sparse[spec.name] = m.SparseVectorParams()
+            else:
+                raise TerminalError(f"layout '{self.layout.name}': unknown vector kind {spec.kind!r}")
+        with self._op("create"):
+            self.client.create_collection(self.collection, vectors_config=dense, sparse_vectors_config=sparse)
+            for field in self.layout.fields:
+                if field.index and field.type in PAYLOAD_INDEX_TYPES:
+                    schema = getattr(m.PayloadSchemaType, PAYLOAD_INDEX_TYPES[field.type])
+                    with warnings.catch_warnings():
+                        # Local mode warns that payload indexes have no effect there; harmless.
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.client.create_payload_index(self.collection, field.name, field_schema=schema, wait=True)
+
+    def _upsert(self, points: Sequence[Point]) -> None:
+        m = self.models
+        names = {v.name for v in self.layout.vectors}
+
+        def vectors(p: Point) -> dict:
+            out = {}
+            if "dense" in names:
+                out["dense"] = np.asarray(p.dense, dtype=np.float32).tolist()
+            if "sparse" in names:
+                out["sparse"] = m.SparseVector(
+                    indices=[int(i) for i in p.sparse.indices], values=[float(v) for v in p.sparse.values]
+                )
+            return out
+
+        structs = [m.PointStruct(id=_canonical_id(p.id), vector=vectors(p), payload=p.payload) for p in points]
+        with self._op("upsert"):
+            result = self.client.upsert(self.collection, points=structs, wait=True)
+        if result.status != m.UpdateStatus.COMPLETED:
+            raise TransientError(
+                f"Qdrant upsert on collection '{self.collection}' was not confirmed (status {result.status}); "
+                "write it again."
+            )
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._op("delete"):
+            self.client.delete(
+                self.collection,
+                points_selector=self.models.PointIdsList(points=[_canonical_id(i) for i in ids]),
+                wait=True,
+            )
+
+    def _search_dense(self, vector, limit: int) -> list[Hit]:
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        with self._op("dense search"):
+            result = self.client.query_points(
+                self.collection, query=query, using="dense", limit=limit, with_payload=True
+            )
+        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in result.points]
+
+    def _search_sparse(self, vector: SparseVector, limit: int) -> list[Hit]:
+        query = self.models.SparseVector(
+            indices=[int(i) for i in vector.indices], values=[float(v) for v in vector.values]
+        )
+        with self._op("sparse search"):
+            result = self.client.query_points(
+                self.collection, query=query, using="sparse", limit=limit, with_payload=True
+            )
+        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in result.points]
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
+        wanted = list(dict.fromkeys(_canonical_id(i) for i in ids))
+        if not wanted:
+            return []
+        with self._op("retrieve"):
+            records = self.client.retrieve(
+                self.collection,
+                ids=wanted,
+                with_payload=True,
+                with_vectors=[v.name for v in self.layout.vectors] if with_vectors else False,
+            )
+        by_id = {str(r.id): r for r in records}
+        points = []
+        for pid in wanted:
+            record = by_id.get(pid)
+            if record is None:
+                continue
+            dense = np.zeros(0, dtype=np.float32)
+            sparse = SparseVector.empty()
+            if with_vectors:
+                vectors = record.vector or {}
+                if vectors.get("dense") is not None:
+                    dense = np.asarray(vectors["dense"], dtype=np.float32)
+                if vectors.get("sparse") is not None:  # a server may leave out an empty sparse vector
+                    sparse = _to_sparse(vectors["sparse"].indices, vectors["sparse"].values)
+            points.append(Point(id=pid, dense=dense, sparse=sparse, payload=record.payload or {}))
+        return points
+
+    def iter_ids(self) -> Iterator[str]:
+        offset = None
+        while True:
+            with self._op("scroll"):
+                records, offset = self.client.scroll(
+                    self.collection, limit=self.page_size, offset=offset, with_payload=False, with_vectors=False
+                )
+            for record in records:
+                yield str(record.id)
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        with self._op("count"):
+            return self.client.count(self.collection, exact=True).count
+
+    def drop(self) -> None:
+        with self._op("drop"):
+            self.client.delete_collection(self.collection)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with self._op("close"):
+                client.close()  # releases the embedded folder's lock
+
+
+def _distance_name(distance) -> str:
+    value = getattr(distance, "value", distance)
+    return {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid", "Manhattan": "manhattan"}.get(value, str(value).lower())
+
+
+def _to_sparse(indices, values) -> SparseVector:
+    idx = np.asarray(indices, dtype=np.int64)
+    val = np.asarray(values, dtype=np.float32)
+    order = np.argsort(idx, kind="stable")
+    return SparseVector(idx[order], val[order])

@@ -1,0 +1,21 @@
+"""Shared fixtures: a tiny model with BAAI/bge-m3's exact file layout, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.testing import make_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Path of a random-weight bge-m3-layout model (hidden size 32, 2 layers), built once."""
+    return make_model(tmp_path_factory.mktemp("tiny-bge-m3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    """A BGEM3Encoder on the tiny model (max_length 512, batch_size 4)."""
+    from connector.encoders.bge_m3 import BGEM3Encoder
+
+    return BGEM3Encoder(str(tiny_model_dir), max_length=512, batch_size=4)
