@@ -26,7 +26,7 @@ from connector.records import Chunk
 # A window holds about this many chunks: its size in characters is first guessed at 4 characters per
 # token, then follows the chunk length seen in the previous window; it doubles when a window holds
 # fewer than two chunks.
-_WINDOW_CHUNKS = 8
+_WINDOW_CHUNKS = 16
 _MIN_WINDOW_CHARS = 1_024
 _LAST_WHITESPACE = re.compile(r"\s(?=\S*\Z)")
 

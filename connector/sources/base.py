@@ -1,0 +1,30 @@
+"""The Source extension point: where documents come from."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+from connector.records import Document, FailedDocument
+
+
+class Source(ABC):
+    """Reads the documents of one collection, one at a time.
+
+    `read()` yields every item of the source once, as a stream (never a list of the whole corpus),
+    in a deterministic order:
+
+    - a `Document` with a `doc_id` that stays the same across runs for the same item, so the sync
+      can tell new, changed and deleted documents apart;
+    - a `FailedDocument` for an item that exists but cannot be read (bad encoding, unreadable file,
+      malformed record), with a one-line `reason` that says what is wrong. The sync records it and
+      goes on; it must not count that item as deleted.
+
+    A source that cannot be read at all (its folder is missing, a sub-folder cannot be listed)
+    raises `SourceError` instead of yielding nothing: the sync must never mistake an unreachable
+    source for one whose documents were all deleted. `doc_id`s are unique within one `read()`.
+    """
+
+    @abstractmethod
+    def read(self) -> Iterator[Document | FailedDocument]:
+        """Yield every document of the source (see the class docstring)."""
