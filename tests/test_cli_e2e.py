@@ -93,6 +93,19 @@ def ledger_ids(config_path: Path) -> list[str]:
         ledger.close()
 
 
+def new_chunk_texts(old: str, new: str, config_path: Path) -> set[str]:
+    """Chunk texts of `new` that `old` does not have, chunked as the config says."""
+    from transformers import AutoTokenizer
+
+    from connector.preprocess.chunking import Chunker
+
+    config = load_config(config_path)
+    chunker = Chunker(AutoTokenizer.from_pretrained(config.encoder.model), config.chunking.max_tokens,
+                      config.chunking.overlap_tokens)
+    before = {c.text for c in chunker.split("d", old)}
+    return {c.text for c in chunker.split("d", new)} - before
+
+
 def test_sync_lifecycle(project):
     cfg = str(project)
 
@@ -122,7 +135,9 @@ def test_sync_lifecycle(project):
     code, third, out = run("sync", "-c", cfg, "--json")
     assert code == 0, out
     assert third["documents"]["changed"] == 1 and third["documents"]["unchanged"] == len(EXPECTED_DOC_IDS) - 1
-    assert 1 <= third["chunks"]["encoded"] <= 2 < len(long_chunks)
+    changed_texts = new_chunk_texts(LONG_DOC, edited, project)
+    assert 1 <= len(changed_texts) < len(long_chunks) / 4
+    assert third["chunks"]["encoded"] == len(changed_texts)
     assert third["chunks"]["upserted"] == third["chunks"]["encoded"]
     count, ids_after_edit = store_state(project)
     assert ids_after_edit == ledger_ids(project) == ids and count == len(ids)

@@ -1,20 +1,30 @@
 """Token-aware chunking with the encoder's own tokenizer.
 
-The splitting itself is done by `semantic-text-splitter`: it puts the largest semantic units that
-fit into each chunk, trying in turn blank-line paragraphs, single lines, Unicode sentences (UAX #29,
-which knows CJK and fullwidth sentence punctuation such as 。！？), words, graphemes and finally
-single characters, so a run of text without any boundary is still cut by token count.
+The splitting is done by `semantic-text-splitter`: it puts the largest semantic units that fit into
+each chunk, trying in turn blank-line paragraphs, single lines, Unicode sentences (UAX #29, which
+knows CJK and fullwidth sentence punctuation such as 。！？), words, graphemes and finally single
+characters, so a run of text without any boundary is still cut by token count. Offsets are Python
+string indices. The library counts a piece's tokens where it lies in the text, so each piece is
+tokenised alone once more and split again in the rare case it is then too long (a piece cut inside
+a word gets an extra word-start token).
 
-The library slows down quadratically on long runs that have no word boundary (a base64 image inlined
-in Markdown, CJK without punctuation), so a long text is fed to it in windows of a few chunks each;
-the last chunk of a window is dropped and the next window starts where it started, so chunking and
-overlap carry on across windows as if the text were split in one go.
+Overlap is added here rather than by the library, which only overlaps whole semantic units and so
+often adds none at paragraph or sentence boundaries. The splitter fills each chunk up to
+`max_tokens - overlap_tokens` tokens; then every chunk after the first is extended backwards by up
+to `overlap_tokens` tokens of the text before it, starting at a word when one starts there.
+
+The library slows down quadratically on long runs with no word boundary (a base64 image inlined in
+Markdown, CJK without punctuation), so a long text is fed to it in windows of a few chunks each; the
+last chunk of a window is dropped and the next window starts where that chunk started, so chunks
+continue across windows as in one call over the whole text (the library's choice of boundary can
+differ in rare spots, with the same guarantees).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Iterator
 
 from semantic_text_splitter import TextSplitter
 from tokenizers import Tokenizer
@@ -28,7 +38,20 @@ from connector.records import Chunk
 # fewer than two chunks.
 _WINDOW_CHUNKS = 16
 _MIN_WINDOW_CHARS = 1_024
+# A text this many characters per token of max_tokens is surely too long for one chunk, so it is
+# not tokenised as a whole just to find out.
+_SURELY_TOO_LONG_CHARS_PER_TOKEN = 64
 _LAST_WHITESPACE = re.compile(r"\s(?=\S*\Z)")
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """text[start:end] without surrounding whitespace, or None if nothing is left."""
+    piece = text[start:end]
+    stripped = piece.strip()
+    if not stripped:
+        return None
+    start += len(piece) - len(piece.lstrip())
+    return start, start + len(stripped)
 
 
 def backend_tokenizer(tokenizer) -> Tokenizer:
@@ -49,17 +72,22 @@ class Chunker:
     """Splits a document's cleaned text into chunks of at most `max_tokens` tokens.
 
     Tokens are counted with the model's tokenizer, without special tokens (the encoder adds <s> and
-    </s>). Contract of `split(doc_id, text)`:
+    </s>). Guarantees of `split(doc_id, text)`:
 
     - empty or whitespace-only text gives no chunks;
-    - a text that fits gives one chunk: the text without surrounding whitespace;
-    - chunks come in text order, each starts after the previous one starts, and together they cover
-      every non-whitespace character of the text;
-    - `text[c.char_start:c.char_end] == c.text` (offsets are Python string indices);
-    - every chunk tokenises to at most `max_tokens` tokens, except when a single character alone
-      is longer (only possible with a tiny `max_tokens` and a character that the tokenizer's own
-      normaliser expands, such as U+FDFD); such a character becomes its own chunk;
-    - consecutive chunks share up to `overlap_tokens` tokens of text.
+    - a text of at most `max_tokens` tokens gives one chunk: the text without surrounding whitespace
+      (unless it averages over 64 characters per token, which only a run of unknown characters does);
+    - chunks come in text order (each starts after the previous one starts and ends after it ends)
+      and together cover every non-whitespace character of the text;
+    - `text[c.char_start:c.char_end] == c.text`, offsets being Python string indices;
+    - every chunk tokenises to at most `max_tokens` tokens, unless a single character alone makes
+      more (only possible with a tiny `max_tokens` and a character that the tokenizer's normaliser
+      expands, such as U+FDFD); that character is then a chunk of its own, which the encoder
+      truncates;
+    - every chunk after the first starts with up to `overlap_tokens` tokens of the text before it
+      (counted as tokenised in place; alone they can make a token or two more), so boundaries keep
+      some context; it starts at a word when one starts in that stretch. No chunk starts or ends
+      with whitespace.
     """
 
     def __init__(self, tokenizer, max_tokens: int, overlap_tokens: int = 0):
@@ -78,7 +106,7 @@ class Chunker:
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self._splitter = TextSplitter.from_huggingface_tokenizer(
-            self._tokenizer, max_tokens, overlap=overlap_tokens, trim=True
+            self._tokenizer, max_tokens - overlap_tokens, overlap=0, trim=True
         )
         self._first_window_chars = max(_MIN_WINDOW_CHARS, _WINDOW_CHUNKS * 4 * max_tokens)
 
@@ -92,21 +120,37 @@ class Chunker:
 
     def split(self, doc_id: str, text: str) -> list[Chunk]:
         """Chunks of `text` (see the class docstring for the guarantees)."""
-        spans = list(self._spans(text))
         return [
             Chunk(doc_id=doc_id, index=i, text=text[start:end], char_start=start, char_end=end)
-            for i, (start, end) in enumerate(spans)
+            for i, (start, end) in enumerate(self.spans(text))
         ]
 
-    def _spans(self, text: str):
-        """(start, end) offsets of the chunks, window by window."""
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(char_start, char_end) of each chunk of `text`."""
+        whole = _strip_span(text, 0, len(text))
+        if whole is None:
+            return []
+        start, end = whole
+        if end - start <= _SURELY_TOO_LONG_CHARS_PER_TOKEN * self.max_tokens:
+            if self.count_tokens(text[start:end]) <= self.max_tokens:
+                return [(start, end)]
+        capacity = self.max_tokens - self.overlap_tokens
+        spans = [fitted for span in self._split_spans(text) for fitted in self._fit(text, *span, capacity)]
+        if self.overlap_tokens:
+            for i in range(1, len(spans)):
+                previous_start = spans[i - 1][0]
+                spans[i] = (self._overlap_start(text, previous_start, *spans[i]), spans[i][1])
+        return spans
+
+    def _split_spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """Spans of at most max_tokens - overlap_tokens tokens, window by window."""
         pos = 0
         window = self._first_window_chars
         while pos < len(text):
             end = self._window_end(text, pos, window)
             pieces = self._splitter.chunk_indices(text[pos:end])
-            if end < len(text) and len(pieces) < 2 and pieces:
-                window *= 2  # the window holds a single chunk: it may be cut short, so widen it
+            if end < len(text) and len(pieces) == 1:
+                window *= 2  # one chunk in the window: it may be cut short, so widen the window
                 continue
             if end == len(text) or not pieces:
                 keep, next_pos = pieces, end
@@ -114,12 +158,38 @@ class Chunker:
                 keep, next_pos = pieces[:-1], pos + pieces[-1][0]
                 window = max(_MIN_WINDOW_CHARS, _WINDOW_CHUNKS * (next_pos - pos) // len(keep))
             for offset, piece in keep:
-                yield pos + offset, pos + offset + len(piece)
+                # Trimmed already, but Python and Rust disagree on U+001C..U+001F being whitespace.
+                stripped = _strip_span(text, pos + offset, pos + offset + len(piece))
+                if stripped:
+                    yield stripped
             pos = next_pos
+
+    def _fit(self, text: str, start: int, end: int, capacity: int) -> Iterator[tuple[int, int]]:
+        """Split text[start:end] again if it is over max_tokens when tokenised alone.
+
+        The library counts a piece's tokens as they fall inside the whole text; a piece cut in the
+        middle of a word can make more alone (the tokenizer prefixes it with a word-start token)."""
+        n_tokens = self.count_tokens(text[start:end])
+        if n_tokens <= self.max_tokens or end - start == 1:
+            yield start, end
+            return
+        capacity = max(1, min(capacity, self.max_tokens) - (n_tokens - self.max_tokens))
+        splitter = TextSplitter.from_huggingface_tokenizer(self._tokenizer, capacity, trim=True)
+        pieces = [
+            (start + offset, start + offset + len(piece))
+            for offset, piece in splitter.chunk_indices(text[start:end])
+        ]
+        if len(pieces) < 2:  # no progress: halve it (the pieces get shorter, so this ends)
+            middle = start + (end - start) // 2
+            pieces = [(start, middle), (middle, end)]
+        for piece in pieces:
+            stripped = _strip_span(text, *piece)
+            if stripped:
+                yield from self._fit(text, *stripped, capacity)
 
     @staticmethod
     def _window_end(text: str, pos: int, window: int) -> int:
-        """Where a window starting at `pos` ends: at the last paragraph break, line break or
+        """Where a window starting at `pos` ends: after the last paragraph break, line break or
         whitespace in its second half, else `window` characters on (never before a combining mark)."""
         hard_end = pos + window
         if hard_end >= len(text):
@@ -136,3 +206,18 @@ class Chunker:
         while end > low and unicodedata.combining(text[end]):
             end -= 1
         return end
+
+    def _overlap_start(self, text: str, previous_start: int, start: int, end: int) -> int:
+        """The new start of the chunk text[start:end]: up to overlap_tokens tokens earlier, after
+        previous_start, at a word start if possible, keeping the chunk within max_tokens."""
+        # Only the end of the previous text matters; no token is anywhere near this long.
+        region_start = max(previous_start + 1, start - 32 * (self.overlap_tokens + 1))
+        region = text[region_start:start]
+        offsets = self._tokenizer.encode(region, add_special_tokens=False).offsets
+        token_starts = sorted({region_start + s for s, _ in offsets[-self.overlap_tokens :]})
+        candidates = [s for s in token_starts if not text[s].isspace()]
+        word_starts = [s for s in candidates if text[s - 1].isspace()]
+        for candidate in word_starts + candidates:
+            if self.count_tokens(text[candidate:end]) <= self.max_tokens:
+                return candidate
+        return start

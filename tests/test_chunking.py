@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from semantic_text_splitter import TextSplitter
+from transformers import AutoTokenizer
+
+from connector.config import ChunkingConfig
+from connector.errors import ConfigError
+from connector.preprocess.chunking import Chunker
+from connector.testing.tiny_model import SENTENCES
+
+LATIN_SENTENCES = [
+    line for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip() and line.isascii()
+]
+ALL_SENTENCES = [line.strip() for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip()]
+CJK_SENTENCES = [
+    "数据库连接失败。",
+    "请检查网络设置！",
+    "为什么会这样？",
+    "修改配置文件后请重新启动服务器。",
+    "パスワードをリセットしてください。",
+    "本当にですか？",
+    "新しいバージョンでは長い文書の検索品質が向上しました！",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def paragraphs_text(seed: int, n_paragraphs: int, sentences=ALL_SENTENCES) -> str:
+    rng = random.Random(seed)
+    paragraphs = [" ".join(rng.choice(sentences) for _ in range(rng.randint(1, 5))) for _ in range(n_paragraphs)]
+    return "\n\n".join(paragraphs)
+
+
+def check_contract(tokenizer, chunker: Chunker, text: str, chunks) -> None:
+    """The guarantees every split must keep."""
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    covered = bytearray(len(text))
+    for c in chunks:
+        assert text[c.char_start : c.char_end] == c.text
+        assert c.text and c.text == c.text.strip()
+        assert n_tokens(tokenizer, c.text) <= chunker.max_tokens or len(c.text) == 1
+        covered[c.char_start : c.char_end] = b"\x01" * (c.char_end - c.char_start)
+    for prev, nxt in zip(chunks, chunks[1:]):
+        assert prev.char_start < nxt.char_start and prev.char_end < nxt.char_end
+    missing = [i for i, ch in enumerate(text) if not covered[i] and not ch.isspace()]
+    assert not missing, f"characters not in any chunk: {text[missing[0]:missing[0] + 20]!r}"
+
+
+# --- basic contract --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\n\t  \n"])
+def test_empty_text_gives_no_chunks(tokenizer, text):
+    assert Chunker(tokenizer, 32, 8).split("d", text) == []
+
+
+def test_short_document_is_one_chunk_equal_to_the_text(tokenizer):
+    text = "To reset your password, open the account settings.\n\nThen choose a new one."
+    [chunk] = Chunker(tokenizer, 64, 16).split("doc-1", text)
+    assert (chunk.doc_id, chunk.index, chunk.text, chunk.char_start, chunk.char_end) == ("doc-1", 0, text, 0, len(text))
+
+
+def test_text_that_fits_max_tokens_is_not_split_for_the_overlap_budget(tokenizer):
+    text = paragraphs_text(1, 20, LATIN_SENTENCES)
+    words = text.split(" ")
+    while n_tokens(tokenizer, " ".join(words)) > 60:
+        words.pop()
+    text = " ".join(words)
+    assert n_tokens(tokenizer, text) > 60 - 20  # longer than the room left by the overlap
+    assert [c.text for c in Chunker(tokenizer, 60, 20).split("d", text)] == [text]
+
+
+def test_surrounding_whitespace_is_not_part_of_a_chunk(tokenizer):
+    [chunk] = Chunker(tokenizer, 64, 0).split("d", "\n  Hello world.  \n")
+    assert (chunk.text, chunk.char_start, chunk.char_end) == ("Hello world.", 3, 15)
+
+
+@pytest.mark.parametrize("max_tokens, overlap", [(16, 0), (24, 6), (64, 16), (200, 40)])
+def test_long_text_contract_and_overlap(tokenizer, max_tokens, overlap):
+    text = paragraphs_text(2, 120) + "\n\nEmoji 😀😀 and ümlauts before the end. " * 3
+    chunker = Chunker(tokenizer, max_tokens, overlap)
+    chunks = chunker.split("d", text)
+    assert len(chunks) > 5
+    check_contract(tokenizer, chunker, text, chunks)
+    for prev, nxt in zip(chunks, chunks[1:]):
+        if overlap:
+            assert nxt.char_start < prev.char_end, "consecutive chunks must overlap"
+            assert n_tokens(tokenizer, text[nxt.char_start : prev.char_end]) <= overlap + 2
+        else:
+            assert nxt.char_start >= prev.char_end
+
+
+def test_offsets_are_characters_not_bytes(tokenizer):
+    text = ("ü😀数 " * 50 + "\n\n") * 10
+    chunker = Chunker(tokenizer, 20, 0)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    assert chunks[-1].char_end == len(text.rstrip()) < len(text.encode("utf-8"))
+
+
+# --- where the splits go ----------------------------------------------------------------------------
+
+
+def test_whole_paragraphs_when_they_fit(tokenizer):
+    rng = random.Random(3)
+    # One long paragraph, then three short ones, and again: the short ones can share a chunk.
+    paragraphs = [" ".join(rng.sample(LATIN_SENTENCES, 4 if i % 4 == 0 else 1)) for i in range(32)]
+    text = "\n\n".join(paragraphs)
+    max_tokens = max(n_tokens(tokenizer, p) for p in paragraphs) + 5
+    chunks = Chunker(tokenizer, max_tokens, 0).split("d", text)
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert all(part in paragraphs for part in chunk.text.split("\n\n")), chunk.text
+    assert len(chunks) < len(paragraphs)  # short paragraphs share a chunk
+
+
+def test_sentences_when_a_paragraph_is_too_long(tokenizer):
+    sentences = LATIN_SENTENCES[:40]
+    text = " ".join(sentences)
+    max_tokens = max(n_tokens(tokenizer, s) for s in sentences) + 10
+    chunks = Chunker(tokenizer, max_tokens, 0).split("d", text)
+    assert len(chunks) > 3
+    starts = {text.index(s) for s in sentences}
+    for chunk in chunks:
+        assert chunk.char_start in starts, f"chunk does not start at a sentence: {chunk.text[:40]!r}"
+        assert chunk.text[-1] in ".!?\"", f"chunk does not end a sentence: {chunk.text[-40:]!r}"
+
+
+def test_cjk_sentence_punctuation_is_a_boundary(tokenizer):
+    rng = random.Random(4)
+    sentences = [rng.choice(CJK_SENTENCES) for _ in range(60)]
+    text = "".join(sentences)  # no spaces at all
+    max_tokens = max(n_tokens(tokenizer, s) for s in CJK_SENTENCES) + 8
+    chunker = Chunker(tokenizer, max_tokens, 0)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    assert len(chunks) > 3
+    boundaries = {0}
+    for s in sentences:
+        boundaries.add(max(boundaries) + len(s))
+    for chunk in chunks:
+        assert chunk.char_start in boundaries and chunk.char_end in boundaries, chunk.text
+        assert chunk.text[-1] in "。！？"
+
+
+@pytest.mark.parametrize("text", ["abcdefghij" * 400, "数据库连接网络设置" * 300, "x" * 5000])
+def test_hard_token_split_without_any_boundary(tokenizer, text):
+    chunker = Chunker(tokenizer, 16, 0)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    assert len(chunks) > 5
+    assert "".join(c.text for c in chunks) == text
+
+
+def test_long_text_across_many_windows(tokenizer):
+    # max_tokens 16 starts with 1,024-character windows: this text spans dozens of them,
+    # including boundary-free runs that force hard cuts inside a window.
+    text = paragraphs_text(5, 150) + "\n\n" + "y" * 3000 + " " + paragraphs_text(6, 50)
+    assert len(text) > 30_000
+    chunker = Chunker(tokenizer, 16, 4)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    # The windows do not change where chunks end, compared with one call over the whole text
+    # (the library may pick another boundary in rare spots).
+    whole = TextSplitter.from_huggingface_tokenizer(tokenizer.backend_tokenizer, 12)
+    expected_ends = {offset + len(piece) for offset, piece in whole.chunk_indices(text)}
+    ends = [c.char_end for c in chunks]
+    assert sum(end in expected_ends for end in ends) >= 0.95 * len(ends)
+
+
+def test_truncation_left_on_the_tokenizer_does_not_change_counts(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tokenizer.backend_tokenizer.enable_truncation(8)  # what a call with truncation=True leaves behind
+    text = paragraphs_text(7, 30, LATIN_SENTENCES)
+    chunks = Chunker(tokenizer, 40, 0).split("d", text)
+    tokenizer.backend_tokenizer.no_truncation()
+    sizes = [n_tokens(tokenizer, c.text) for c in chunks]
+    assert max(sizes) <= 40 and max(sizes) > 8
+
+
+# --- construction -----------------------------------------------------------------------------------
+
+
+def test_overlap_must_be_smaller_than_max_tokens(tokenizer):
+    with pytest.raises(ConfigError, match="overlap_tokens"):
+        Chunker(tokenizer, 16, 16)
+
+
+def test_slow_tokenizer_is_refused_with_a_hint():
+    with pytest.raises(ConfigError, match="fast tokenizer"):
+        Chunker(object(), 16, 0)
+
+
+def test_from_config(tokenizer):
+    chunker = Chunker.from_config(tokenizer, ChunkingConfig(max_tokens=100, overlap_tokens=10))
+    assert (chunker.max_tokens, chunker.overlap_tokens) == (100, 10)
+
+
+def test_count_tokens_excludes_special_tokens(tokenizer):
+    chunker = Chunker(tokenizer, 16, 0)
+    assert chunker.count_tokens("hello world") == n_tokens(tokenizer, "hello world")
+    assert chunker.count_tokens("") == 0
+
+
+# --- property test ----------------------------------------------------------------------------------
+
+_pieces = st.one_of(
+    st.sampled_from(ALL_SENTENCES + CJK_SENTENCES),
+    st.sampled_from([" ", "\n", "\n\n", "\n\n\n", "\t", "。", "！", "？", ".", "😀", "ü", "\u0301", "﷽"]),
+    st.text(max_size=12),
+    st.text(alphabet="abcxyz数据", min_size=20, max_size=200),
+)
+_texts = st.lists(_pieces, max_size=60).map("".join)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_texts, max_tokens=st.integers(8, 48), overlap_share=st.floats(0, 0.5))
+def test_any_text_keeps_the_contract(tokenizer, text, max_tokens, overlap_share):
+    chunker = Chunker(tokenizer, max_tokens, int(max_tokens * overlap_share))
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    if not text.strip():
+        assert chunks == []
+    elif n_tokens(tokenizer, text.strip()) <= max_tokens:
+        assert [c.text for c in chunks] == [text.strip()]

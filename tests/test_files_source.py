@@ -1,0 +1,335 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+import connector.sources.files as files_module
+from connector.config import FilesSourceConfig, JsonlFields
+from connector.errors import SourceError
+from connector.records import Document, FailedDocument
+from connector.sources.base import Source
+from connector.sources.files import FilesSource, glob_to_regex
+
+PAGE = """<!doctype html>
+<html><head><title> Reset  your password </title>
+<style>p { color: red }</style><script>var secret = "SCRIPT";</script></head>
+<body>
+<noscript>NOSCRIPT</noscript><template><p>TEMPLATE</p></template>
+<h1>Account help</h1>
+<p>Open the settings
+   and choose <b>Forgot password</b>.</p>
+<div>First line<br>second line</div>
+<ul><li>one</li><li>two</li></ul>
+<!-- COMMENT -->
+<script>alert("SCRIPT2")</script>
+</body></html>
+"""
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def read_all(root: Path, **config) -> list[Document | FailedDocument]:
+    return list(FilesSource(FilesSourceConfig(path=root, **config)).read())
+
+
+def by_id(items) -> dict[str, Document | FailedDocument]:
+    return {item.doc_id: item for item in items}
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    write(root / "a.md", "# Getting started\n\nInstall the tool.\n")
+    write(root / "guides" / "setup.md", "```bash\n# not a title\n```\n\nIntro\n\n# Setup guide #\n\nText.")
+    write(root / "guides" / "deep" / "notes.txt", "plain text notes\n")
+    write(root / "page.html", PAGE)
+    write(root / "ignored.rst", "not included by default")
+    return root
+
+
+# --- formats ----------------------------------------------------------------------------------------
+
+
+def test_reads_every_format_in_sorted_path_order(corpus):
+    items = read_all(corpus)
+    assert [i.doc_id for i in items] == ["a.md", "guides/deep/notes.txt", "guides/setup.md", "page.html"]
+    assert all(isinstance(i, Document) for i in items)
+
+
+def test_read_is_a_stream(corpus):
+    stream = FilesSource(FilesSourceConfig(path=corpus)).read()
+    assert isinstance(stream, Iterator) and not isinstance(stream, (list, tuple))
+    assert isinstance(next(stream), Document)
+
+
+def test_text_and_markdown(corpus):
+    docs = by_id(read_all(corpus))
+    assert docs["a.md"].text == "# Getting started\n\nInstall the tool.\n"
+    assert docs["a.md"].metadata["title"] == "Getting started"
+    # a '# ' line inside a code fence is not the title; a closing '#' sequence is not part of it
+    assert docs["guides/setup.md"].metadata["title"] == "Setup guide"
+    assert docs["guides/deep/notes.txt"].text == "plain text notes\n"
+    assert "title" not in docs["guides/deep/notes.txt"].metadata
+
+
+def test_markdown_with_bom_and_without_heading(tmp_path):
+    write(tmp_path / "bom.md", "\ufeff# Title\ntext".encode("utf-8"))
+    write(tmp_path / "none.md", "## Only a subheading\n#hashtag")
+    docs = by_id(read_all(tmp_path))
+    assert docs["bom.md"].text == "# Title\ntext"
+    assert docs["bom.md"].metadata["title"] == "Title"
+    assert "title" not in docs["none.md"].metadata
+
+
+def test_html_drops_scripts_and_keeps_paragraphs(corpus):
+    doc = by_id(read_all(corpus))["page.html"]
+    assert doc.metadata["title"] == "Reset your password"
+    for hidden in ("SCRIPT", "secret", "color", "NOSCRIPT", "TEMPLATE", "COMMENT"):
+        assert hidden not in doc.text
+    assert doc.text == (
+        "Account help\n\nOpen the settings and choose Forgot password.\n\n"
+        "First line\nsecond line\n\none\ntwo"
+    )
+
+
+def test_html_declared_charset_is_used(tmp_path):
+    page = '<html><head><meta charset="iso-8859-1"><title>Caf\xe9</title></head><body><p>Cr\xe8me br\xfbl\xe9e</p></body></html>'
+    write(tmp_path / "latin.html", page.encode("latin-1"))
+    doc = by_id(read_all(tmp_path))["latin.html"]
+    assert (doc.text, doc.metadata["title"]) == ("Crème brûlée", "Café")
+
+
+def test_html_pre_keeps_its_line_breaks(tmp_path):
+    write(tmp_path / "code.htm", "<p>Run:</p><pre>make\nmake install</pre>")
+    assert by_id(read_all(tmp_path))["code.htm"].text == "Run:\n\nmake\nmake install"
+
+
+def test_non_utf8_text_fails_with_a_reason(tmp_path):
+    write(tmp_path / "latin1.txt", "café crème".encode("latin-1"))
+    write(tmp_path / "ok.txt", "fine")
+    items = by_id(read_all(tmp_path))
+    failed = items["latin1.txt"]
+    assert isinstance(failed, FailedDocument)
+    assert "UTF-8" in failed.reason and "0xe9" in failed.reason and "\n" not in failed.reason
+    assert isinstance(items["ok.txt"], Document)
+
+
+# --- jsonl ------------------------------------------------------------------------------------------
+
+
+def jsonl(*lines) -> str:
+    return "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
+
+
+def test_jsonl_records_and_bad_lines(tmp_path):
+    write(
+        tmp_path / "data" / "kb.jsonl",
+        jsonl(
+            {"id": "kb-1", "text": "First answer", "lang": "en", "tags": ["a"]},
+            "{not json",
+            {"text": "no id"},
+            {"id": "kb-3"},
+            "",
+            {"id": 7, "text": "integer id"},
+            [1, 2],
+            {"id": ["x"], "text": "list id"},
+            {"id": "kb-1", "text": "again"},
+        ),
+    )
+    items = read_all(tmp_path)
+    docs = [i for i in items if isinstance(i, Document)]
+    failed = {i.doc_id: i.reason for i in items if isinstance(i, FailedDocument)}
+    assert [d.doc_id for d in docs] == ["kb-1", "7"]
+    assert docs[0].text == "First answer"
+    assert docs[0].metadata["lang"] == "en" and docs[0].metadata["tags"] == ["a"]
+    assert docs[0].metadata["path"] == "data/kb.jsonl" and docs[0].metadata["line"] == 1
+    assert "id" not in docs[0].metadata and "text" not in docs[0].metadata
+    assert set(failed) == {f"data/kb.jsonl:line {n}" for n in (2, 3, 7, 8, 9)} | {"kb-3"}
+    assert "not valid JSON" in failed["data/kb.jsonl:line 2"]
+    assert "no 'id' field" in failed["data/kb.jsonl:line 3"] and "id_field" in failed["data/kb.jsonl:line 3"]
+    # the id is known, so the failure carries it (the sync then keeps what it stored for kb-3)
+    assert failed["kb-3"].startswith("data/kb.jsonl:line 4: the record has no 'text' field")
+    assert "JSON object" in failed["data/kb.jsonl:line 7"]
+    assert "'id' must be" in failed["data/kb.jsonl:line 8"]
+    assert failed["data/kb.jsonl:line 9"] == "duplicate doc_id 'kb-1' (first seen in data/kb.jsonl:line 1)"
+    assert all("\n" not in reason for reason in failed.values())
+
+
+def test_jsonl_configured_fields(tmp_path):
+    write(tmp_path / "r.jsonl", jsonl({"uid": 1, "body": "hello", "lang": "en", "path": "mine", "skip": 1}))
+    fields = JsonlFields(id_field="uid", text_field="body", metadata_fields=["lang", "path", "absent"])
+    [doc] = read_all(tmp_path, jsonl=fields)
+    assert (doc.doc_id, doc.text) == ("1", "hello")
+    # the source's own keys win over a record field of the same name
+    assert set(doc.metadata) == {"lang", "path", "modified", "line"}
+    assert doc.metadata["path"] == "r.jsonl"
+
+
+def test_jsonl_bad_utf8_line_does_not_stop_the_file(tmp_path):
+    good = json.dumps({"id": "b", "text": "ok"}).encode()
+    write(tmp_path / "mixed.jsonl", b'{"id": "a", "text": "caf\xe9"}\n' + good + b"\n")
+    items = read_all(tmp_path)
+    assert isinstance(items[0], FailedDocument) and "UTF-8" in items[0].reason
+    assert items[0].doc_id == "mixed.jsonl:line 1"
+    assert isinstance(items[1], Document) and items[1].doc_id == "b"
+
+
+def test_duplicate_across_files(tmp_path):
+    write(tmp_path / "a.jsonl", jsonl({"id": "x", "text": "one"}))
+    write(tmp_path / "b.jsonl", jsonl({"id": "x", "text": "two"}))
+    first, second = read_all(tmp_path)
+    assert isinstance(first, Document) and first.text == "one"
+    assert isinstance(second, FailedDocument)
+    assert second.reason == "duplicate doc_id 'x' (first seen in a.jsonl:line 1)"
+
+
+# --- globs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern, path, matches",
+    [
+        ("**/*.md", "a.md", True),
+        ("**/*.md", "x/y/a.md", True),
+        ("**/*.md", "a.mdx", False),
+        ("*.md", "a.md", True),
+        ("*.md", "x/a.md", False),
+        ("docs/*.md", "docs/a.md", True),
+        ("docs/*.md", "docs/x/a.md", False),
+        ("docs/**", "docs/x/a.md", True),
+        ("docs/**", "other/a.md", False),
+        ("**/drafts/**", "a/drafts/b/c.txt", True),
+        ("**/drafts/**", "drafts/c.txt", True),
+        ("a?.txt", "ab.txt", True),
+        ("a?.txt", "a/.txt", False),
+        ("[ab].txt", "b.txt", True),
+        ("[!ab].txt", "b.txt", False),
+        ("[!ab].txt", "c.txt", True),
+        ("a+b (1).md", "a+b (1).md", True),
+        ("a+b (1).md", "aab (1).md", False),
+        ("./notes/*.txt", "notes/n.txt", True),
+    ],
+)
+def test_glob_matching(pattern, path, matches):
+    assert bool(glob_to_regex(pattern).match(path)) is matches
+
+
+def test_include_and_exclude(tmp_path):
+    for rel in ["a.md", "b.txt", "drafts/c.md", "x/drafts/d.md", "x/e.md", "x/secret.md"]:
+        write(tmp_path / rel, "text")
+    ids = [i.doc_id for i in read_all(tmp_path, include=["**/*.md"], exclude=["**/drafts/**", "**/secret.md"])]
+    assert ids == ["a.md", "x/e.md"]
+
+
+def test_unsupported_type_included_explicitly_fails_clearly(corpus):
+    items = by_id(read_all(corpus, include=["*.rst"]))
+    assert "unsupported file type '.rst'" in items["ignored.rst"].reason
+
+
+def test_excluded_folder_is_not_listed(corpus, monkeypatch):
+    listed = []
+    real_scandir = os.scandir
+
+    def spy(path):
+        listed.append(Path(path).name)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", spy)
+    ids = [i.doc_id for i in read_all(corpus, exclude=["guides/**"])]
+    assert ids == ["a.md", "page.html"]
+    assert listed and "guides" not in listed and "deep" not in listed
+
+
+# --- errors and file system corner cases --------------------------------------------------------------
+
+
+def test_missing_root_is_an_error_not_an_empty_source(tmp_path):
+    source = FilesSource(FilesSourceConfig(path=tmp_path / "nope"))
+    with pytest.raises(SourceError, match="does not exist.*source.path"):
+        source.read()  # raised on the call, before anything is iterated
+
+
+def test_root_that_is_a_file_is_an_error(tmp_path):
+    write(tmp_path / "file.md", "x")
+    with pytest.raises(SourceError, match="not a folder"):
+        FilesSource(FilesSourceConfig(path=tmp_path / "file.md")).read()
+
+
+def test_unlistable_subfolder_is_an_error(corpus, monkeypatch):
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "deep":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SourceError, match="cannot list folder .*deep.*source.exclude"):
+        read_all(corpus)
+
+
+def test_unreadable_file_is_a_failed_document(corpus, monkeypatch):
+    real = files_module._read_bytes
+
+    def read_bytes(path):
+        if path.name == "a.md":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(files_module, "_read_bytes", read_bytes)
+    items = by_id(read_all(corpus))
+    assert isinstance(items["a.md"], FailedDocument)
+    assert "Permission denied" in items["a.md"].reason
+    assert isinstance(items["page.html"], Document)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_unreadable_file_by_permissions(corpus):
+    (corpus / "a.md").chmod(0)
+    try:
+        items = by_id(read_all(corpus))
+    finally:
+        (corpus / "a.md").chmod(0o644)
+    assert isinstance(items["a.md"], FailedDocument) and "ermission" in items["a.md"].reason
+
+
+def test_symlink_loop_is_not_followed(corpus):
+    os.symlink(corpus, corpus / "guides" / "loop", target_is_directory=True)
+    os.symlink(corpus / "guides", corpus / "guides" / "deep" / "up", target_is_directory=True)
+    ids = [i.doc_id for i in read_all(corpus)]
+    assert ids == ["a.md", "guides/deep/notes.txt", "guides/setup.md", "page.html"]
+
+
+def test_symlinked_file_is_read_and_broken_link_fails(tmp_path):
+    write(tmp_path / "real.txt", "content")
+    os.symlink(tmp_path / "real.txt", tmp_path / "link.txt")
+    os.symlink(tmp_path / "gone.txt", tmp_path / "broken.txt")
+    items = by_id(read_all(tmp_path))
+    assert items["link.txt"].text == "content"
+    assert isinstance(items["broken.txt"], FailedDocument) and "cannot read" in items["broken.txt"].reason
+
+
+# --- metadata ---------------------------------------------------------------------------------------
+
+
+def test_metadata_path_and_modified_in_utc(corpus):
+    when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    os.utime(corpus / "guides" / "setup.md", (when, when))
+    doc = by_id(read_all(corpus))["guides/setup.md"]
+    assert doc.metadata == {"path": "guides/setup.md", "modified": "2024-01-02T03:04:05+00:00", "title": "Setup guide"}
+
+
+def test_files_source_is_a_source(corpus):
+    assert isinstance(FilesSource(FilesSourceConfig(path=corpus)), Source)
