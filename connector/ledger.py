@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS documents (
     content_hash TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     chunk_count INTEGER NOT NULL,
+    origin TEXT,
     updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS chunks (
@@ -116,6 +117,10 @@ class Ledger:
     def doc_ids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
 
+    def doc_origins(self) -> dict[str, str | None]:
+        """doc_id -> the source file it came from."""
+        return dict(self.db.execute("SELECT doc_id, origin FROM documents ORDER BY doc_id"))
+
     def iter_point_ids(self) -> Iterator[str]:
         for (pid,) in self.db.execute("SELECT point_id FROM chunks"):
             yield pid
@@ -144,6 +149,7 @@ class Ledger:
         fingerprint: str,
         chunks: Iterable[LedgerChunk],
         stale_point_ids: Iterable[str],
+        origin: str | None = None,
     ) -> None:
         """Record a document whose points the store has confirmed; queue its stale points."""
         chunks = list(chunks)
@@ -154,9 +160,9 @@ class Ledger:
                 [(doc_id, c.chunk_index, c.point_id, c.chunk_key) for c in chunks],
             )
             self.db.execute(
-                "INSERT OR REPLACE INTO documents(doc_id, content_hash, fingerprint, chunk_count, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (doc_id, content_hash, fingerprint, len(chunks), now_iso()),
+                "INSERT OR REPLACE INTO documents(doc_id, content_hash, fingerprint, chunk_count, origin, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (doc_id, content_hash, fingerprint, len(chunks), origin, now_iso()),
             )
             # A point just written must never be deleted by an older queued delete.
             self.db.executemany("DELETE FROM pending_deletes WHERE point_id=?", [(c.point_id,) for c in chunks])

@@ -38,6 +38,11 @@ def document_hash(doc: Document) -> str:
     return stable_hash({"text": doc.text, "metadata": meta})
 
 
+def without_volatile(payload: dict) -> dict:
+    meta = {k: v for k, v in payload["metadata"].items() if k not in VOLATILE_METADATA}
+    return {**payload, "metadata": meta}
+
+
 def sink_target(config: SyncConfig) -> str:
     """A secret-free description of the store + collection a config writes to."""
     s = config.sink
@@ -155,6 +160,7 @@ class SyncRun:
         if not dry_run:
             self._finish_pending_deletes(report)
         seen: set[str] = set()
+        failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
         window: list[DocPlan] = []
         window_chunks = 0
         for item in self._progress(self.source.read()):
@@ -162,6 +168,8 @@ class SyncRun:
             seen.add(item.doc_id)
             if isinstance(item, FailedDocument):
                 self._fail(report, item.doc_id, item.reason, dry_run)
+                if item.origin:
+                    failed_origins.add(item.origin)
                 continue
             plan = self._plan(item)
             if plan is None:
@@ -181,7 +189,7 @@ class SyncRun:
         if window:
             self._write_window(window, report)
         if prune:
-            self._prune(seen, report, dry_run)
+            self._prune(seen, failed_origins, report, dry_run)
         if dry_run:
             report.chunks["encoded"] = self._count_to_encode(report)
         return report
@@ -195,7 +203,8 @@ class SyncRun:
         text = self.normalize(doc.text)
         chunks = self.chunker.split(doc.doc_id, text)
         payloads = [chunk_payload(c, doc.metadata) for c in chunks]
-        keys = [stable_hash({"payload": p, "fingerprint": self.fingerprint}) for p in payloads]
+        # 'modified' alone does not rewrite a point: only the chunks whose text or payload changed are.
+        keys = [stable_hash({"payload": without_volatile(p), "fingerprint": self.fingerprint}) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in self.ledger.chunks(doc.doc_id)} if known else {}
         write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i] or old[i].point_id != ids[i]]
@@ -236,6 +245,7 @@ class SyncRun:
                 self.fingerprint,
                 [LedgerChunk(i, plan.ids[i], plan.keys[i]) for i in range(len(plan.chunks))],
                 plan.stale_ids,
+                origin=plan.doc.metadata.get("path"),
             )
             self._delete(plan.stale_ids, report)
             n += 1
@@ -263,9 +273,9 @@ class SyncRun:
         """Deletes a crashed run had queued but not confirmed."""
         self._delete(self.ledger.pending_deletes(), report)
 
-    def _prune(self, seen: set[str], report: SyncReport, dry_run: bool) -> None:
-        for doc_id in self.ledger.doc_ids():
-            if doc_id in seen:
+    def _prune(self, seen: set[str], failed_origins: set[str], report: SyncReport, dry_run: bool) -> None:
+        for doc_id, origin in self.ledger.doc_origins().items():
+            if doc_id in seen or origin in failed_origins:
                 continue
             report.documents["deleted"] += 1
             if dry_run:

@@ -105,3 +105,4 @@ class FailedDocument:
 
     doc_id: str
     reason: str  # one line, says what is wrong
+    origin: str | None = None  # the file it came from; documents stored from that file are never pruned

@@ -93,8 +93,9 @@ def ledger_ids(config_path: Path) -> list[str]:
         ledger.close()
 
 
-def new_chunk_texts(old: str, new: str, config_path: Path) -> set[str]:
-    """Chunk texts of `new` that `old` does not have, chunked as the config says."""
+def chunk_diff(old: str, new: str, config_path: Path) -> tuple[set[str], int, int]:
+    """Chunking both texts as the config says: (chunk texts new to the document, number of chunk
+    positions whose text or offsets changed, number of chunks of the new text)."""
     from transformers import AutoTokenizer
 
     from connector.preprocess.chunking import Chunker
@@ -102,8 +103,10 @@ def new_chunk_texts(old: str, new: str, config_path: Path) -> set[str]:
     config = load_config(config_path)
     chunker = Chunker(AutoTokenizer.from_pretrained(config.encoder.model), config.chunking.max_tokens,
                       config.chunking.overlap_tokens)
-    before = {c.text for c in chunker.split("d", old)}
-    return {c.text for c in chunker.split("d", new)} - before
+    before, after = chunker.split("d", old), chunker.split("d", new)
+    spans = lambda c: (c.text, c.char_start, c.char_end)  # noqa: E731
+    moved = sum(1 for i, c in enumerate(after) if i >= len(before) or spans(before[i]) != spans(c))
+    return {c.text for c in after} - {c.text for c in before}, moved, len(after)
 
 
 def test_sync_lifecycle(project):
@@ -135,12 +138,17 @@ def test_sync_lifecycle(project):
     code, third, out = run("sync", "-c", cfg, "--json")
     assert code == 0, out
     assert third["documents"]["changed"] == 1 and third["documents"]["unchanged"] == len(EXPECTED_DOC_IDS) - 1
-    changed_texts = new_chunk_texts(LONG_DOC, edited, project)
-    assert 1 <= len(changed_texts) < len(long_chunks) / 4
-    assert third["chunks"]["encoded"] == len(changed_texts)
-    assert third["chunks"]["upserted"] == third["chunks"]["encoded"]
+    new_texts, moved, long_count = chunk_diff(LONG_DOC, edited, project)
+    assert 1 <= len(new_texts) < len(long_chunks) / 4 and moved < len(long_chunks) / 4
+    assert third["chunks"]["encoded"] == len(new_texts)  # only new text is encoded...
+    assert third["chunks"]["upserted"] == moved  # ...and only changed positions are written
+    assert third["chunks"]["cached"] == moved - len(new_texts)
+    grown = long_count - len(long_chunks)
+    assert third["chunks"]["deleted"] == max(0, -grown)
     count, ids_after_edit = store_state(project)
-    assert ids_after_edit == ledger_ids(project) == ids and count == len(ids)
+    assert ids_after_edit == ledger_ids(project) and count == len(ids) + grown
+    assert set(ids) < set(ids_after_edit) if grown > 0 else set(ids_after_edit) <= set(ids)
+    ids = ids_after_edit
 
     # dry run of a deletion: reports, writes nothing
     (docs / "page.html").unlink()
@@ -275,3 +283,21 @@ def test_console_script_runs(project):
     assert json.loads(proc.stdout)["documents"]["new"] == len(EXPECTED_DOC_IDS)
     proc = subprocess.run([str(exe), "sync", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Example" in proc.stdout
+
+
+def test_prune_keeps_records_of_a_file_with_an_unreadable_line(project):
+    cfg = str(project)
+    assert run("sync", "-c", cfg)[0] == 0
+    before = store_state(project)[1]
+    tickets = project.parent / "docs" / "tickets.jsonl"
+    first_line = tickets.read_text(encoding="utf-8").splitlines()[0]
+    tickets.write_text(first_line + "\n" + '{"id": "t-2", "text": broken json\n', encoding="utf-8")
+    code, data, out = run("sync", "-c", cfg, "--prune", "--json")
+    assert code == 3, out
+    assert data["failures"][0]["doc_id"] == "tickets.jsonl:line 2"
+    assert data["documents"]["deleted"] == 0
+    assert store_state(project)[1] == before  # t-2 may be the broken line: its points stay
+    tickets.write_text(first_line + "\n", encoding="utf-8")  # now really gone
+    code, data, out = run("sync", "-c", cfg, "--prune", "--json")
+    assert code == 0 and data["documents"]["deleted"] == 1, out
+    assert point_id("kb", "t-2", 0) not in store_state(project)[1]

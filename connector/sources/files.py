@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -112,8 +113,8 @@ class FilesSource(Source):
     - A doc_id seen twice in one read: the second is a FailedDocument named after where it is
       ('duplicate doc_id ... (first seen in ...)').
     - metadata: `path` (relative), `modified` (file mtime, ISO 8601 UTC), `title` when known; for
-      records also `line` and the record's metadata fields (`path`, `modified` and `line` win
-      over record fields of the same name).
+      records also the record's metadata fields (`path` and `modified` win over record fields
+      of the same name). No line number: a record that moves within its file is not a change.
     - Symlinked folders are not followed (no loops); symlinked files are read.
     """
 
@@ -171,6 +172,8 @@ class FilesSource(Source):
                     item = FailedDocument(where, f"duplicate doc_id {item.doc_id!r} (first seen in {first})")
                 else:
                     seen[item.doc_id] = where
+                if isinstance(item, FailedDocument):
+                    item = dataclasses.replace(item, origin=rel)
                 yield item
 
     def _read_file(self, rel: str) -> Iterator[tuple[Document | FailedDocument, str]]:
@@ -264,7 +267,7 @@ class FilesSource(Source):
             own = {k: v for k, v in record.items() if k not in (fields.id_field, fields.text_field)}
         else:
             own = {k: record[k] for k in fields.metadata_fields if k in record}
-        metadata = {**own, **file_metadata, "line": number}
+        metadata = {**own, **file_metadata}
         yield Document(str(doc_id), text, metadata), where
 
 
