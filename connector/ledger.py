@@ -189,8 +189,11 @@ class Ledger:
             (doc_id, reason, now_iso()),
         )
 
-    def clear_failure(self, doc_id: str) -> None:
-        self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (doc_id,))
+    def keep_failures(self, doc_ids: Iterable[str]) -> None:
+        """Forget every recorded failure but these (the ones the last full read still had)."""
+        keep = set(doc_ids)
+        stale = [(d,) for (d,) in self.db.execute("SELECT doc_id FROM failed_documents") if d not in keep]
+        self.db.executemany("DELETE FROM failed_documents WHERE doc_id=?", stale)
 
     def _queue_deletes(self, doc_id: str, point_ids: Iterable[str]) -> None:
         self.db.executemany(

@@ -174,8 +174,6 @@ class SyncRun:
             plan = self._plan(item)
             if plan is None:
                 report.documents["unchanged"] += 1
-                if not dry_run:
-                    self.ledger.clear_failure(item.doc_id)
                 continue
             report.documents[plan.action] += 1
             if dry_run:
@@ -190,6 +188,8 @@ class SyncRun:
             self._write_window(window, report)
         if prune:
             self._prune(seen, failed_origins, report, dry_run)
+        if not dry_run:
+            self.ledger.keep_failures(f["doc_id"] for f in report.failures)
         if dry_run:
             report.chunks["encoded"] = self._count_to_encode(report)
         return report

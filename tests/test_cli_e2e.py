@@ -297,7 +297,9 @@ def test_prune_keeps_records_of_a_file_with_an_unreadable_line(project):
     assert data["failures"][0]["doc_id"] == "tickets.jsonl:line 2"
     assert data["documents"]["deleted"] == 0
     assert store_state(project)[1] == before  # t-2 may be the broken line: its points stay
+    assert run("status", "-c", cfg, "--json")[1]["ledger"]["failed_documents"] == 1
     tickets.write_text(first_line + "\n", encoding="utf-8")  # now really gone
     code, data, out = run("sync", "-c", cfg, "--prune", "--json")
     assert code == 0 and data["documents"]["deleted"] == 1, out
+    assert run("status", "-c", cfg, "--json")[1]["failed_documents"] == []
     assert point_id("kb", "t-2", 0) not in store_state(project)[1]
