@@ -87,7 +87,8 @@ def test_matches_independent_reference_across_padded_batches(tiny_encoder, refer
 def test_batches_are_sorted_by_length_and_padded_to_their_own_longest(tiny_encoder):
     lengths = [len(tiny_encoder.tokenizer(t, truncation=True, max_length=512)["input_ids"]) for t in TEXTS]
     shapes = []
-    hook = tiny_encoder._model.register_forward_pre_hook(
+    model, _sparse_head = tiny_encoder._loaded()
+    hook = model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     try:
@@ -288,3 +289,11 @@ def test_hub_download_uses_the_patterns_and_records_the_commit(tiny_model_dir, t
     assert encoder.fingerprint["model"] == "BAAI/bge-m3"
     assert encoder.fingerprint["revision"] == commit
     assert encoder.encode(["downloaded"])[0].dense.shape == (32,)
+
+
+def test_weights_load_only_when_something_is_encoded(tiny_model_dir):
+    encoder = BGEM3Encoder(str(tiny_model_dir), max_length=64)
+    assert encoder._weights is None  # tokenizer, dimension and fingerprint need no weights
+    assert encoder.dimension > 0 and encoder.fingerprint["content_sha256"]
+    encoder.encode(["now the weights are needed"])
+    assert encoder._weights is not None

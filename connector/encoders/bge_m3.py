@@ -86,10 +86,11 @@ class BGEM3Encoder(Encoder):
             self._revision = self.folder.name if self.folder.parent.name == "snapshots" else revision
             model_ref = model
         weights_file = _check_files(self.folder)
-        self._tokenizer, self._model, self._sparse_linear = _load(self.folder)
-        self.dimension = int(self._model.config.hidden_size)
+        self._tokenizer, config = _load_tokenizer_and_config(self.folder)
+        self._weights: tuple | None = None  # (model, sparse head), loaded on the first encode()
+        self.dimension = int(config.hidden_size)
 
-        usable_positions = self._model.config.max_position_embeddings - self._model.config.pad_token_id - 1
+        usable_positions = config.max_position_embeddings - config.pad_token_id - 1
         if max_length > usable_positions:
             raise ConfigError(
                 f"encoder.max_length ({max_length}) is more than the model in {self.folder} supports "
@@ -148,11 +149,19 @@ class BGEM3Encoder(Encoder):
                     results[i] = vectors
         return results
 
+    def _loaded(self) -> tuple:
+        """The transformer and the sparse head, loaded once. Loading waits for the first text to
+        encode, so a sync with nothing to encode never reads the weights."""
+        if self._weights is None:
+            self._weights = _load_weights(self.folder, self.dimension)
+        return self._weights
+
     def _encode_batch(self, batch_ids: list[list[int]]) -> list[Vectors]:
+        model, sparse_linear = self._loaded()
         padded = self._tokenizer.pad({"input_ids": batch_ids}, padding="longest", return_tensors="pt")
-        hidden = self._model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).last_hidden_state
+        hidden = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).last_hidden_state
         dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy()
-        token_weights = torch.relu(self._sparse_linear(hidden)).squeeze(-1).numpy()
+        token_weights = torch.relu(sparse_linear(hidden)).squeeze(-1).numpy()
         return [
             Vectors(
                 dense=dense[row].astype(np.float32, copy=True),
@@ -268,25 +277,35 @@ def _check_files(folder: Path) -> str:
     raise ModelLoadError(f"{folder} has no model weights: expected {' or '.join(WEIGHT_FILES)}")
 
 
-def _load(folder: Path):
-    """Load the fast tokenizer, the transformer (fp32, eval mode) and the sparse head (fp32)."""
-    from transformers import AutoModel, AutoTokenizer
+def _load_tokenizer_and_config(folder: Path):
+    """The fast tokenizer and the model config (cheap: no weights are read)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+        config = AutoConfig.from_pretrained(folder)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for broken folders
         raise ModelLoadError(f"could not load the model in {folder} ({type(err).__name__}: {err})") from err
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{folder}: no fast tokenizer could be built; add tokenizer.json to the folder")
+    return tokenizer, config
 
-    sparse_linear = torch.nn.Linear(model.config.hidden_size, 1)
+
+def _load_weights(folder: Path, hidden_size: int):
+    """The transformer (fp32, eval mode) and the sparse head (fp32)."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    except Exception as err:
+        raise ModelLoadError(f"could not load the model weights in {folder} ({type(err).__name__}: {err})") from err
+    sparse_linear = torch.nn.Linear(hidden_size, 1)
     try:
         state = torch.load(folder / "sparse_linear.pt", map_location="cpu", weights_only=True)
         sparse_linear.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     except Exception as err:
         raise ModelLoadError(
-            f"{folder / 'sparse_linear.pt'} is not a Linear({model.config.hidden_size}, 1) state dict "
+            f"{folder / 'sparse_linear.pt'} is not a Linear({hidden_size}, 1) state dict "
             f"({type(err).__name__}: {err}); copy the file again from the model's hub repository"
         ) from err
-    return tokenizer, model, sparse_linear.eval()
+    return model, sparse_linear.eval()
