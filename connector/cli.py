@@ -135,7 +135,7 @@ def search(ctx, config_path, query, mode, limit):
     sink = make_sink(config.sink)
     try:
         if sink.describe() is None:
-            raise ConfigError(f"collection '{config.sink.collection}' does not exist yet; run `connector sync` first")
+            raise ConnectorError(f"collection '{config.sink.collection}' does not exist yet; run `connector sync` first")
         hits = sink.search(mode, dense=vectors.dense, sparse=vectors.sparse, limit=limit)
     finally:
         sink.close()

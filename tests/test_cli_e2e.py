@@ -19,6 +19,7 @@ from connector.config import load_config
 from connector.ledger import Ledger
 from connector.records import point_id
 from connector.sinks.factory import make_sink
+from milvus_server import milvus_server  # noqa: F401  (session fixture)
 
 LONG_DOC = "\n\n".join(
     f"Section {n}. The device keeps a log of every connection attempt number {n}. "
@@ -47,15 +48,16 @@ def write_corpus(root: Path) -> None:
 EXPECTED_DOC_IDS = {"reset.md", "guides/long.txt", "guides/zh.md", "page.html", "t-1", "t-2"}
 
 
-@pytest.fixture(params=["qdrant", "milvus"])
+@pytest.fixture(params=["qdrant", "milvus", pytest.param("milvus-server", marks=pytest.mark.server)])
 def project(request, tmp_path, tiny_model_dir):
     """A corpus folder and a config for one backend; returns the config path."""
     write_corpus(tmp_path / "docs")
-    sink = (
-        {"type": "qdrant", "path": "./store/qdrant", "collection": "kb"}
-        if request.param == "qdrant"
-        else {"type": "milvus", "uri": "./store/milvus.db", "collection": "kb"}
-    )
+    sink = {
+        "qdrant": lambda: {"type": "qdrant", "path": "./store/qdrant", "collection": "kb"},
+        "milvus": lambda: {"type": "milvus", "uri": "./store/milvus.db", "collection": "kb"},
+        "milvus-server": lambda: {"type": "milvus", "uri": request.getfixturevalue("milvus_server").uri,
+                                  "collection": "kb"},
+    }[request.param]()
     config = {
         "source": {"type": "files", "path": "./docs"},
         "preprocess": {"abbreviations": {"u": "you", "thx": "thanks"}, "drop_symbols": ["®", "™"]},
@@ -66,6 +68,10 @@ def project(request, tmp_path, tiny_model_dir):
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    if request.param == "milvus-server":  # one server for the session: start from an empty collection
+        with make_sink(load_config(path).sink) as sink:
+            if sink.describe() is not None:
+                sink.drop()
     return path
 
 
@@ -303,3 +309,58 @@ def test_prune_keeps_records_of_a_file_with_an_unreadable_line(project):
     assert code == 0 and data["documents"]["deleted"] == 1, out
     assert run("status", "-c", cfg, "--json")[1]["failed_documents"] == []
     assert point_id("kb", "t-2", 0) not in store_state(project)[1]
+
+
+def test_schema_show_create_and_recreate(project):
+    cfg = str(project)
+    code, data, out = run("schema", "-c", cfg, "--json")
+    assert code == 0, out
+    assert data["exists"] is False and data["layout"]["vectors"]["dense"]["distance"] == "cosine"
+    assert data["layout"]["payload"]["doc_id"]["index"] is True
+    code, data, out = run("schema", "-c", cfg, "--create", "--json")
+    assert code == 0 and data["action"] == "created", out
+    model_size = data["store"]["dense_size"]
+    model_config = json.loads((Path(load_config(project).encoder.model) / "config.json").read_text())
+    assert model_size == model_config["hidden_size"]
+    code, data, _ = run("schema", "-c", cfg, "--create", "--json")
+    assert data["action"].startswith("exists")
+    assert run("sync", "-c", cfg)[0] == 0
+    assert store_state(project)[0] > 0
+    code, data, out = run("schema", "-c", cfg, "--recreate", "--yes", "--json")
+    assert code == 0 and data["store"]["points"] == 0, out
+    assert ledger_ids(project) == []  # the ledger follows the store
+    code, data, out = run("sync", "-c", cfg, "--json")
+    assert data["documents"]["new"] == len(EXPECTED_DOC_IDS) and data["chunks"]["encoded"] == 0  # cache
+    assert store_state(project)[1] == ledger_ids(project)
+
+
+def test_search_before_any_sync_says_what_to_do(project):
+    code, data, out = run("search", "-c", str(project), "anything", "--json")
+    assert code == 1 and "run `connector sync` first" in data["error"]
+
+
+def test_secrets_never_appear_in_output(tmp_path, tiny_model_dir, monkeypatch):
+    from milvus_server import free_port
+
+    secret = "tok-9f8e7d6c5b4a"
+    monkeypatch.setenv("MILVUS_TOKEN", secret)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("hello", encoding="utf-8")
+    config = {
+        "source": {"type": "files", "path": "./docs"},
+        "encoder": {"model": str(tiny_model_dir), "max_length": 512},
+        "chunking": {"max_tokens": 64, "overlap_tokens": 8},
+        "sink": {"type": "milvus", "uri": f"http://127.0.0.1:{free_port()}", "token_env": "MILVUS_TOKEN",
+                 "collection": "kb", "timeout": 2},
+        "state_dir": "./state",
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    for args in (["sync", "-c", str(path), "--json"], ["status", "-c", str(path), "--json"],
+                 ["search", "-c", str(path), "q", "--json"]):
+        code, data, out = run(*args)
+        assert code != 0 or args[0] == "status", out
+        assert secret not in out
+    for file in (tmp_path / "state").rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes()
