@@ -108,7 +108,7 @@ def test_larger_vocab_size_is_used_for_the_embedding_matrix(tmp_path):
     folder = make_model(tmp_path / "big-vocab", hidden_size=16, num_heads=2, vocab_size=5000)
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 5000
     encoder = BGEM3Encoder(str(folder), max_length=64)
-    assert encoder._model.embeddings.word_embeddings.weight.shape == (5000, 16)
+    assert encoder._loaded()[0].embeddings.word_embeddings.weight.shape == (5000, 16)
     [vectors] = encoder.encode(["a larger vocabulary still works"])
     assert vectors.sparse.indices.max() < len(encoder.tokenizer)
 

@@ -294,7 +294,9 @@ def _load_tokenizer_and_config(folder: Path):
 def _load_weights(folder: Path, hidden_size: int):
     """The transformer (fp32, eval mode) and the sparse head (fp32)."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the connector reports its own progress
     try:
         model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     except Exception as err:
