@@ -109,6 +109,17 @@ class MilvusSinkConfig(Strict):
         return self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
+class RetryConfig(Strict):
+    """How store calls are retried (transient errors only)."""
+
+    attempts: int = Field(5, ge=1, description="Tries per call, the first included.")
+    initial_wait: float = Field(0.5, ge=0, description="Seconds before the first retry.")
+    multiplier: float = Field(2.0, ge=1, description="Each wait is this many times the previous one.")
+    max_wait: float = Field(30.0, ge=0, description="Longest single wait, in seconds.")
+    jitter: float = Field(0.5, ge=0, description="Up to this many seconds added at random to each wait.")
+    max_total_seconds: float = Field(120.0, gt=0, description="Give up once this much time has passed.")
+
+
 SinkConfig = Annotated[Union[QdrantSinkConfig, MilvusSinkConfig], Field(discriminator="type")]
 
 
@@ -120,6 +131,10 @@ class SyncConfig(Strict):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     sink: SinkConfig
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    on_error: Literal["continue", "stop"] = Field(
+        "continue", description="After a batch failed for good: go on with the others, or stop the sync."
+    )
     state_dir: Path = Path(".connector")
 
     @model_validator(mode="after")

@@ -33,7 +33,9 @@ class ModelLoadError(ConnectorError):
 
 
 class SourceError(ConnectorError):
-    """A source cannot be read at all (for example its folder does not exist)."""
+    """A source cannot be read at all (for example its folder does not exist): a config problem."""
+
+    exit_code = 2
 
 
 class DocumentError(ConnectorError):
@@ -50,6 +52,10 @@ class TransientError(StoreError):
 
 class TerminalError(StoreError):
     """A store call failed in a way that retrying cannot fix (schema, auth, bad request)."""
+
+
+class BatchTooLargeError(TerminalError):
+    """The store refused a write because the request was too large; smaller batches can pass."""
 
 
 class SchemaMismatchError(TerminalError):

@@ -9,8 +9,9 @@ moment leaves a state the next run converges from.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -35,6 +36,22 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (doc_id, chunk_index)
 );
 CREATE TABLE IF NOT EXISTS pending_deletes (point_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    error TEXT NOT NULL,
+    error_kind TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letter_docs (
+    letter_id INTEGER NOT NULL REFERENCES dead_letters(id),
+    doc_id TEXT NOT NULL,
+    commit_json TEXT NOT NULL,
+    points BLOB NOT NULL,
+    point_count INTEGER NOT NULL,
+    PRIMARY KEY (letter_id, doc_id)
+);
 CREATE TABLE IF NOT EXISTS failed_documents (
     doc_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -52,7 +69,6 @@ class LedgerDoc:
     doc_id: str
     content_hash: str
     fingerprint: str
-    chunk_count: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,41 @@ class LedgerChunk:
     chunk_index: int
     point_id: str
     chunk_key: str
+
+
+@dataclass
+class DocCommit:
+    """What the ledger records for a document once the store confirmed all its points."""
+
+    doc_id: str
+    content_hash: str
+    fingerprint: str
+    chunks: list[LedgerChunk]
+    stale_point_ids: list[str]
+    origin: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "chunks": [astuple(c) for c in self.chunks]})
+
+    @classmethod
+    def from_json(cls, text: str) -> "DocCommit":
+        data = json.loads(text)
+        data["chunks"] = [LedgerChunk(*c) for c in data["chunks"]]
+        return cls(**data)
+
+
+@dataclass
+class DeadLetter:
+    """A write the store refused after every retry, kept with its points for `connector retry`."""
+
+    id: int
+    error: str
+    error_kind: str  # 'transient' or 'terminal'
+    attempts: int
+    created_at: str
+    updated_at: str
+    doc_ids: list[str]
+    point_count: int
 
 
 class Ledger:
@@ -79,32 +130,23 @@ class Ledger:
         self.db.close()
 
     # ---- target binding -----------------------------------------------------------------
-    def bind_target(self, target: str) -> None:
-        """Tie this state dir to one store + collection; refuse to mix two targets."""
+    def bind_target(self, target: str, write: bool = True) -> None:
+        """Tie this state dir to one store + collection; refuse to mix two targets.
+        With write=False (dry runs, status) only check."""
         row = self.db.execute("SELECT value FROM meta WHERE key='target'").fetchone()
         if row is None:
-            self.db.execute("INSERT INTO meta(key, value) VALUES ('target', ?)", (target,))
+            if write:
+                self.db.execute("INSERT INTO meta(key, value) VALUES ('target', ?)", (target,))
         elif row[0] != target:
             raise ConfigError(
                 f"state_dir {self.path.parent} belongs to {row[0]}, but the config now targets {target}. "
                 "Give each target collection its own state_dir (or delete the old state_dir to start over)."
             )
 
-    def target(self) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key='target'").fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
-
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
     # ---- reads ------------------------------------------------------------------------------
     def document(self, doc_id: str) -> LedgerDoc | None:
         row = self.db.execute(
-            "SELECT doc_id, content_hash, fingerprint, chunk_count FROM documents WHERE doc_id=?", (doc_id,)
+            "SELECT doc_id, content_hash, fingerprint FROM documents WHERE doc_id=?", (doc_id,)
         ).fetchone()
         return LedgerDoc(*row) if row else None
 
@@ -139,35 +181,94 @@ class Ledger:
             "chunks": one("SELECT COUNT(*) FROM chunks"),
             "failed_documents": one("SELECT COUNT(*) FROM failed_documents"),
             "pending_deletes": one("SELECT COUNT(*) FROM pending_deletes"),
+            "dead_letters": one("SELECT COUNT(*) FROM dead_letters"),
         }
 
     # ---- writes (each one transaction) -------------------------------------------------
-    def commit_document(
-        self,
-        doc_id: str,
-        content_hash: str,
-        fingerprint: str,
-        chunks: Iterable[LedgerChunk],
-        stale_point_ids: Iterable[str],
-        origin: str | None = None,
-    ) -> None:
-        """Record a document whose points the store has confirmed; queue its stale points."""
-        chunks = list(chunks)
+    def commit_documents(self, commits: Iterable[DocCommit]) -> None:
+        """Record documents whose points the store has confirmed, in one transaction; queue
+        their stale points for deletion. A dead letter of an older version of one of these
+        documents is dropped: replaying it would write old content over new."""
         with self._transaction():
-            self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+            for c in commits:
+                self._commit(c)
+
+    def commit_document(self, commit: DocCommit) -> None:
+        self.commit_documents([commit])
+
+    def _commit(self, c: DocCommit) -> None:
+        self.db.execute("DELETE FROM chunks WHERE doc_id=?", (c.doc_id,))
+        self.db.executemany(
+            "INSERT INTO chunks(doc_id, chunk_index, point_id, chunk_key) VALUES (?, ?, ?, ?)",
+            [(c.doc_id, ch.chunk_index, ch.point_id, ch.chunk_key) for ch in c.chunks],
+        )
+        self.db.execute(
+            "INSERT OR REPLACE INTO documents(doc_id, content_hash, fingerprint, chunk_count, origin, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (c.doc_id, c.content_hash, c.fingerprint, len(c.chunks), c.origin, now_iso()),
+        )
+        # A point just written must never be deleted by an older queued delete.
+        self.db.executemany("DELETE FROM pending_deletes WHERE point_id=?", [(ch.point_id,) for ch in c.chunks])
+        self._queue_deletes(c.doc_id, c.stale_point_ids)
+        self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (c.doc_id,))
+        self._drop_from_dead_letters(c.doc_id)
+
+    # ---- dead letters ------------------------------------------------------------------
+    def add_dead_letter(
+        self, error: str, error_kind: str, attempts: int, docs: list[tuple[DocCommit, bytes, int]]
+    ) -> int:
+        """Keep a failed write: per document its commit record and its encoded points."""
+        with self._transaction():
+            for commit, _, _ in docs:
+                self._drop_from_dead_letters(commit.doc_id)
+            now = now_iso()
+            cursor = self.db.execute(
+                "INSERT INTO dead_letters(error, error_kind, attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (error, error_kind, attempts, now, now),
+            )
+            letter_id = cursor.lastrowid
             self.db.executemany(
-                "INSERT INTO chunks(doc_id, chunk_index, point_id, chunk_key) VALUES (?, ?, ?, ?)",
-                [(doc_id, c.chunk_index, c.point_id, c.chunk_key) for c in chunks],
+                "INSERT INTO dead_letter_docs(letter_id, doc_id, commit_json, points, point_count) VALUES (?, ?, ?, ?, ?)",
+                [(letter_id, c.doc_id, c.to_json(), blob, n) for c, blob, n in docs],
             )
-            self.db.execute(
-                "INSERT OR REPLACE INTO documents(doc_id, content_hash, fingerprint, chunk_count, origin, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (doc_id, content_hash, fingerprint, len(chunks), origin, now_iso()),
-            )
-            # A point just written must never be deleted by an older queued delete.
-            self.db.executemany("DELETE FROM pending_deletes WHERE point_id=?", [(c.point_id,) for c in chunks])
-            self._queue_deletes(doc_id, stale_point_ids)
-            self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (doc_id,))
+        return letter_id
+
+    def dead_letters(self, ids: Iterable[int] | None = None, limit: int | None = None) -> list[DeadLetter]:
+        rows = self.db.execute(
+            "SELECT l.id, l.error, l.error_kind, l.attempts, l.created_at, l.updated_at,"
+            " group_concat(d.doc_id, char(31)), SUM(d.point_count)"
+            " FROM dead_letters l JOIN dead_letter_docs d ON d.letter_id = l.id GROUP BY l.id ORDER BY l.id"
+        ).fetchall()
+        letters = [DeadLetter(*r[:6], doc_ids=sorted(r[6].split("\x1f")), point_count=int(r[7])) for r in rows]
+        if ids is not None:
+            wanted = set(ids)
+            letters = [letter for letter in letters if letter.id in wanted]
+        return letters[:limit] if limit is not None else letters
+
+    def dead_letter_contents(self, letter_id: int) -> list[tuple[DocCommit, bytes]]:
+        rows = self.db.execute(
+            "SELECT commit_json, points FROM dead_letter_docs WHERE letter_id=? ORDER BY doc_id", (letter_id,)
+        )
+        return [(DocCommit.from_json(c), blob) for c, blob in rows]
+
+    def resolve_dead_letter(self, letter_id: int) -> list[DocCommit]:
+        """The store took the letter's points: commit its documents and drop it, in one transaction."""
+        commits = [c for c, _ in self.dead_letter_contents(letter_id)]
+        with self._transaction():
+            for c in commits:
+                self._commit(c)
+            self.db.execute("DELETE FROM dead_letters WHERE id=?", (letter_id,))
+        return commits
+
+    def dead_letter_failed_again(self, letter_id: int, error: str, error_kind: str, attempts: int) -> None:
+        self.db.execute(
+            "UPDATE dead_letters SET error=?, error_kind=?, attempts=attempts+?, updated_at=? WHERE id=?",
+            (error, error_kind, attempts, now_iso(), letter_id),
+        )
+
+    def _drop_from_dead_letters(self, doc_id: str) -> None:
+        self.db.execute("DELETE FROM dead_letter_docs WHERE doc_id=?", (doc_id,))
+        self.db.execute("DELETE FROM dead_letters WHERE id NOT IN (SELECT letter_id FROM dead_letter_docs)")
 
     def forget_document(self, doc_id: str) -> list[str]:
         """Drop a document (gone from the source); its point ids move to pending_deletes."""
@@ -178,6 +279,30 @@ class Ledger:
             self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (doc_id,))
             self._queue_deletes(doc_id, ids)
         return ids
+
+    def mark_in_flight(self, points: Iterable[tuple[str, str]]) -> None:
+        """Before an upsert of (doc_id, point_id) pairs: make the ledger safe for a crash that
+        lands after the store took the points but before the documents are committed. A point
+        the ledger does not know yet is queued for deletion (commit takes it off the queue); a
+        point it knows, and its document, are marked dirty so the next run rewrites them."""
+        points = list(points)
+        with self._transaction():
+            for doc_id, pid in points:
+                known = self.db.execute("UPDATE chunks SET chunk_key='' WHERE point_id=?", (pid,)).rowcount
+                if not known:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO pending_deletes(point_id, doc_id) VALUES (?, ?)", (pid, doc_id)
+                    )
+            self.db.executemany(
+                "UPDATE documents SET content_hash='' WHERE doc_id=?", [(d,) for d in {d for d, _ in points}]
+            )
+
+    def reset(self) -> None:
+        """Forget every document, chunk, queued delete and dead letter (the store was emptied)."""
+        with self._transaction():
+            for table in ("chunks", "documents", "pending_deletes", "dead_letter_docs", "dead_letters",
+                          "failed_documents"):
+                self.db.execute(f"DELETE FROM {table}")
 
     def deletes_done(self, point_ids: Iterable[str]) -> None:
         with self._transaction():

@@ -3,27 +3,43 @@
 Documents stream through in windows (a few hundred chunks at a time), so nothing holds a whole
 corpus in memory and the encoder still gets full batches across small documents. Per window:
 encode the chunks whose text is not in the embedding cache, upsert the points whose content
-changed, and commit each document to the ledger as soon as the store confirmed all its points;
-then delete the document's stale points.
+changed batch by batch, and commit the documents whose points the store has all confirmed (one
+ledger transaction per batch); then delete their stale points.
+
+Crash safety, in the order of writes:
+  1. before a batch goes to the store, the ledger marks its points in flight (unknown ids are
+     queued for deletion, known ones and their documents marked dirty);
+  2. the store takes the batch;
+  3. the ledger commits the finished documents, which takes their points off the delete queue
+     and queues their stale points;
+  4. the store deletes the stale points, and the ledger drops them from the queue.
+A crash between any two steps leaves a state the next run converges from: it first deletes
+what is queued, then rewrites every document that is not committed as it is in the source.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from connector.config import SyncConfig
 from connector.encoders.base import Encoder
 from connector.encoders.cache import EmbeddingCache
-from connector.ledger import Ledger, LedgerChunk
+from connector.errors import StoreError, TransientError
+from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.preprocess.chunking import Chunker
 from connector.preprocess.normalize import Normalizer
-from connector.records import Chunk, Document, FailedDocument, Point, point_id
+from connector.records import Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
 from connector.sources.base import Source
+
+log = logging.getLogger("connector.sync")
 
 WINDOW_CHUNKS = 256  # chunks gathered before encoding; bounds memory, keeps batches full
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
@@ -33,20 +49,26 @@ def stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
+def stable_metadata(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
+
+
 def document_hash(doc: Document) -> str:
-    meta = {k: v for k, v in doc.metadata.items() if k not in VOLATILE_METADATA}
-    return stable_hash({"text": doc.text, "metadata": meta})
+    return stable_hash({"text": doc.text, "metadata": stable_metadata(doc.metadata)})
 
 
-def without_volatile(payload: dict) -> dict:
-    meta = {k: v for k, v in payload["metadata"].items() if k not in VOLATILE_METADATA}
-    return {**payload, "metadata": meta}
+def error_kind(err: Exception) -> str:
+    return "transient" if isinstance(err, TransientError) else "terminal"
 
 
 def sink_target(config: SyncConfig) -> str:
     """A secret-free description of the store + collection a config writes to."""
     s = config.sink
     where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or s.uri
+    where = str(where)
+    if "://" in where:  # no user:password@ and no ?api-key=... in anything printed
+        parts = urlsplit(where)
+        where = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
     return f"{s.type}:{where}#{s.collection}"
 
 
@@ -70,16 +92,21 @@ class SyncReport:
     documents: dict = field(
         default_factory=lambda: dict.fromkeys(["seen", "new", "changed", "unchanged", "deleted", "failed"], 0)
     )
-    chunks: dict = field(default_factory=lambda: dict.fromkeys(["encoded", "cached", "upserted", "deleted"], 0))
-    failures: list = field(default_factory=list)  # [{doc_id, reason}]
+    chunks: dict = field(
+        default_factory=lambda: dict.fromkeys(["encoded", "cached", "upserted", "deleted", "failed"], 0)
+    )
+    failures: list = field(default_factory=list)  # [{doc_id, reason, dead_letter?}]
+    errors: list = field(default_factory=list)  # problems not tied to one document: [{operation, reason, ...}]
+    stopped: bool = False  # on_error: stop ended the sync early
     changes: list = field(default_factory=list)  # dry run only: [{doc_id, action, ...}]
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.failures else 0
+        return 3 if self.failures or self.errors else 0
 
     def to_json(self) -> dict:
-        out = {"dry_run": self.dry_run, "documents": self.documents, "chunks": self.chunks, "failures": self.failures}
+        out = {"dry_run": self.dry_run, "documents": self.documents, "chunks": self.chunks,
+               "failures": self.failures, "errors": self.errors, "stopped": self.stopped}
         if self.dry_run:
             out["changes"] = self.changes
         return out
@@ -87,9 +114,12 @@ class SyncReport:
 
 @dataclass
 class DocPlan:
+    """What a new or changed document needs: its chunks, and which points to (re)write."""
+
     doc: Document
     action: str  # 'new' or 'changed'
     content_hash: str
+    fingerprint: str
     chunks: list[Chunk]
     payloads: list[dict]
     keys: list[str]
@@ -97,9 +127,20 @@ class DocPlan:
     write: list[int]  # indices of chunks whose point must be (re)written
     stale_ids: list[str]
 
+    def commit(self) -> DocCommit:
+        return DocCommit(
+            self.doc.doc_id, self.content_hash, self.fingerprint,
+            [LedgerChunk(i, self.ids[i], self.keys[i]) for i in range(len(self.chunks))],
+            self.stale_ids, origin=self.doc.metadata.get("path"),
+        )
+
+
+class _StopSync(Exception):
+    """on_error: stop — a batch failed for good; end the sync after recording it."""
+
 
 class SyncRun:
-    """One sync of a source into a sink, tracked by a ledger. Build with `open_sync`."""
+    """One sync of a source into a sink, tracked by a ledger (see `run_sync`)."""
 
     def __init__(
         self,
@@ -120,24 +161,25 @@ class SyncRun:
         self.normalize = Normalizer(config.preprocess)
         self.progress = progress
         self.collection_ready = False
+        self._dry_run_shas: set[str] = set()
 
-    # ---- lazily built parts (an unchanged corpus never loads the model) ------------------
+    # ---- lazily built parts (an unchanged corpus never loads the model weights) -------------
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = self._encoder_factory()
-            self.chunker = Chunker(
-                self._encoder.tokenizer, self.config.chunking.max_tokens, self.config.chunking.overlap_tokens
-            )
+            encoder = self._encoder_factory()
+            self.chunker = Chunker(encoder.tokenizer, self.config.chunking.max_tokens, self.config.chunking.overlap_tokens)
+            vectors_id = vector_identity(encoder)
             self.fingerprint = stable_hash(
                 {
-                    "encoder": self._encoder.fingerprint,
+                    "vectors": vectors_id,
                     "chunking": self.config.chunking.model_dump(),
                     "preprocess": self.config.preprocess.model_dump(),
                     "layout": self.sink.layout.name,
                 }
             )
-            self._cache = EmbeddingCache(self.config.state_dir, stable_hash(self._encoder.fingerprint))
+            self._cache = EmbeddingCache(self.config.state_dir, stable_hash(vectors_id))
+            self._encoder = encoder
         return self._encoder
 
     @property
@@ -157,13 +199,40 @@ class SyncRun:
     # ---- the run ----------------------------------------------------------------------------
     def run(self, prune: bool = False, dry_run: bool = False) -> SyncReport:
         report = SyncReport(dry_run=dry_run)
+        items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
-            self._finish_pending_deletes(report)
+            self._check_store_has_ledger(report)
+            self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
+        try:
+            self._process(items, seen, failed_origins, report, dry_run)
+        except _StopSync:
+            report.stopped = True  # on_error: stop; the rest waits for the next run, nothing is pruned
+            return report
+        if prune:
+            self._prune(seen, failed_origins, report, dry_run)
+        if dry_run:
+            to_encode = len(self._dry_run_shas) - len(self.cache.get_many(self._dry_run_shas)) if self._dry_run_shas else 0
+            report.chunks["encoded"] = to_encode
+            report.chunks["cached"] = len(self._dry_run_shas) - to_encode
+        else:
+            self.ledger.keep_failures(f["doc_id"] for f in report.failures)
+        return report
+
+    def _check_store_has_ledger(self, report: SyncReport) -> None:
+        """A collection dropped behind the ledger's back: start over (the cache keeps it cheap)."""
+        if self.sink.describe() is None and self.ledger.counts()["documents"]:
+            message = (f"collection '{self.sink.collection}' does not exist but the ledger lists documents: "
+                       "the ledger was reset and every document is written again")
+            log.warning(message)
+            report.errors.append({"operation": "check", "reason": message, "repaired": True})
+            self.ledger.reset()
+
+    def _process(self, items, seen: set[str], failed_origins: set[str], report: SyncReport, dry_run: bool) -> None:
         window: list[DocPlan] = []
         window_chunks = 0
-        for item in self._progress(self.source.read()):
+        for item in self._progress(items):
             report.documents["seen"] += 1
             seen.add(item.doc_id)
             if isinstance(item, FailedDocument):
@@ -186,70 +255,83 @@ class SyncRun:
                 window, window_chunks = [], 0
         if window:
             self._write_window(window, report)
-        if prune:
-            self._prune(seen, failed_origins, report, dry_run)
-        if not dry_run:
-            self.ledger.keep_failures(f["doc_id"] for f in report.failures)
-        if dry_run:
-            report.chunks["encoded"] = self._count_to_encode(report)
-        return report
 
     def _plan(self, doc: Document) -> DocPlan | None:
         content_hash = document_hash(doc)
         known = self.ledger.document(doc.doc_id)
-        self.encoder  # noqa: B018 - fingerprint and chunker need the model's tokenizer
+        self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
         if known and known.content_hash == content_hash and known.fingerprint == self.fingerprint:
             return None
-        text = self.normalize(doc.text)
-        chunks = self.chunker.split(doc.doc_id, text)
+        chunks = self.chunker.split(doc.doc_id, self.normalize(doc.text))
         payloads = [chunk_payload(c, doc.metadata) for c in chunks]
-        # 'modified' alone does not rewrite a point: only the chunks whose text or payload changed are.
-        keys = [stable_hash({"payload": without_volatile(p), "fingerprint": self.fingerprint}) for p in payloads]
+        # 'modified' alone does not rewrite a point: only chunks whose text or payload changed are.
+        keys = [stable_hash({"payload": {**p, "metadata": stable_metadata(p["metadata"])}, "fingerprint": self.fingerprint})
+                for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in self.ledger.chunks(doc.doc_id)} if known else {}
-        write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i] or old[i].point_id != ids[i]]
-        live = set(ids)
-        stale = [c.point_id for c in old.values() if c.point_id not in live]
-        return DocPlan(doc, "changed" if known else "new", content_hash, chunks, payloads, keys, ids, write, stale)
+        write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i]]
+        stale = [c.point_id for i, c in old.items() if i >= len(chunks)]
+        return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
+                       ids, write, stale)
 
     def _write_window(self, window: list[DocPlan], report: SyncReport) -> None:
+        """Encode what is missing, upsert batch by batch, and commit each document once the store
+        confirmed all its points. A batch that fails after the retries becomes a dead letter with
+        every point of the documents it touched."""
         if not self.collection_ready:
             self.ensure_collection()
         vectors = self._vectors_for(window, report)
         points: list[tuple[int, Point]] = []
-        remaining = []
         for n, plan in enumerate(window):
-            remaining.append(len(plan.write))
             for i in plan.write:
                 v = vectors[plan.chunks[i].sha256]
                 points.append((n, Point(id=plan.ids[i], dense=v.dense, sparse=v.sparse, payload=plan.payloads[i])))
-        committed = 0
-        committed = self._commit_ready(window, remaining, committed, report)
-        size = self.sink.batch_size
-        for start in range(0, len(points), size):
-            batch = points[start : start + size]
-            self.sink.upsert([p for _, p in batch])
+        remaining = [len(plan.write) for plan in window]
+        self._commit([plan for n, plan in enumerate(window) if remaining[n] == 0], report)
+        failed: set[int] = set()
+        queue = list(points)
+        while queue:
+            batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
+            self.ledger.mark_in_flight((window[n].doc.doc_id, p.id) for n, p in batch)
+            try:
+                self.sink.upsert([p for _, p in batch])
+            except StoreError as err:
+                docs = sorted({n for n, _ in batch})
+                failed.update(docs)
+                queue = [(n, p) for n, p in queue if n not in failed]
+                self._dead_letter({window[n].doc.doc_id: window[n] for n in docs},
+                                  [(window[n].doc.doc_id, p) for n, p in points if n in docs], err, report)
+                if self.config.on_error == "stop":
+                    raise _StopSync() from err
+                continue
             report.chunks["upserted"] += len(batch)
+            done = []
             for n, _ in batch:
                 remaining[n] -= 1
-            committed = self._commit_ready(window, remaining, committed, report)
+                if remaining[n] == 0:
+                    done.append(window[n])
+            self._commit(done, report)
 
-    def _commit_ready(self, window: list[DocPlan], remaining: list[int], start: int, report: SyncReport) -> int:
-        """Commit, in order, every document whose points the store has all confirmed."""
-        n = start
-        while n < len(window) and remaining[n] == 0:
-            plan = window[n]
-            self.ledger.commit_document(
-                plan.doc.doc_id,
-                plan.content_hash,
-                self.fingerprint,
-                [LedgerChunk(i, plan.ids[i], plan.keys[i]) for i in range(len(plan.chunks))],
-                plan.stale_ids,
-                origin=plan.doc.metadata.get("path"),
-            )
-            self._delete(plan.stale_ids, report)
-            n += 1
-        return n
+    def _commit(self, plans: list[DocPlan], report: SyncReport) -> None:
+        if plans:
+            self.ledger.commit_documents(plan.commit() for plan in plans)
+            self._delete([pid for plan in plans for pid in plan.stale_ids], report)
+
+    def _dead_letter(self, plans: dict[str, DocPlan], points: list[tuple[str, Point]], err: StoreError,
+                     report: SyncReport) -> None:
+        """Keep a failed write with all the documents' points, so `retry` needs no encoder."""
+        attempts = getattr(err, "attempts", 1)
+        by_doc = {doc_id: [p for d, p in points if d == doc_id] for doc_id in plans}
+        letter = self.ledger.add_dead_letter(
+            str(err), error_kind(err), attempts,
+            [(plan.commit(), points_to_bytes(by_doc[doc_id]), len(by_doc[doc_id])) for doc_id, plan in plans.items()],
+        )
+        reason = f"store write failed after {attempts} attempt(s), kept as dead letter {letter}: {err}"
+        for plan in plans.values():
+            report.documents["failed"] += 1
+            report.failures.append({"doc_id": plan.doc.doc_id, "reason": reason, "dead_letter": letter})
+            self.ledger.record_failure(plan.doc.doc_id, reason)
+        report.chunks["failed"] += len(points)
 
     def _vectors_for(self, window: list[DocPlan], report: SyncReport) -> dict:
         texts = {plan.chunks[i].sha256: plan.chunks[i].text for plan in window for i in plan.write}
@@ -264,17 +346,27 @@ class SyncRun:
         return found
 
     def _delete(self, ids: list[str], report: SyncReport) -> None:
-        if ids:
+        """Delete points the ledger already queued; on failure they stay queued for the next run."""
+        if not ids:
+            return
+        try:
             self.sink.delete(ids)
-            self.ledger.deletes_done(ids)
-            report.chunks["deleted"] += len(ids)
-
-    def _finish_pending_deletes(self, report: SyncReport) -> None:
-        """Deletes a crashed run had queued but not confirmed."""
-        self._delete(self.ledger.pending_deletes(), report)
+        except StoreError as err:
+            report.errors.append({"operation": "delete", "points": len(ids), "reason": str(err),
+                                  "note": "kept in the ledger's pending deletes; the next sync or retry deletes them"})
+            return
+        self.ledger.deletes_done(ids)
+        report.chunks["deleted"] += len(ids)
 
     def _prune(self, seen: set[str], failed_origins: set[str], report: SyncReport, dry_run: bool) -> None:
-        for doc_id, origin in self.ledger.doc_origins().items():
+        known = self.ledger.doc_origins()
+        if not seen and known:
+            report.errors.append({"operation": "prune", "reason": (
+                f"the source gave no documents at all, so nothing was pruned (the ledger has {len(known)}). "
+                "If the source really is empty, delete the collection with `connector schema --recreate`; "
+                "otherwise check source.path and source.include")})
+            return
+        for doc_id, origin in known.items():
             if doc_id in seen or origin in failed_origins:
                 continue
             report.documents["deleted"] += 1
@@ -291,26 +383,13 @@ class SyncRun:
         if not dry_run:
             self.ledger.record_failure(doc_id, reason)
 
-    # ---- dry run ----------------------------------------------------------------------------
     def _describe(self, plan: DocPlan, report: SyncReport) -> None:
+        """Dry run: count what the plan would do."""
         report.chunks["upserted"] += len(plan.write)
         report.chunks["deleted"] += len(plan.stale_ids)
-        report.changes.append(
-            {
-                "doc_id": plan.doc.doc_id,
-                "action": plan.action,
-                "chunks": len(plan.chunks),
-                "chunks_to_upsert": len(plan.write),
-                "chunks_to_delete": len(plan.stale_ids),
-                "_shas": [plan.chunks[i].sha256 for i in plan.write],
-            }
-        )
-
-    def _count_to_encode(self, report: SyncReport) -> int:
-        shas = {sha for change in report.changes for sha in change.pop("_shas", [])}
-        if not shas:
-            return 0
-        return len(shas) - len(self.cache.get_many(shas))
+        self._dry_run_shas.update(plan.chunks[i].sha256 for i in plan.write)
+        report.changes.append({"doc_id": plan.doc.doc_id, "action": plan.action, "chunks": len(plan.chunks),
+                               "chunks_to_upsert": len(plan.write), "chunks_to_delete": len(plan.stale_ids)})
 
     def _progress(self, items: Iterable):
         if not self.progress:
@@ -320,6 +399,13 @@ class SyncRun:
         return tqdm(items, desc="sync", unit="doc", file=sys.stderr)
 
 
+def vector_identity(encoder: Encoder) -> dict:
+    """What decides the vectors of a text: the model's content and revision. Not its path (a moved
+    folder is the same model) and not max_length (chunks always fit it)."""
+    fp = encoder.fingerprint
+    return {"content_sha256": fp.get("content_sha256"), "revision": fp.get("revision")}
+
+
 def make_encoder(config: SyncConfig) -> Encoder:
     from connector.encoders.bge_m3 import BGEM3Encoder
 
@@ -327,24 +413,35 @@ def make_encoder(config: SyncConfig) -> Encoder:
 
 
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
-             encoder: Encoder | None = None) -> SyncReport:
+             encoder: Encoder | None = None, sleep=None) -> SyncReport:
     """Sync the config's source into its sink; the library entry point behind `connector sync`."""
-    from connector.sinks.factory import make_sink
     from connector.sources.files import FilesSource
 
     source = FilesSource(config.source)
-    ledger = Ledger(config.state_dir)
-    try:
-        ledger.bind_target(sink_target(config))
-        sink = make_sink(config.sink)
+    with open_state(config, sleep=sleep, dry_run=dry_run) as (ledger, sink):
+        run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
+                      progress=progress)
         try:
-            run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
-                          progress=progress)
-            try:
-                return run.run(prune=prune, dry_run=dry_run)
-            finally:
-                run.close()
+            return run.run(prune=prune, dry_run=dry_run)
         finally:
-            sink.close()
-    finally:
-        ledger.close()
+            run.close()
+
+
+@contextmanager
+def open_state(config: SyncConfig, *, sleep=None, dry_run: bool = False):
+    """The sink (with the retry policy) and the ledger bound to the config's target, under the
+    state dir's lock (not for a dry run, which writes nothing); closed on exit."""
+    from connector.lock import StateLock
+    from connector.retry import RetryPolicy
+    from connector.sinks.factory import make_sink
+
+    policy = RetryPolicy(config.retry) if sleep is None else RetryPolicy(config.retry, sleep=sleep)
+    with ExitStack() as stack:
+        sink = make_sink(config.sink, retry=policy)  # reads the secrets: a missing one fails before any write
+        stack.callback(sink.close)
+        if not dry_run:
+            stack.enter_context(StateLock(config.state_dir))
+        ledger = Ledger(config.state_dir)
+        stack.callback(ledger.close)
+        ledger.bind_target(sink_target(config), write=not dry_run)
+        yield ledger, sink

@@ -106,3 +106,42 @@ class FailedDocument:
     doc_id: str
     reason: str  # one line, says what is wrong
     origin: str | None = None  # the file it came from; documents stored from that file are never pruned
+
+
+def points_to_bytes(points: list[Point]) -> bytes:
+    """Serialise points exactly (vectors as raw float32 / int64, base64 in JSON) for the dead-letter store."""
+    import base64
+    import json
+
+    def b64(array, dtype) -> str:
+        return base64.b64encode(np.asarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+    rows = [
+        {
+            "id": p.id,
+            "dense": b64(p.dense, np.float32),
+            "sparse_indices": b64(p.sparse.indices, np.int64),
+            "sparse_values": b64(p.sparse.values, np.float32),
+            "payload": p.payload,
+        }
+        for p in points
+    ]
+    return json.dumps(rows, ensure_ascii=False).encode("utf-8")
+
+
+def points_from_bytes(blob: bytes) -> list[Point]:
+    import base64
+    import json
+
+    def array(text: str, dtype) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
+
+    return [
+        Point(
+            id=row["id"],
+            dense=array(row["dense"], np.float32),
+            sparse=SparseVector(array(row["sparse_indices"], np.int64), array(row["sparse_values"], np.float32)),
+            payload=row["payload"],
+        )
+        for row in json.loads(blob.decode("utf-8"))
+    ]

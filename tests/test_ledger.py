@@ -1,7 +1,7 @@
 import pytest
 
 from connector.errors import ConfigError
-from connector.ledger import Ledger, LedgerChunk
+from connector.ledger import DocCommit, Ledger, LedgerChunk
 
 
 @pytest.fixture
@@ -16,41 +16,41 @@ def chunks(*ids):
 
 
 def test_commit_replaces_chunks_and_queues_stale(ledger):
-    ledger.commit_document("a", "h1", "fp", chunks("p0", "p1", "p2"), [])
+    ledger.commit_document(DocCommit("a", "h1", "fp", chunks("p0", "p1", "p2"), []))
     assert [c.point_id for c in ledger.chunks("a")] == ["p0", "p1", "p2"]
-    ledger.commit_document("a", "h2", "fp", chunks("p0"), ["p1", "p2"])
-    assert ledger.document("a").content_hash == "h2" and ledger.document("a").chunk_count == 1
+    ledger.commit_document(DocCommit("a", "h2", "fp", chunks("p0"), ["p1", "p2"]))
+    assert ledger.document("a").content_hash == "h2" and len(ledger.chunks("a")) == 1
     assert ledger.pending_deletes() == ["p1", "p2"]
     ledger.deletes_done(["p1"])
     assert ledger.pending_deletes() == ["p2"]
 
 
 def test_rewritten_point_is_never_deleted_by_an_older_queued_delete(ledger):
-    ledger.commit_document("a", "h1", "fp", chunks("p0"), ["p1"])
-    ledger.commit_document("a", "h2", "fp", chunks("p0", "p1"), [])
+    ledger.commit_document(DocCommit("a", "h1", "fp", chunks("p0"), ["p1"]))
+    ledger.commit_document(DocCommit("a", "h2", "fp", chunks("p0", "p1"), []))
     assert ledger.pending_deletes() == []
 
 
 def test_forget_moves_points_to_pending(ledger):
-    ledger.commit_document("a", "h", "fp", chunks("p0", "p1"), [])
+    ledger.commit_document(DocCommit("a", "h", "fp", chunks("p0", "p1"), []))
     ledger.record_failure("a", "old failure")
     assert ledger.forget_document("a") == ["p0", "p1"]
     assert ledger.document("a") is None and ledger.chunks("a") == []
     assert ledger.pending_deletes() == ["p0", "p1"] and ledger.failed_documents() == []
-    assert ledger.counts() == {"documents": 0, "chunks": 0, "failed_documents": 0, "pending_deletes": 2}
+    assert ledger.counts() == {"documents": 0, "chunks": 0, "failed_documents": 0, "pending_deletes": 2, "dead_letters": 0}
 
 
 def test_commit_clears_a_recorded_failure(ledger):
     ledger.record_failure("a", "could not read")
     assert ledger.failed_documents()[0]["reason"] == "could not read"
-    ledger.commit_document("a", "h", "fp", chunks("p0"), [])
+    ledger.commit_document(DocCommit("a", "h", "fp", chunks("p0"), []))
     assert ledger.failed_documents() == []
 
 
 def test_state_survives_reopen_and_target_binding(tmp_path):
     led = Ledger(tmp_path / "s")
     led.bind_target("qdrant:/x#kb")
-    led.commit_document("a", "h", "fp", chunks("p0"), [])
+    led.commit_document(DocCommit("a", "h", "fp", chunks("p0"), []))
     led.close()
     led = Ledger(tmp_path / "s")
     try:

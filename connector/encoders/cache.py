@@ -54,6 +54,14 @@ class EmbeddingCache:
 
     def put_many(self, items: dict[str, Vectors]) -> None:
         self.db.execute("BEGIN")
+        try:
+            self._insert(items)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _insert(self, items: dict[str, Vectors]) -> None:
         self.db.executemany(
             "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)",
             [
@@ -67,4 +75,3 @@ class EmbeddingCache:
                 for sha, v in items.items()
             ],
         )
-        self.db.execute("COMMIT")

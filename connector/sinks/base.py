@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-from connector.errors import TerminalError
+import logging
+
+from connector.errors import BatchTooLargeError, TerminalError
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
+
+if TYPE_CHECKING:
+    from connector.retry import RetryPolicy
+
+log = logging.getLogger("connector.sinks")
 
 RRF_K = 60
 
@@ -34,6 +41,7 @@ class Sink(ABC):
     """A vector store collection the connector writes points into."""
 
     page_size = 1000  # ids per page in iter_ids
+    retry: "RetryPolicy | None" = None  # set by make_sink; None calls the store once
 
     def __init__(self, collection: str, batch_size: int, layout: Layout, page_size: int | None = None):
         self.collection = collection
@@ -44,7 +52,7 @@ class Sink(ABC):
 
     # ---- primitives each backend implements -------------------------------------------
     @abstractmethod
-    def describe(self) -> CollectionInfo | None:
+    def _describe(self) -> CollectionInfo | None:
         """The existing collection, or None if it does not exist."""
 
     @abstractmethod
@@ -66,7 +74,7 @@ class Sink(ABC):
     def _search_sparse(self, vector: SparseVector, limit: int) -> list[Hit]: ...
 
     @abstractmethod
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
+    def _retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
         """Points by id (missing ids are left out). Vectors are only filled if asked."""
 
     @abstractmethod
@@ -74,10 +82,10 @@ class Sink(ABC):
         """Every point id in the collection, page by page."""
 
     @abstractmethod
-    def count(self) -> int: ...
+    def _count(self) -> int: ...
 
     @abstractmethod
-    def drop(self) -> None:
+    def _drop(self) -> None:
         """Delete the whole collection (tests and `schema --recreate`)."""
 
     def close(self) -> None:
@@ -89,7 +97,31 @@ class Sink(ABC):
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    # ---- shared behaviour ------------------------------------------------------------
+    # ---- shared behaviour: every store call goes through the retry policy ------------------
+    def _call(self, operation: str, fn, *args, **kwargs):
+        if self.retry is None:
+            return fn(*args, **kwargs)
+        return self.retry.call(f"{operation} on collection '{self.collection}'", fn, *args, **kwargs)
+
+    def describe(self) -> CollectionInfo | None:
+        """The existing collection, or None if it does not exist."""
+        return self._call("describe", self._describe)
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
+        """Points by id (missing ids are left out). Vectors are only filled if asked."""
+        return self._call("retrieve", self._retrieve, list(ids), with_vectors)
+
+    def count(self) -> int:
+        return self._call("count", self._count)
+
+    def drop(self) -> None:
+        """Delete the whole collection (tests and `schema --recreate`)."""
+        self._call("drop", self._drop)
+
+    def all_ids(self) -> set[str]:
+        """Every point id, read in one scan (retried from the start if the scan fails)."""
+        return self._call("scan ids", lambda: set(self.iter_ids()))
+
     def ensure_collection(self, dense_size: int) -> bool:
         """Create the collection if missing, else check it matches the layout.
 
@@ -98,7 +130,7 @@ class Sink(ABC):
         """
         info = self.describe()
         if info is None:
-            self._create(dense_size)
+            self._call("create", self._create, dense_size)
             return True
         self.layout.check(info, dense_size)
         return False
@@ -107,13 +139,24 @@ class Sink(ABC):
         """Write points in batches of `batch_size`; returns when the store confirmed every batch.
 
         Every payload must hold exactly the layout's fields (TerminalError otherwise, before
-        anything of that batch is written)."""
+        anything of that batch is written). A batch the store rejects as too large is split
+        in halves, down to single points."""
         points = list(points)
+        for point in points:
+            self.check_payload(point)
         for start in range(0, len(points), self.batch_size):
-            batch = points[start : start + self.batch_size]
-            for point in batch:
-                self.check_payload(point)
-            self._upsert(batch)
+            self._upsert_splitting(points[start : start + self.batch_size])
+
+    def _upsert_splitting(self, batch: list[Point]) -> None:
+        try:
+            self._call("upsert", self._upsert, batch)
+        except BatchTooLargeError:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            log.warning("upsert of %d points was too large for the store: splitting it in halves", len(batch))
+            self._upsert_splitting(batch[:half])
+            self._upsert_splitting(batch[half:])
 
     def check_payload(self, point: Point) -> None:
         """Raise TerminalError when a payload's keys differ from the layout's fields."""
@@ -133,17 +176,18 @@ class Sink(ABC):
     def delete(self, ids: Sequence[str]) -> None:
         ids = list(ids)
         for start in range(0, len(ids), self.batch_size):
-            self._delete(ids[start : start + self.batch_size])
+            self._call("delete", self._delete, ids[start : start + self.batch_size])
 
     def search(self, mode: str, dense=None, sparse: SparseVector | None = None, limit: int = 10) -> list[Hit]:
         """mode 'dense', 'sparse', or 'hybrid' (reciprocal rank fusion of both lists)."""
         if mode == "dense":
-            return self._search_dense(dense, limit)
+            return self._call("search", self._search_dense, dense, limit)
         if mode == "sparse":
             return self._sparse_or_nothing(sparse, limit)
         if mode == "hybrid":
             depth = max(limit * 4, 20)
-            return rrf_fuse([self._search_dense(dense, depth), self._sparse_or_nothing(sparse, depth)], limit)
+            dense_hits = self._call("search", self._search_dense, dense, depth)
+            return rrf_fuse([dense_hits, self._sparse_or_nothing(sparse, depth)], limit)
         raise ValueError(f"unknown search mode {mode!r}; use dense, sparse or hybrid")
 
 
@@ -151,7 +195,7 @@ class Sink(ABC):
         # An empty query shares no token with any point: every lexical score is 0, so no hits.
         if sparse is None or len(sparse.indices) == 0:
             return []
-        return self._search_sparse(sparse, limit)
+        return self._call("search", self._search_sparse, sparse, limit)
 
 
 def rrf_fuse(rankings: list[list[Hit]], limit: int, k: int = RRF_K) -> list[Hit]:
@@ -196,3 +240,9 @@ def grpc_code_name(err: BaseException) -> str | None:
             return code.name
         err = err.__cause__ or err.__context__
     return None
+
+
+def is_too_large(err: BaseException, status: int | None = None) -> bool:
+    """Does the store say the request was too large (HTTP 413, gRPC 'larger than max', ...)?"""
+    text = str(err).lower()
+    return status == 413 or any(s in text for s in ("larger than max", "too large", "message length", "exceeds the limit"))

@@ -31,6 +31,7 @@ import numpy as np
 
 from connector.config import MilvusSinkConfig, secret_from_env
 from connector.errors import (
+    BatchTooLargeError,
     ConfigError,
     ConnectorError,
     MissingExtraError,
@@ -40,7 +41,7 @@ from connector.errors import (
 )
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
-from connector.sinks.base import TRANSIENT_GRPC_CODES, CollectionInfo, Sink, grpc_code_name, redact
+from connector.sinks.base import TRANSIENT_GRPC_CODES, CollectionInfo, Sink, grpc_code_name, is_too_large, redact
 
 ID_FIELD = "id"
 ID_MAX_LENGTH = 64
@@ -91,6 +92,9 @@ def translate_milvus_error(
     code = code if isinstance(code, int) else None
     reason = getattr(err, "message", None) or str(err)
     type_names = {t.__name__ for t in type(err).__mro__}
+    if is_too_large(err):
+        message = f"Milvus {operation} on collection '{collection}' was refused as too large: {reason}"
+        return BatchTooLargeError(redact(" ".join(message.split())[:700] + ". Lower sink.batch_size.", secrets))
     transient = (
         grpc_code_name(err) in TRANSIENT_GRPC_CODES
         or code in (_CONNECT_FAILED, _RATE_LIMIT)
@@ -223,7 +227,7 @@ class MilvusSink(Sink):
         return METRICS[((spec.distance if spec else None) or "cosine").lower()]
 
     # ---- primitives --------------------------------------------------------------------
-    def describe(self) -> CollectionInfo | None:
+    def _describe(self) -> CollectionInfo | None:
         DataType = self._pymilvus.DataType
         with self._op("describe"):
             if not self.client.has_collection(self.collection, timeout=self.timeout):
@@ -265,7 +269,7 @@ class MilvusSink(Sink):
             dense_size=dense_size,
             vectors=vectors,
             fields=fields,
-            count=self.count(),
+            count=self._count(),
             dense_distance=dense_distance,
             problems=problems,
         )
@@ -371,7 +375,7 @@ class MilvusSink(Sink):
         query = {int(i): float(v) for i, v in zip(vector.indices, vector.values)}
         return self._search("sparse search", "sparse", query, "IP", limit)
 
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
+    def _retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
         wanted = list(dict.fromkeys(str(i) for i in ids))
         if not wanted:
             return []
@@ -420,7 +424,7 @@ class MilvusSink(Sink):
         finally:
             iterator.close()
 
-    def count(self) -> int:
+    def _count(self) -> int:
         self._ensure_loaded("count")
         with self._op("count"):
             rows = self.client.query(
@@ -432,7 +436,7 @@ class MilvusSink(Sink):
             )
         return int(rows[0]["count(*)"])
 
-    def drop(self) -> None:
+    def _drop(self) -> None:
         with self._op("drop"):
             self.client.drop_collection(self.collection, timeout=self.timeout)
         self._loaded = False

@@ -17,7 +17,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from connector.config import QdrantSinkConfig, secret_from_env
-from connector.errors import ConnectorError, MissingExtraError, StoreError, TerminalError, TransientError
+from connector.errors import (
+    BatchTooLargeError,
+    ConnectorError,
+    MissingExtraError,
+    StoreError,
+    TerminalError,
+    TransientError,
+)
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
 from connector.sinks.base import (
@@ -26,6 +33,7 @@ from connector.sinks.base import (
     CollectionInfo,
     Sink,
     grpc_code_name,
+    is_too_large,
     redact,
 )
 
@@ -61,6 +69,9 @@ def translate_qdrant_error(
 
     status = getattr(err, "status_code", None)  # qdrant_client.http.exceptions.UnexpectedResponse
     source = getattr(err, "source", None)  # ResponseHandlingException wraps the httpx error
+    if is_too_large(err, status if isinstance(status, int) else None):
+        message = f"Qdrant {operation} on collection '{collection}' was refused as too large: {detail}"
+        return BatchTooLargeError(redact(" ".join(message.split())[:700] + ". Lower sink.batch_size.", secrets))
     type_names = {t.__name__ for t in type(err).__mro__}
     if "ResourceExhaustedResponse" in type_names:
         transient = True
@@ -176,7 +187,7 @@ class QdrantSink(Sink):
         return self._client
 
     # ---- primitives --------------------------------------------------------------------
-    def describe(self) -> CollectionInfo | None:
+    def _describe(self) -> CollectionInfo | None:
         with self._op("describe"):
             if not self.client.collection_exists(self.collection):
                 return None
@@ -279,7 +290,7 @@ class QdrantSink(Sink):
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in result.points]
 
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
+    def _retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
         wanted = list(dict.fromkeys(_canonical_id(i) for i in ids))
         if not wanted:
             return []
@@ -319,11 +330,11 @@ class QdrantSink(Sink):
             if offset is None:
                 return
 
-    def count(self) -> int:
+    def _count(self) -> int:
         with self._op("count"):
             return self.client.count(self.collection, exact=True).count
 
-    def drop(self) -> None:
+    def _drop(self) -> None:
         with self._op("drop"):
             self.client.delete_collection(self.collection)
 

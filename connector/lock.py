@@ -1,0 +1,49 @@
+"""One writer per state dir: an exclusive lock on `state_dir/lock` holding the owner's pid.
+
+The lock is an OS file lock (flock), so the kernel releases it when its process dies, even
+by kill -9: a lock left by a dead process is simply taken over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from connector.errors import ConnectorError
+
+
+class AlreadyRunningError(ConnectorError):
+    """Another connector process works on the same state dir."""
+
+
+class StateLock:
+    FILENAME = "lock"
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / self.FILENAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "StateLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another connector process is already running on state_dir {self.path.parent} (pid {owner}); "
+                "wait for it to finish, or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
