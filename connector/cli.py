@@ -13,7 +13,8 @@ import click
 import numpy as np
 
 from connector.config import SyncConfig, load_config, resolve_model_ref
-from connector.errors import ConfigError, ConnectorError
+from connector.errors import ConnectorError
+from connector.retry import RetryPolicy
 
 HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical
 
@@ -132,7 +133,7 @@ def search(ctx, config_path, query, mode, limit):
     config = load_config(config_path)
     encoder = make_encoder(config)
     vectors = encoder.encode([query])[0]
-    sink = make_sink(config.sink)
+    sink = make_sink(config.sink, retry=RetryPolicy(config.retry))
     try:
         if sink.describe() is None:
             raise ConnectorError(f"collection '{config.sink.collection}' does not exist yet; run `connector sync` first")
@@ -174,11 +175,12 @@ def status(ctx, config_path):
     config = load_config(config_path)
     ledger = Ledger(config.state_dir)
     try:
+        ledger.bind_target(sink_target(config), write=False)
         data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger": ledger.counts(),
                 "failed_documents": ledger.failed_documents()}
     finally:
         ledger.close()
-    sink = make_sink(config.sink)
+    sink = make_sink(config.sink, retry=RetryPolicy(config.retry))
     try:
         info = sink.describe()
         data["store"] = {"collection": config.sink.collection, "exists": info is not None,
@@ -196,7 +198,11 @@ def status(ctx, config_path):
                      f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
     ]
     lines += [f"  FAILED {f['doc_id']}: {f['reason']}" for f in data["failed_documents"]]
+    if led["dead_letters"]:
+        lines.append(f"  {led['dead_letters']} dead letter(s): see `connector failed`, replay with `connector retry`")
     emit(ctx, data, "\n".join(lines))
+    if "error" in store:
+        ctx.exit(1)
 
 
 # ---- embed / similarity -------------------------------------------------------------------
@@ -264,6 +270,110 @@ def similarity(ctx, config_path, model, max_length, text_a, text_b):
     emit(ctx, data, f"dense cosine {dense:.6f}\nlexical      {lexical:.6f}\nhybrid       {data['hybrid']:.6f}")
 
 
+# ---- failed / retry / verify ------------------------------------------------------------
+@cli.command()
+@config_option()
+@json_option
+@click.pass_context
+def failed(ctx, config_path):
+    """List the dead letters (writes the store refused after every retry), grouped by error.
+
+    \b
+    Example:
+      connector failed -c configs/milvus-server.yaml --json
+    """
+    from connector.ledger import Ledger
+
+    config = load_config(config_path)
+    ledger = Ledger(config.state_dir)
+    try:
+        letters = ledger.dead_letters()
+    finally:
+        ledger.close()
+    groups: dict[str, dict] = {}
+    for letter in letters:
+        g = groups.setdefault(letter.error, {"error": letter.error, "kind": letter.error_kind, "dead_letters": [],
+                                             "documents": [], "points": 0, "attempts": 0,
+                                             "first_failed": letter.created_at, "last_failed": letter.updated_at})
+        g["dead_letters"].append(letter.id)
+        g["documents"] += letter.doc_ids
+        g["points"] += letter.point_count
+        g["attempts"] += letter.attempts
+        g["last_failed"] = max(g["last_failed"], letter.updated_at)
+    data = {"dead_letters": len(letters), "documents": sum(len(g["documents"]) for g in groups.values()),
+            "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values())}
+    lines = [f"{data['dead_letters']} dead letter(s): {data['documents']} document(s), {data['points']} point(s)"]
+    for g in groups.values():
+        lines.append(f"- {g['kind']} ({len(g['dead_letters'])} letter(s), {len(g['documents'])} document(s), "
+                     f"{g['points']} point(s), ids {', '.join(map(str, g['dead_letters']))}): {g['error']}")
+    if letters:
+        lines.append("replay them with: connector retry -c CONFIG")
+    emit(ctx, data, "\n".join(lines))
+
+
+@cli.command()
+@config_option()
+@click.option("--id", "ids", type=int, multiple=True, help="Replay only this dead letter (repeatable).")
+@click.option("--limit", type=click.IntRange(1), help="Replay at most this many dead letters, oldest first.")
+@json_option
+@click.pass_context
+def retry(ctx, config_path, ids, limit):
+    """Replay dead letters into the store without re-encoding; advance the ledger on success.
+
+    \b
+    Example:
+      connector retry -c configs/milvus-server.yaml --limit 10 --json
+    """
+    from connector.recovery import retry_dead_letters
+
+    config = load_config(config_path)
+    report = retry_dead_letters(config, ids=list(ids) or None, limit=limit)
+    r = report.letters
+    lines = [f"dead letters: {r['retried']} retried, {r['succeeded']} succeeded, {r['failed']} failed",
+             f"documents committed: {report.documents_committed}, points written: {report.points_written}, "
+             f"stale points deleted: {report.points_deleted}"]
+    lines += [f"  still failing: dead letter {f['dead_letter']}: {f['error']}" for f in report.failures]
+    emit(ctx, report.to_json(), "\n".join(lines))
+    ctx.exit(report.exit_code)
+
+
+@cli.command()
+@config_option()
+@click.option("--repair", is_flag=True, help="Delete orphans and rewrite missing or stale points, then verify again.")
+@json_option
+@click.pass_context
+def verify(ctx, config_path, repair):
+    """Compare the ledger with the store: missing points, unknown points, stale payloads and counts.
+
+    Exit code 0 when they match, 3 when something differs (after --repair: when it still differs).
+
+    \b
+    Example:
+      connector verify -c configs/qdrant-local.yaml --repair --json
+    """
+    from connector import recovery
+
+    config = load_config(config_path)
+    report = recovery.verify(config)
+    data = {"before": report.to_json()}
+    if repair and not report.ok:
+        repaired = recovery.repair(config, report)
+        report = recovery.verify(config)
+        report.repaired = repaired
+        data["after"] = report.to_json()
+    final = report.to_json()
+    lines = [f"ledger points: {final['ledger_points']}, store points: {final['store_points']}",
+             f"missing from the store: {len(final['missing'])}, unknown to the ledger: {len(final['orphans'])}, "
+             f"stale payloads: {len(final['mismatched'])}, documents with stale counts: {len(final['stale_counts'])}",
+             f"dead letters: {final['dead_letters']}, pending deletes: {final['pending_deletes']}",
+             "OK: the store matches the ledger" if report.ok else "MISMATCH (run `connector verify --repair`)"]
+    if report.repaired:
+        lines.insert(0, f"repaired: {report.repaired['orphans_deleted']} orphan(s) deleted, "
+                        f"{report.repaired['points_invalidated']} point(s) rewritten by a sync")
+    emit(ctx, {**final, **data}, "\n".join(lines))
+    ctx.exit(0 if report.ok else 3)
+
+
 # ---- schema -----------------------------------------------------------------------------
 @cli.command()
 @config_option()
@@ -284,20 +394,25 @@ def schema(ctx, config_path, create, recreate, yes):
     from connector.sinks.factory import make_sink
 
     config = load_config(config_path)
-    sink = make_sink(config.sink)
+    sink = make_sink(config.sink, retry=RetryPolicy(config.retry))
     try:
         action = "shown"
         if recreate:
             if not yes:
                 click.confirm(f"Drop collection '{config.sink.collection}' and every point in it?", abort=True)
-            sink.drop()
-            ledger = Ledger(config.state_dir)  # the store is empty now: so must the ledger be
-            try:
-                for doc_id in ledger.doc_ids():
-                    ledger.forget_document(doc_id)
-                ledger.deletes_done(ledger.pending_deletes())
-            finally:
-                ledger.close()
+            from connector.lock import StateLock
+            from connector.pipeline import sink_target
+
+            # Ledger first: a crash between the two steps then leaves an empty ledger over a full
+            # collection (the next sync rewrites it), never a full ledger over an empty one.
+            with StateLock(config.state_dir):
+                ledger = Ledger(config.state_dir)
+                try:
+                    ledger.bind_target(sink_target(config))
+                    ledger.reset()
+                finally:
+                    ledger.close()
+                sink.drop()
         if create or recreate:
             created = sink.ensure_collection(make_encoder(config).dimension)
             action = "created" if created else "exists (checked against the layout)"

@@ -167,6 +167,24 @@ class Ledger:
         for (pid,) in self.db.execute("SELECT point_id FROM chunks"):
             yield pid
 
+    def point_index(self) -> dict[str, tuple[str, str, str]]:
+        """point_id -> (doc_id, chunk_key, document fingerprint), for verify."""
+        rows = self.db.execute(
+            "SELECT c.point_id, c.doc_id, c.chunk_key, d.fingerprint FROM chunks c JOIN documents d USING (doc_id)"
+        )
+        return {pid: (doc_id, key, fp) for pid, doc_id, key, fp in rows}
+
+    def invalidate(self, point_ids: Iterable[str]) -> None:
+        """Make the next sync rewrite these points (and re-plan their documents)."""
+        point_ids = list(point_ids)
+        with self._transaction():
+            for pid in point_ids:
+                self.db.execute("UPDATE chunks SET chunk_key='' WHERE point_id=?", (pid,))
+                self.db.execute(
+                    "UPDATE documents SET content_hash='' WHERE doc_id IN (SELECT doc_id FROM chunks WHERE point_id=?)",
+                    (pid,),
+                )
+
     def pending_deletes(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT point_id FROM pending_deletes ORDER BY point_id")]
 

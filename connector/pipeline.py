@@ -57,6 +57,13 @@ def document_hash(doc: Document) -> str:
     return stable_hash({"text": doc.text, "metadata": stable_metadata(doc.metadata)})
 
 
+def chunk_key(payload: dict, fingerprint: str) -> str:
+    """What the ledger records per point: a hash of its payload (less volatile metadata) and of
+    the pipeline fingerprint. A point is rewritten when its key changes."""
+    metadata = stable_metadata(payload.get("metadata") or {})
+    return stable_hash({"payload": {**payload, "metadata": metadata}, "fingerprint": fingerprint})
+
+
 def error_kind(err: Exception) -> str:
     return "transient" if isinstance(err, TransientError) else "terminal"
 
@@ -264,9 +271,7 @@ class SyncRun:
             return None
         chunks = self.chunker.split(doc.doc_id, self.normalize(doc.text))
         payloads = [chunk_payload(c, doc.metadata) for c in chunks]
-        # 'modified' alone does not rewrite a point: only chunks whose text or payload changed are.
-        keys = [stable_hash({"payload": {**p, "metadata": stable_metadata(p["metadata"])}, "fingerprint": self.fingerprint})
-                for p in payloads]
+        keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in self.ledger.chunks(doc.doc_id)} if known else {}
         write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i]]

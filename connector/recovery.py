@@ -1,0 +1,151 @@
+"""Getting back to a store that matches the ledger: replay dead letters, verify, repair."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from connector.config import SyncConfig
+from connector.errors import StoreError
+from connector.pipeline import chunk_key, error_kind, open_state
+from connector.records import points_from_bytes
+
+
+@dataclass
+class RetryReport:
+    letters: dict = field(default_factory=lambda: dict.fromkeys(["retried", "succeeded", "failed"], 0))
+    documents_committed: int = 0
+    points_written: int = 0
+    points_deleted: int = 0
+    failures: list = field(default_factory=list)  # [{dead_letter, error, documents}]
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.failures else 0
+
+    def to_json(self) -> dict:
+        return {"letters": self.letters, "documents_committed": self.documents_committed,
+                "points_written": self.points_written, "points_deleted": self.points_deleted,
+                "failures": self.failures}
+
+
+def retry_dead_letters(config: SyncConfig, ids: list[int] | None = None, limit: int | None = None,
+                       sleep=None) -> RetryReport:
+    """Replay dead letters (oldest first) without re-encoding: on success the documents are
+    committed to the ledger and the letter is removed; on failure it stays, with the new error."""
+    report = RetryReport()
+    with open_state(config, sleep=sleep) as (ledger, sink):
+        report.points_deleted += _delete_pending(ledger, sink, ledger.pending_deletes())
+        for letter in ledger.dead_letters(ids=ids, limit=limit):
+            report.letters["retried"] += 1
+            contents = ledger.dead_letter_contents(letter.id)
+            points = [p for _, blob in contents for p in points_from_bytes(blob)]
+            owner = {p.id: commit.doc_id for commit, blob in contents for p in points_from_bytes(blob)}
+            try:
+                if points:
+                    sink.ensure_collection(len(points[0].dense))
+                    ledger.mark_in_flight((owner[p.id], p.id) for p in points)
+                    sink.upsert(points)
+            except StoreError as err:
+                attempts = getattr(err, "attempts", 1)
+                ledger.dead_letter_failed_again(letter.id, str(err), error_kind(err), attempts)
+                report.letters["failed"] += 1
+                report.failures.append({"dead_letter": letter.id, "error": str(err), "documents": letter.doc_ids})
+                continue
+            commits = ledger.resolve_dead_letter(letter.id)
+            report.letters["succeeded"] += 1
+            report.documents_committed += len(commits)
+            report.points_written += len(points)
+            report.points_deleted += _delete_pending(ledger, sink, [pid for c in commits for pid in c.stale_point_ids])
+    return report
+
+
+def _delete_pending(ledger, sink, ids: list[str]) -> int:
+    """Delete queued points; a failure leaves them queued (the next run tries again)."""
+    if not ids:
+        return 0
+    try:
+        sink.delete(ids)
+    except StoreError:
+        return 0
+    ledger.deletes_done(ids)
+    return len(ids)
+
+
+@dataclass
+class VerifyReport:
+    ledger_points: int = 0
+    store_points: int = 0
+    missing: list = field(default_factory=list)  # in the ledger, not in the store: [{id, doc_id}]
+    orphans: list = field(default_factory=list)  # in the store, unknown to the ledger: [{id, doc_id}]
+    mismatched: list = field(default_factory=list)  # in both, but the store's payload is not the ledger's
+    stale_counts: list = field(default_factory=list)  # [{doc_id, ledger, store}]
+    dead_letters: int = 0
+    pending_deletes: int = 0
+    repaired: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.orphans or self.mismatched or self.stale_counts)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "ledger_points": self.ledger_points, "store_points": self.store_points,
+                "missing": self.missing, "orphans": self.orphans, "mismatched": self.mismatched,
+                "stale_counts": self.stale_counts, "dead_letters": self.dead_letters,
+                "pending_deletes": self.pending_deletes, "repaired": self.repaired}
+
+
+def verify(config: SyncConfig, sleep=None) -> VerifyReport:
+    """Compare the ledger with the store: every ledger point present with the payload the ledger
+    recorded, no point the ledger does not know, and per document the same number of points."""
+    report = VerifyReport()
+    with open_state(config, sleep=sleep, dry_run=True) as (ledger, sink):
+        expected = ledger.point_index()  # point_id -> (doc_id, chunk_key, fingerprint)
+        counts = ledger.counts()
+        report.dead_letters, report.pending_deletes = counts["dead_letters"], counts["pending_deletes"]
+        stored = sink.all_ids() if sink.describe() is not None else set()
+        report.ledger_points, report.store_points = len(expected), len(stored)
+        report.missing = [{"id": pid, "doc_id": expected[pid][0]} for pid in sorted(set(expected) - stored)]
+        for point in _retrieve_all(sink, sorted(stored - set(expected))):
+            report.orphans.append({"id": point.id, "doc_id": point.payload.get("doc_id")})
+        for point in _retrieve_all(sink, sorted(set(expected) & stored)):
+            doc_id, key, fingerprint = expected[point.id]
+            if chunk_key(point.payload, fingerprint) != key:
+                report.mismatched.append({"id": point.id, "doc_id": doc_id})
+    store_per_doc: dict[str, int] = defaultdict(int)
+    ledger_per_doc: dict[str, int] = defaultdict(int)
+    for pid, (doc_id, _, _) in expected.items():
+        ledger_per_doc[doc_id] += 1
+        if pid in stored:
+            store_per_doc[doc_id] += 1
+    for orphan in report.orphans:
+        if orphan["doc_id"] is not None:
+            store_per_doc[orphan["doc_id"]] += 1
+    report.stale_counts = [
+        {"doc_id": d, "ledger": ledger_per_doc.get(d, 0), "store": store_per_doc.get(d, 0)}
+        for d in sorted(set(ledger_per_doc) | set(store_per_doc))
+        if ledger_per_doc.get(d, 0) != store_per_doc.get(d, 0)
+    ]
+    return report
+
+
+def _retrieve_all(sink, ids: list[str], page: int = 256):
+    for start in range(0, len(ids), page):
+        yield from sink.retrieve(ids[start : start + page])
+
+
+def repair(config: SyncConfig, found: VerifyReport, sleep=None, encoder=None) -> dict:
+    """Fix what `verify` found: delete orphans, then let a sync rewrite missing and mismatched
+    points (from the embedding cache, re-reading the source)."""
+    from connector.pipeline import run_sync
+
+    rewrite = [p["id"] for p in found.missing + found.mismatched]
+    orphans = [p["id"] for p in found.orphans]
+    with open_state(config, sleep=sleep) as (ledger, sink):
+        if orphans:
+            sink.delete(orphans)
+            ledger.deletes_done(orphans)
+        ledger.invalidate(rewrite)
+    sync = run_sync(config, sleep=sleep, encoder=encoder)
+    return {"orphans_deleted": len(orphans), "points_invalidated": len(rewrite),
+            "sync": {"documents": sync.documents, "chunks": sync.chunks, "failures": sync.failures}}
