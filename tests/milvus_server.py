@@ -82,6 +82,13 @@ class MilvusServer:
             process.kill()
             process.wait(timeout)
 
+    def kill(self) -> None:
+        """Kill the process at once (SIGKILL), as a crash would."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
+
     def log_tail(self, chars: int = 4000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
