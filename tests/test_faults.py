@@ -249,3 +249,26 @@ def test_a_second_sync_on_the_same_state_dir_fails_at_once(tmp_path, tiny_model_
     (state / "lock").write_text("999999")
     code, data, out = run("sync", "-c", str(cfg))
     assert code == 0 and data["documents"]["new"] == DOCS, out
+
+
+def test_crash_after_the_store_write_before_the_commit_leaves_no_orphans(tmp_path, tiny_model_dir, monkeypatch):
+    """The store took a new version's points, the process died before the ledger commit, and the
+    source went back to the old version: the next sync still converges (no orphan, no stale text)."""
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    assert run("sync", "-c", str(cfg))[0] == 0
+    doc = tmp_path / "docs" / "doc-05.md"
+    original = doc.read_text(encoding="utf-8")
+    doc.write_text("\n\n".join(f"A much longer new version, section {k}, with new words." for k in range(12)))
+
+    def crash(self, commits):
+        raise RuntimeError("simulated crash before the ledger commit")
+
+    monkeypatch.setattr(Ledger, "commit_documents", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run("sync", "-c", str(cfg))
+    monkeypatch.undo()
+    doc.write_text(original, encoding="utf-8")
+    code, report, out = run("sync", "-c", str(cfg))
+    assert code == 0, out
+    assert report["chunks"]["deleted"] > 0  # the new version's extra points, queued before the write
+    assert_store_matches_source(cfg)
