@@ -331,8 +331,10 @@ def retry(ctx, config_path, ids, limit):
     r = report.letters
     lines = [f"dead letters: {r['retried']} retried, {r['succeeded']} succeeded, {r['failed']} failed",
              f"documents committed: {report.documents_committed}, points written: {report.points_written}, "
-             f"stale points deleted: {report.points_deleted}"]
-    lines += [f"  still failing: dead letter {f['dead_letter']}: {f['error']}" for f in report.failures]
+             f"queued deletes done: {report.points_deleted}"]
+    lines += [f"  still failing: dead letter {f['dead_letter']}: {f['error']}" for f in report.failures[:10]]
+    if len(report.failures) > 10:
+        lines.append(f"  ... and {len(report.failures) - 10} more (see `connector failed`)")
     emit(ctx, report.to_json(), "\n".join(lines))
     ctx.exit(report.exit_code)
 

@@ -21,6 +21,7 @@ Milvus Lite 3.x quirks this module works around (checked against milvus-lite 3.2
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,6 +146,9 @@ class MilvusSink(Sink):
                 )
             uri = str(Path(uri).expanduser().resolve())
         self._pymilvus = require_pymilvus(lite=not self.is_server)
+        # pymilvus logs every failed call with a traceback, and harmless iterator warnings; the
+        # connector reports the (translated, secret-free) error itself.
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         self.uri = uri
         self._token = token
         self.timeout = timeout
