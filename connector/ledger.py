@@ -295,14 +295,16 @@ class Ledger:
             self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
             self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
             self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (doc_id,))
+            self._drop_from_dead_letters(doc_id)  # a retry must not bring a deleted document back
             self._queue_deletes(doc_id, ids)
         return ids
 
-    def mark_in_flight(self, points: Iterable[tuple[str, str]]) -> None:
+    def mark_in_flight(self, points: Iterable[tuple[str, str]], replaying_dead_letter: bool = False) -> None:
         """Before an upsert of (doc_id, point_id) pairs: make the ledger safe for a crash that
         lands after the store took the points but before the documents are committed. A point
         the ledger does not know yet is queued for deletion (commit takes it off the queue); a
-        point it knows, and its document, are marked dirty so the next run rewrites them."""
+        point it knows, and its document, are marked dirty so the next run rewrites them. A sync's
+        write also makes the documents' dead letters obsolete; a replay keeps its own letter."""
         points = list(points)
         with self._transaction():
             for doc_id, pid in points:
@@ -311,9 +313,12 @@ class Ledger:
                     self.db.execute(
                         "INSERT OR IGNORE INTO pending_deletes(point_id, doc_id) VALUES (?, ?)", (pid, doc_id)
                     )
-            self.db.executemany(
-                "UPDATE documents SET content_hash='' WHERE doc_id=?", [(d,) for d in {d for d, _ in points}]
-            )
+            for doc_id in {d for d, _ in points}:
+                self.db.execute("UPDATE documents SET content_hash='' WHERE doc_id=?", (doc_id,))
+                if not replaying_dead_letter:
+                    # A newer write of this document makes its older dead letter obsolete:
+                    # replaying it later would put old content over new.
+                    self._drop_from_dead_letters(doc_id)
 
     def reset(self) -> None:
         """Forget every document, chunk, queued delete and dead letter (the store was emptied)."""

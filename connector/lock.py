@@ -33,11 +33,12 @@ class StateLock:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise AlreadyRunningError(
-                f"another connector process is already running on state_dir {self.path.parent} (pid {owner}); "
-                "wait for it to finish, or stop it"
+                f"already running (pid {owner}): another connector process works on state_dir "
+                f"{self.path.parent}; wait for it to finish, or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        pid = str(os.getpid()).encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
         self._fd = fd
         return self
 

@@ -104,6 +104,7 @@ class SyncReport:
     )
     failures: list = field(default_factory=list)  # [{doc_id, reason, dead_letter?}]
     errors: list = field(default_factory=list)  # problems not tied to one document: [{operation, reason, ...}]
+    warnings: list = field(default_factory=list)  # things the run noticed and repaired by itself
     stopped: bool = False  # on_error: stop ended the sync early
     changes: list = field(default_factory=list)  # dry run only: [{doc_id, action, ...}]
 
@@ -113,7 +114,7 @@ class SyncReport:
 
     def to_json(self) -> dict:
         out = {"dry_run": self.dry_run, "documents": self.documents, "chunks": self.chunks,
-               "failures": self.failures, "errors": self.errors, "stopped": self.stopped}
+               "failures": self.failures, "errors": self.errors, "warnings": self.warnings, "stopped": self.stopped}
         if self.dry_run:
             out["changes"] = self.changes
         return out
@@ -228,12 +229,12 @@ class SyncRun:
         return report
 
     def _check_store_has_ledger(self, report: SyncReport) -> None:
-        """A collection dropped behind the ledger's back: start over (the cache keeps it cheap)."""
-        if self.sink.describe() is None and self.ledger.counts()["documents"]:
-            message = (f"collection '{self.sink.collection}' does not exist but the ledger lists documents: "
-                       "the ledger was reset and every document is written again")
+        """A collection dropped or emptied behind the ledger's back: start over (the cache keeps it cheap)."""
+        lost = store_lost(self.sink, self.ledger)
+        if lost:
+            message = f"{lost}: the ledger was reset and every document is written again"
             log.warning(message)
-            report.errors.append({"operation": "check", "reason": message, "repaired": True})
+            report.warnings.append(message)
             self.ledger.reset()
 
     def _process(self, items, seen: set[str], failed_origins: set[str], report: SyncReport, dry_run: bool) -> None:
@@ -402,6 +403,19 @@ class SyncRun:
         from tqdm import tqdm
 
         return tqdm(items, desc="sync", unit="doc", file=sys.stderr)
+
+
+def store_lost(sink: Sink, ledger: Ledger) -> str | None:
+    """Why the store no longer holds what the ledger lists (dropped or emptied collection), or None."""
+    chunks = ledger.counts()["chunks"]
+    if not chunks:
+        return None
+    info = sink.describe()
+    if info is None:
+        return f"collection '{sink.collection}' does not exist but the ledger lists {chunks} points"
+    if info.count == 0:
+        return f"collection '{sink.collection}' is empty but the ledger lists {chunks} points"
+    return None
 
 
 def vector_identity(encoder: Encoder) -> dict:

@@ -77,9 +77,10 @@ class Point:
     """What a sink writes: id, vectors and payload."""
 
     id: str
-    dense: np.ndarray
+    dense: np.ndarray | None  # None in a collection that holds only a legacy vector
     sparse: SparseVector
     payload: dict[str, Any]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # other named dense vectors, e.g. dense_768
 
 
 @dataclass
@@ -119,10 +120,11 @@ def points_to_bytes(points: list[Point]) -> bytes:
     rows = [
         {
             "id": p.id,
-            "dense": b64(p.dense, np.float32),
+            "dense": None if p.dense is None else b64(p.dense, np.float32),
             "sparse_indices": b64(p.sparse.indices, np.int64),
             "sparse_values": b64(p.sparse.values, np.float32),
             "payload": p.payload,
+            "extra": {name: b64(v, np.float32) for name, v in p.extra.items()},
         }
         for p in points
     ]
@@ -139,9 +141,10 @@ def points_from_bytes(blob: bytes) -> list[Point]:
     return [
         Point(
             id=row["id"],
-            dense=array(row["dense"], np.float32),
+            dense=None if row["dense"] is None else array(row["dense"], np.float32),
             sparse=SparseVector(array(row["sparse_indices"], np.int64), array(row["sparse_values"], np.float32)),
             payload=row["payload"],
+            extra={name: array(v, np.float32) for name, v in row.get("extra", {}).items()},
         )
         for row in json.loads(blob.decode("utf-8"))
     ]

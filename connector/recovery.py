@@ -6,8 +6,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from connector.config import SyncConfig
-from connector.errors import StoreError
-from connector.pipeline import chunk_key, error_kind, open_state
+from connector.errors import ConnectorError, StoreError
+from connector.pipeline import chunk_key, error_kind, open_state, store_lost
 from connector.records import points_from_bytes
 
 
@@ -35,7 +35,14 @@ def retry_dead_letters(config: SyncConfig, ids: list[int] | None = None, limit: 
     committed to the ledger and the letter is removed; on failure it stays, with the new error."""
     report = RetryReport()
     with open_state(config, sleep=sleep) as (ledger, sink):
-        report.points_deleted += _delete_pending(ledger, sink, ledger.pending_deletes())
+        try:
+            lost = store_lost(sink, ledger)
+        except StoreError:
+            lost = None  # unreachable: every letter fails below and stays, with the error
+        if lost:
+            raise ConnectorError(f"{lost}; run `connector sync` first: it rewrites every document from the "
+                                 "source (from the embedding cache, without re-encoding) and drops the dead letters")
+        report.points_deleted += _delete_pending(ledger, sink, ledger.pending_deletes(), report)
         for letter in ledger.dead_letters(ids=ids, limit=limit):
             report.letters["retried"] += 1
             contents = ledger.dead_letter_contents(letter.id)
@@ -44,7 +51,7 @@ def retry_dead_letters(config: SyncConfig, ids: list[int] | None = None, limit: 
             try:
                 if points:
                     sink.ensure_collection(len(points[0].dense))
-                    ledger.mark_in_flight((owner[p.id], p.id) for p in points)
+                    ledger.mark_in_flight(((owner[p.id], p.id) for p in points), replaying_dead_letter=True)
                     sink.upsert(points)
             except StoreError as err:
                 attempts = getattr(err, "attempts", 1)
@@ -56,17 +63,20 @@ def retry_dead_letters(config: SyncConfig, ids: list[int] | None = None, limit: 
             report.letters["succeeded"] += 1
             report.documents_committed += len(commits)
             report.points_written += len(points)
-            report.points_deleted += _delete_pending(ledger, sink, [pid for c in commits for pid in c.stale_point_ids])
+            stale = [pid for c in commits for pid in c.stale_point_ids]
+            report.points_deleted += _delete_pending(ledger, sink, stale, report)
     return report
 
 
-def _delete_pending(ledger, sink, ids: list[str]) -> int:
+def _delete_pending(ledger, sink, ids: list[str], report: RetryReport) -> int:
     """Delete queued points; a failure leaves them queued (the next run tries again)."""
     if not ids:
         return 0
     try:
         sink.delete(ids)
-    except StoreError:
+    except StoreError as err:
+        report.failures.append({"dead_letter": None, "error": f"deleting {len(ids)} queued point(s): {err}",
+                                "documents": []})
         return 0
     ledger.deletes_done(ids)
     return len(ids)
@@ -86,7 +96,9 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.orphans or self.mismatched or self.stale_counts)
+        """The store holds exactly what the ledger lists, and nothing is waiting to be written or deleted."""
+        return not (self.missing or self.orphans or self.mismatched or self.stale_counts
+                    or self.dead_letters or self.pending_deletes)
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "ledger_points": self.ledger_points, "store_points": self.store_points,
@@ -146,6 +158,7 @@ def repair(config: SyncConfig, found: VerifyReport, sleep=None, encoder=None) ->
             sink.delete(orphans)
             ledger.deletes_done(orphans)
         ledger.invalidate(rewrite)
+    # Dead letters are superseded by the sync (it rewrites their documents from the source).
     sync = run_sync(config, sleep=sleep, encoder=encoder)
     return {"orphans_deleted": len(orphans), "points_invalidated": len(rewrite),
             "sync": {"documents": sync.documents, "chunks": sync.chunks, "failures": sync.failures}}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from connector.errors import SchemaMismatchError
+from connector.errors import ConfigError, SchemaMismatchError
 
 if TYPE_CHECKING:
     from connector.sinks.base import CollectionInfo
@@ -40,7 +40,25 @@ class Layout:
     def vector(self, name: str) -> VectorSpec:
         return next(v for v in self.vectors if v.name == name)
 
-    def check(self, info: "CollectionInfo", dense_size: int) -> None:
+    @property
+    def dense_names(self) -> list[str]:
+        return [v.name for v in self.vectors if v.kind == "dense"]
+
+    def sizes(self, model: int | None, projection: int | None = None) -> dict[str, int]:
+        """The size of every dense vector: 'model' is the encoder's, 'projection' the legacy k."""
+        out = {}
+        for spec in self.vectors:
+            if spec.kind != "dense":
+                continue
+            size = {"model": model, None: model, "projection": projection}.get(spec.size, spec.size)
+            if size is None:
+                raise ConfigError(
+                    f"layout '{self.name}': vector '{spec.name}' takes the projection size; set projection.dim"
+                )
+            out[spec.name] = int(size)
+        return out
+
+    def check(self, info: "CollectionInfo", sizes: dict[str, int]) -> None:
         """Raise SchemaMismatchError naming every difference between `info` and this layout."""
         problems = []
         for spec in self.vectors:
@@ -49,9 +67,11 @@ class Layout:
                 problems.append(f"vector '{spec.name}' ({spec.kind}) is missing")
             elif kind != spec.kind:
                 problems.append(f"vector '{spec.name}' is {kind}, expected {spec.kind}")
-        want = dense_size if any(v.size == "model" for v in self.vectors) else None
-        if want is not None and info.vectors.get("dense") == "dense" and info.dense_size != want:
-            problems.append(f"vector 'dense' has size {info.dense_size}, the model gives {want}")
+            elif kind == "dense" and info.dense_sizes.get(spec.name) not in (None, sizes[spec.name]):
+                source = "the model gives" if spec.size in ("model", None) else "the config asks for"
+                problems.append(
+                    f"vector '{spec.name}' has size {info.dense_sizes[spec.name]}, {source} {sizes[spec.name]}"
+                )
         dense_spec = next((v for v in self.vectors if v.name == "dense" and v.kind == "dense"), None)
         if (
             dense_spec is not None
@@ -83,10 +103,13 @@ def schemas_dir():
         return Path(__file__).resolve().parent.parent / "schemas"
 
 
-def load_layout(name: str = "chunks") -> Layout:
-    """Read `schemas/<name>.yaml` from the installed package."""
+def load_layout(name: str = "chunks", legacy_field: str | None = None) -> Layout:
+    """Read `schemas/<name>.yaml` from the installed package; the vector called `legacy` there
+    takes the name `legacy_field` (the config's projection.field)."""
     text = schemas_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
-    vectors = tuple(VectorSpec(name=k, **v) for k, v in data["vectors"].items())
+    vectors = tuple(
+        VectorSpec(name=legacy_field if k == "legacy" and legacy_field else k, **v) for k, v in data["vectors"].items()
+    )
     fields = tuple(FieldSpec(name=k, **v) for k, v in data["payload"].items())
     return Layout(name=data["name"], vectors=vectors, fields=fields)

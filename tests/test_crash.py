@@ -109,7 +109,7 @@ def test_kill_9_at_any_moment_converges(tmp_path, tiny_model_dir, backend):
     assert kills.count(True) >= 2
     code, report = run_cli(cfg, "sync")
     assert code == 0, report
-    assert report["chunks"]["encoded"] == 0 or report["documents"]["new"] > 0
+    assert report["documents"]["new"] + report["documents"]["changed"] > 0  # the killed runs left work to do
     assert_converged(cfg)
 
     # every document edited (chunk counts grow and shrink): killed while points are in flight

@@ -34,6 +34,7 @@ class CollectionInfo:
     fields: set[str]  # payload fields the collection declares (empty if schemaless)
     count: int
     dense_distance: str | None = None  # 'cosine', 'dot', 'euclid', ... if the store says
+    dense_sizes: dict[str, int] = field(default_factory=dict)  # every dense vector's size
     problems: list[str] = field(default_factory=list)  # backend-specific mismatches (e.g. primary key)
 
 
@@ -56,8 +57,8 @@ class Sink(ABC):
         """The existing collection, or None if it does not exist."""
 
     @abstractmethod
-    def _create(self, dense_size: int) -> None:
-        """Create the collection from `self.layout` with the given dense size."""
+    def _create(self, sizes: dict[str, int]) -> None:
+        """Create the collection from `self.layout`; `sizes` gives each dense vector's size."""
 
     @abstractmethod
     def _upsert(self, points: Sequence[Point]) -> None:
@@ -68,7 +69,7 @@ class Sink(ABC):
         """Delete one batch of ids (ids that do not exist are ignored)."""
 
     @abstractmethod
-    def _search_dense(self, vector, limit: int) -> list[Hit]: ...
+    def _search_dense(self, vector, limit: int, using: str = "dense") -> list[Hit]: ...
 
     @abstractmethod
     def _search_sparse(self, vector: SparseVector, limit: int) -> list[Hit]: ...
@@ -122,17 +123,19 @@ class Sink(ABC):
         """Every point id, read in one scan (retried from the start if the scan fails)."""
         return self._call("scan ids", lambda: set(self.iter_ids()))
 
-    def ensure_collection(self, dense_size: int) -> bool:
-        """Create the collection if missing, else check it matches the layout.
+    def ensure_collection(self, dense_size: int | None, projection_size: int | None = None) -> bool:
+        """Create the collection if missing, else check it matches the layout. `dense_size` is the
+        model's vector size, `projection_size` the legacy size k (for layouts that hold one).
 
         Returns True if it was created. Raises SchemaMismatchError, and writes nothing,
         when an existing collection differs (vector size, vector kind, missing field).
         """
+        sizes = self.layout.sizes(dense_size, projection_size)
         info = self.describe()
         if info is None:
-            self._call("create", self._create, dense_size)
+            self._call("create", self._create, sizes)
             return True
-        self.layout.check(info, dense_size)
+        self.layout.check(info, sizes)
         return False
 
     def upsert(self, points: Sequence[Point]) -> None:
@@ -178,15 +181,17 @@ class Sink(ABC):
         for start in range(0, len(ids), self.batch_size):
             self._call("delete", self._delete, ids[start : start + self.batch_size])
 
-    def search(self, mode: str, dense=None, sparse: SparseVector | None = None, limit: int = 10) -> list[Hit]:
-        """mode 'dense', 'sparse', or 'hybrid' (reciprocal rank fusion of both lists)."""
+    def search(self, mode: str, dense=None, sparse: SparseVector | None = None, limit: int = 10,
+               using: str = "dense") -> list[Hit]:
+        """mode 'dense', 'sparse', or 'hybrid' (reciprocal rank fusion of both lists); `using`
+        names the dense vector to search (e.g. a legacy 'dense_768')."""
         if mode == "dense":
-            return self._call("search", self._search_dense, dense, limit)
+            return self._call("search", self._search_dense, dense, limit, using)
         if mode == "sparse":
             return self._sparse_or_nothing(sparse, limit)
         if mode == "hybrid":
             depth = max(limit * 4, 20)
-            dense_hits = self._call("search", self._search_dense, dense, depth)
+            dense_hits = self._call("search", self._search_dense, dense, depth, using)
             return rrf_fuse([dense_hits, self._sparse_or_nothing(sparse, depth)], limit)
         raise ValueError(f"unknown search mode {mode!r}; use dense, sparse or hybrid")
 
@@ -243,6 +248,6 @@ def grpc_code_name(err: BaseException) -> str | None:
 
 
 def is_too_large(err: BaseException, status: int | None = None) -> bool:
-    """Does the store say the request was too large (HTTP 413, gRPC 'larger than max', ...)?"""
+    """Does the store say the request was too large (HTTP 413, gRPC 'message larger than max')?"""
     text = str(err).lower()
-    return status == 413 or any(s in text for s in ("larger than max", "too large", "message length", "exceeds the limit"))
+    return status == 413 or "larger than max" in text or "payload too large" in text

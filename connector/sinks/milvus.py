@@ -226,8 +226,8 @@ class MilvusSink(Sink):
     def _payload_names(self) -> list[str]:
         return [f.name for f in self.layout.fields]
 
-    def _metric(self) -> str:
-        spec = next((v for v in self.layout.vectors if v.name == "dense"), None)
+    def _metric(self, name: str = "dense") -> str:
+        spec = next((v for v in self.layout.vectors if v.name == name), None)
         return METRICS[((spec.distance if spec else None) or "cosine").lower()]
 
     # ---- primitives --------------------------------------------------------------------
@@ -241,11 +241,13 @@ class MilvusSink(Sink):
         fields: set[str] = set()
         problems: list[str] = []
         dense_size = None
+        dense_sizes: dict[str, int] = {}
         primary = None
         for f in desc["fields"]:
             dtype = f["type"]
             if dtype == DataType.FLOAT_VECTOR:
                 vectors[f["name"]] = "dense"
+                dense_sizes[f["name"]] = int(f.get("params", {}).get("dim", 0))
                 if f["name"] == "dense":
                     dense_size = int(f.get("params", {}).get("dim", 0)) or None
             elif dtype == DataType.SPARSE_FLOAT_VECTOR:
@@ -275,18 +277,18 @@ class MilvusSink(Sink):
             fields=fields,
             count=self._count(),
             dense_distance=dense_distance,
+            dense_sizes=dense_sizes,
             problems=problems,
         )
 
-    def _create(self, dense_size: int) -> None:
+    def _create(self, sizes: dict[str, int]) -> None:
         DataType = self._pymilvus.DataType
         schema = self._pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
         index = self._pymilvus.MilvusClient.prepare_index_params()
         for spec in self.layout.vectors:
             if spec.kind == "dense":
-                dim = dense_size if spec.size in (None, "model") else int(spec.size)
-                schema.add_field(spec.name, DataType.FLOAT_VECTOR, dim=dim)
+                schema.add_field(spec.name, DataType.FLOAT_VECTOR, dim=sizes[spec.name])
                 metric = METRICS[(spec.distance or "cosine").lower()]
                 index.add_index(field_name=spec.name, index_type="AUTOINDEX", metric_type=metric)
             elif spec.kind == "sparse":
@@ -334,8 +336,8 @@ class MilvusSink(Sink):
         names = {v.name for v in self.layout.vectors}
         row = {name: _plain(p.payload[name]) for name in self._payload_names()}
         row[ID_FIELD] = str(p.id)
-        if "dense" in names:
-            row["dense"] = np.asarray(p.dense, dtype=np.float32).tolist()
+        for name in self.layout.dense_names:
+            row[name] = np.asarray(p.dense if name == "dense" else p.extra[name], dtype=np.float32).tolist()
         if "sparse" in names:
             row["sparse"] = sparse or {EMPTY_SPARSE_DIM: EMPTY_SPARSE_WEIGHT}
         return row
@@ -372,8 +374,9 @@ class MilvusSink(Sink):
             )
         return [Hit(id=str(h["id"]), score=float(h["distance"]), payload=dict(h["entity"])) for h in result[0]]
 
-    def _search_dense(self, vector, limit: int) -> list[Hit]:
-        return self._search("dense search", "dense", np.asarray(vector, dtype=np.float32).tolist(), self._metric(), limit)
+    def _search_dense(self, vector, limit: int, using: str = "dense") -> list[Hit]:
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        return self._search("dense search", using, query, self._metric(using), limit)
 
     def _search_sparse(self, vector: SparseVector, limit: int) -> list[Hit]:
         query = {int(i): float(v) for i, v in zip(vector.indices, vector.values)}
@@ -384,7 +387,7 @@ class MilvusSink(Sink):
         if not wanted:
             return []
         self._ensure_loaded("retrieve")
-        vector_names = [v.name for v in self.layout.vectors if v.name in ("dense", "sparse")]
+        vector_names = [v.name for v in self.layout.vectors]
         fields = [ID_FIELD, *self._payload_names()] + (vector_names if with_vectors else [])
         with self._op("retrieve"):
             rows = self.client.get(
@@ -402,8 +405,10 @@ class MilvusSink(Sink):
                 dense = np.asarray(row["dense"], dtype=np.float32)
             if with_vectors and row.get("sparse") is not None:
                 sparse = _from_milvus_sparse(row["sparse"])
+            extra = {n: np.asarray(row[n], dtype=np.float32) for n in self.layout.dense_names
+                     if with_vectors and n != "dense" and row.get(n) is not None}
             payload = {name: row.get(name) for name in self._payload_names()}
-            points.append(Point(id=pid, dense=dense, sparse=sparse, payload=payload))
+            points.append(Point(id=pid, dense=dense, sparse=sparse, payload=payload, extra=extra))
         return points
 
     def iter_ids(self) -> Iterator[str]:

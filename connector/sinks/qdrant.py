@@ -194,12 +194,14 @@ class QdrantSink(Sink):
             params = self.client.get_collection(self.collection).config.params
             count = self.client.count(self.collection, exact=True).count
         vectors: dict[str, str] = {}
+        dense_sizes: dict[str, int] = {}
         dense_size = None
         dense_distance = None
         problems = []
         if isinstance(params.vectors, dict):
             for name, spec in params.vectors.items():
                 vectors[name] = "dense"
+                dense_sizes[name] = spec.size
                 if name == "dense":
                     dense_size = spec.size
                     dense_distance = _distance_name(spec.distance)
@@ -214,17 +216,17 @@ class QdrantSink(Sink):
             fields=set(),  # Qdrant payload is schemaless
             count=count,
             dense_distance=dense_distance,
+            dense_sizes=dense_sizes,
             problems=problems,
         )
 
-    def _create(self, dense_size: int) -> None:
+    def _create(self, sizes: dict[str, int]) -> None:
         m = self.models
         dense, sparse = {}, {}
         for spec in self.layout.vectors:
             if spec.kind == "dense":
-                size = dense_size if spec.size in (None, "model") else int(spec.size)
                 distance = getattr(m.Distance, DISTANCES[(spec.distance or "cosine").lower()])
-                dense[spec.name] = m.VectorParams(size=size, distance=distance)
+                dense[spec.name] = m.VectorParams(size=sizes[spec.name], distance=distance)
             elif spec.kind == "sparse":
                 sparse[spec.name] = m.SparseVectorParams()
             else:
@@ -242,11 +244,12 @@ class QdrantSink(Sink):
     def _upsert(self, points: Sequence[Point]) -> None:
         m = self.models
         names = {v.name for v in self.layout.vectors}
+        dense_names = self.layout.dense_names
 
         def vectors(p: Point) -> dict:
             out = {}
-            if "dense" in names:
-                out["dense"] = np.asarray(p.dense, dtype=np.float32).tolist()
+            for name in dense_names:
+                out[name] = np.asarray(p.dense if name == "dense" else p.extra[name], dtype=np.float32).tolist()
             if "sparse" in names:
                 out["sparse"] = m.SparseVector(
                     indices=[int(i) for i in p.sparse.indices], values=[float(v) for v in p.sparse.values]
@@ -272,11 +275,11 @@ class QdrantSink(Sink):
                 wait=True,
             )
 
-    def _search_dense(self, vector, limit: int) -> list[Hit]:
+    def _search_dense(self, vector, limit: int, using: str = "dense") -> list[Hit]:
         query = np.asarray(vector, dtype=np.float32).tolist()
         with self._op("dense search"):
             result = self.client.query_points(
-                self.collection, query=query, using="dense", limit=limit, with_payload=True
+                self.collection, query=query, using=using, limit=limit, with_payload=True
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in result.points]
 
@@ -309,13 +312,16 @@ class QdrantSink(Sink):
                 continue
             dense = np.zeros(0, dtype=np.float32)
             sparse = SparseVector.empty()
+            extra = {}
             if with_vectors:
                 vectors = record.vector or {}
                 if vectors.get("dense") is not None:
                     dense = np.asarray(vectors["dense"], dtype=np.float32)
+                extra = {n: np.asarray(vectors[n], dtype=np.float32) for n in self.layout.dense_names
+                         if n != "dense" and vectors.get(n) is not None}
                 if vectors.get("sparse") is not None:  # a server may leave out an empty sparse vector
                     sparse = _to_sparse(vectors["sparse"].indices, vectors["sparse"].values)
-            points.append(Point(id=pid, dense=dense, sparse=sparse, payload=record.payload or {}))
+            points.append(Point(id=pid, dense=dense, sparse=sparse, payload=record.payload or {}, extra=extra))
         return points
 
     def iter_ids(self) -> Iterator[str]:
