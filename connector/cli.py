@@ -14,7 +14,6 @@ import numpy as np
 
 from connector.config import SyncConfig, load_config, resolve_model_ref
 from connector.errors import ConnectorError
-from connector.retry import RetryPolicy
 
 HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical
 
@@ -115,29 +114,33 @@ def _sync_text(report) -> str:
 @cli.command()
 @config_option()
 @click.argument("query")
-@click.option("--mode", type=click.Choice(["hybrid", "dense", "sparse"]), default="hybrid", show_default=True,
-              help="hybrid = reciprocal rank fusion of the dense and the sparse ranking.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "sparse", "legacy"]), default="hybrid", show_default=True,
+              help="hybrid = reciprocal rank fusion of the dense and the sparse ranking; legacy = the projected vector.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--collection", help="Search this collection (a `backfill` target) instead of the config's.")
 @json_option
 @click.pass_context
-def search(ctx, config_path, query, mode, limit):
-    """Search the collection with a query encoded like the documents.
+def search(ctx, config_path, query, mode, limit, collection):
+    """Search the collection with a query encoded (and projected) like the documents.
 
     \b
     Example:
       connector search -c configs/qdrant-local.yaml "reset password" --mode sparse --limit 5
+      connector search -c configs/qdrant-local.yaml "reset password" --collection kb_768
     """
     from connector.pipeline import make_encoder
-    from connector.sinks.factory import make_sink
+    from connector.search import plan_search
 
     config = load_config(config_path)
     encoder = make_encoder(config)
     vectors = encoder.encode([query])[0]
-    sink = make_sink(config.sink, retry=RetryPolicy(config.retry))
+    plan = plan_search(config, mode, collection, encoder)
+    sink = plan.sink
     try:
         if sink.describe() is None:
-            raise ConnectorError(f"collection '{config.sink.collection}' does not exist yet; run `connector sync` first")
-        hits = sink.search(mode, dense=vectors.dense, sparse=vectors.sparse, limit=limit)
+            raise ConnectorError(f"collection '{sink.collection}' does not exist yet; run `connector sync` first")
+        dense = plan.project(vectors.dense)
+        hits = sink.search(plan.mode, dense=dense, sparse=vectors.sparse, limit=limit, using=plan.using)
     finally:
         sink.close()
     rows = [
@@ -148,7 +151,7 @@ def search(ctx, config_path, query, mode, limit):
     human = "\n".join(
         f"{n:>3}. {r['score']:.4f}  {r['doc_id']}#{r['chunk_index']}  {_snippet(r['text'])}" for n, r in enumerate(rows, 1)
     ) or "no hits"
-    emit(ctx, {"query": query, "mode": mode, "hits": rows}, human)
+    emit(ctx, {"query": query, "mode": mode, "collection": sink.collection, "vector": plan.using, "hits": rows}, human)
 
 
 def _snippet(text: str | None, width: int = 100) -> str:
@@ -169,8 +172,7 @@ def status(ctx, config_path):
       connector status -c configs/qdrant-local.yaml --json
     """
     from connector.ledger import Ledger
-    from connector.pipeline import sink_target
-    from connector.sinks.factory import make_sink
+    from connector.pipeline import open_sink, sink_target
 
     config = load_config(config_path)
     ledger = Ledger(config.state_dir)
@@ -180,7 +182,7 @@ def status(ctx, config_path):
                 "failed_documents": ledger.failed_documents()}
     finally:
         ledger.close()
-    sink = make_sink(config.sink, retry=RetryPolicy(config.retry))
+    sink = open_sink(config)
     try:
         info = sink.describe()
         data["store"] = {"collection": config.sink.collection, "exists": info is not None,
@@ -240,6 +242,14 @@ def embed(ctx, config_path, model, max_length, texts):
     encoder = _encoder_from(config_path, model, max_length)
     vectors = encoder.encode(list(texts))
     rows = [{"text": t, "dense": [float(x) for x in v.dense], "sparse": v.sparse.to_json()} for t, v in zip(texts, vectors)]
+    if config_path is not None:
+        from connector.pipeline import load_projection_for
+
+        config = load_config(config_path)
+        projection = load_projection_for(config, encoder) if config.projection else None
+        if projection is not None:
+            for row, v in zip(rows, vectors):
+                row["dense_legacy"] = [float(x) for x in projection.apply(v.dense)]
     human = "\n".join(
         f"{_snippet(t, 50)!r}: dense[{len(v.dense)}] norm={np.linalg.norm(v.dense):.4f}, sparse {len(v.sparse.indices)} tokens"
         for t, v in zip(texts, vectors)
@@ -376,6 +386,83 @@ def verify(ctx, config_path, repair):
     ctx.exit(0 if report.ok else 3)
 
 
+# ---- projection / backfill -----------------------------------------------------------------
+@cli.group()
+def projection():
+    """Fit and show the PCA projection to legacy dimensions (e.g. 1024 -> 768)."""
+
+
+@projection.command("fit")
+@config_option()
+@click.option("--dim", type=click.IntRange(2), help="Target size k (default: projection.dim, else 768).")
+@click.option("--sample", type=click.IntRange(2), help="Vectors to fit on (default: projection.sample, else 20000).")
+@click.option("--from", "source", type=click.Choice(["store", "source"]), default="store", show_default=True,
+              help="Sample the store's dense vectors, or encode a sample of the source (through the cache).")
+@json_option
+@click.pass_context
+def projection_fit(ctx, config_path, dim, sample, source):
+    """Fit the projection on a sample of dense vectors and save it in the state dir.
+
+    \b
+    Example:
+      connector projection fit -c configs/qdrant-local.yaml --dim 768 --from store
+    """
+    from connector.backfill import fit_projection
+
+    config = load_config(config_path)
+    k = dim or (config.projection.dim if config.projection else 768)
+    n = sample or (config.projection.sample if config.projection else 20000)
+    fitted = fit_projection(config, k, n, source=source)
+    d = fitted.describe()
+    emit(ctx, d, f"fitted {d['source_dim']} -> {d['k']} on {d['sample_size']} vectors; explained variance "
+                 f"{d['explained_variance']:.4f}; sha256 {d['sha256']}")
+
+
+@projection.command("show")
+@config_option()
+@json_option
+@click.pass_context
+def projection_show(ctx, config_path):
+    """Show the fitted projection: k, explained variance, sample size, hash.
+
+    \b
+    Example:
+      connector projection show -c configs/qdrant-local.yaml --json
+    """
+    from connector.projection import load
+
+    d = load(load_config(config_path).state_dir).describe()
+    emit(ctx, d, "\n".join(f"{key}: {value}" for key, value in d.items()))
+
+
+@cli.command()
+@config_option()
+@click.option("--dim", type=click.IntRange(2), required=True, help="Legacy size k, e.g. 768.")
+@click.option("--target", help="Collection to write (default: <collection>_<dim>).")
+@click.option("--page-size", type=click.IntRange(1), default=256, show_default=True, help="Points per read and write.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@json_option
+@click.pass_context
+def backfill(ctx, config_path, dim, target, page_size, progress):
+    """Write legacy vectors for every point of the collection into a k-d collection, from the
+    stored vectors (no re-encoding). Resumable after a kill; re-running is harmless.
+
+    \b
+    Example:
+      connector backfill -c configs/qdrant-local.yaml --dim 768 --target kb_768
+    """
+    from connector.backfill import backfill as run_backfill
+
+    config = load_config(config_path)
+    report = run_backfill(config, dim, target, progress=sys.stderr.isatty() if progress is None else progress,
+                          page_size=page_size)
+    p = report.points
+    emit(ctx, report.to_json(),
+         f"backfilled {report.source_collection} -> {report.target_collection} ({report.field}, k={report.k}): "
+         f"{p['written']} points written in {report.pages} pages, {p['resumed_after']} already done before, "
+         f"{p['source']} in the source; projection {report.projection_sha256[:12]}")
+
+
 # ---- schema -----------------------------------------------------------------------------
 @cli.command()
 @config_option()
@@ -392,11 +479,10 @@ def schema(ctx, config_path, create, recreate, yes):
       connector schema -c configs/milvus-lite.yaml --create
     """
     from connector.ledger import Ledger
-    from connector.pipeline import make_encoder
-    from connector.sinks.factory import make_sink
+    from connector.pipeline import make_encoder, open_sink
 
     config = load_config(config_path)
-    sink = make_sink(config.sink, retry=RetryPolicy(config.retry))
+    sink = open_sink(config)
     try:
         action = "shown"
         if recreate:
@@ -416,7 +502,8 @@ def schema(ctx, config_path, create, recreate, yes):
                     ledger.close()
                 sink.drop()
         if create or recreate:
-            created = sink.ensure_collection(make_encoder(config).dimension)
+            k = config.projection.dim if config.projection and config.projection.output != "dense" else None
+            created = sink.ensure_collection(make_encoder(config).dimension, k)
             action = "created" if created else "exists (checked against the layout)"
         info = sink.describe()
     finally:

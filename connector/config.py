@@ -109,6 +109,28 @@ class MilvusSinkConfig(Strict):
         return self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
+class ProjectionConfig(Strict):
+    """Legacy vectors: the dense vector projected to `dim` dimensions (PCA, see `connector projection`)."""
+
+    dim: int = Field(768, ge=2, description="Size k of the legacy vector.")
+    sample: int = Field(20000, ge=2, description="Dense vectors the PCA is fitted on.")
+    output: Literal["dense", "dense+legacy", "legacy"] = Field(
+        "dense+legacy",
+        description="dense: full vector only; dense+legacy: both, as two named vectors; legacy: only the k-d one.",
+    )
+    field: Optional[str] = Field(None, description="Name of the legacy vector; default dense_<dim>.")
+
+    @model_validator(mode="after")
+    def _default_field(self) -> "ProjectionConfig":
+        if self.field is None:
+            self.field = f"dense_{self.dim}"
+        if self.field in ("dense", "sparse", "id"):
+            raise ValueError(f"projection.field must not be '{self.field}' (that name is taken)")
+        if self.sample < self.dim:
+            raise ValueError(f"projection.sample ({self.sample}) must be at least projection.dim ({self.dim})")
+        return self
+
+
 class RetryConfig(Strict):
     """How store calls are retried (transient errors only)."""
 
@@ -131,6 +153,7 @@ class SyncConfig(Strict):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     sink: SinkConfig
+    projection: Optional[ProjectionConfig] = None
     retry: RetryConfig = Field(default_factory=RetryConfig)
     on_error: Literal["continue", "stop"] = Field(
         "continue", description="After a batch failed for good: go on with the others, or stop the sync."

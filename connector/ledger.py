@@ -185,6 +185,13 @@ class Ledger:
                     (pid,),
                 )
 
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
     def pending_deletes(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT point_id FROM pending_deletes ORDER BY point_id")]
 

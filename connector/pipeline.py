@@ -178,12 +178,14 @@ class SyncRun:
             encoder = self._encoder_factory()
             self.chunker = Chunker(encoder.tokenizer, self.config.chunking.max_tokens, self.config.chunking.overlap_tokens)
             vectors_id = vector_identity(encoder)
+            self.projection = load_projection_for(self.config, encoder)
             self.fingerprint = stable_hash(
                 {
                     "vectors": vectors_id,
                     "chunking": self.config.chunking.model_dump(),
                     "preprocess": self.config.preprocess.model_dump(),
                     "layout": self.sink.layout.name,
+                    "projection": self.projection.sha256 if self.projection else None,
                 }
             )
             self._cache = EmbeddingCache(self.config.state_dir, stable_hash(vectors_id))
@@ -196,7 +198,10 @@ class SyncRun:
         return self._cache
 
     def ensure_collection(self) -> bool:
-        created = self.sink.ensure_collection(self.encoder.dimension)
+        k = self.projection.k if self.projection else None
+        created = self.sink.ensure_collection(self.encoder.dimension, k)
+        if self.projection:  # recorded with the collection: queries must use the same matrix
+            self.ledger.set_meta(projection_key(self.sink.collection), self.projection.sha256)
         self.collection_ready = True
         return created
 
@@ -291,7 +296,7 @@ class SyncRun:
         for n, plan in enumerate(window):
             for i in plan.write:
                 v = vectors[plan.chunks[i].sha256]
-                points.append((n, Point(id=plan.ids[i], dense=v.dense, sparse=v.sparse, payload=plan.payloads[i])))
+                points.append((n, self._point(plan.ids[i], v, plan.payloads[i])))
         remaining = [len(plan.write) for plan in window]
         self._commit([plan for n, plan in enumerate(window) if remaining[n] == 0], report)
         failed: set[int] = set()
@@ -317,6 +322,15 @@ class SyncRun:
                 if remaining[n] == 0:
                     done.append(window[n])
             self._commit(done, report)
+
+    def _point(self, pid: str, vectors, payload: dict) -> Point:
+        p = self.projection
+        if p is None:
+            return Point(id=pid, dense=vectors.dense, sparse=vectors.sparse, payload=payload)
+        legacy = p.apply(vectors.dense)
+        dense = None if self.config.projection.output == "legacy" else vectors.dense
+        return Point(id=pid, dense=dense, sparse=vectors.sparse, payload=payload,
+                     extra={self.config.projection.field: legacy})
 
     def _commit(self, plans: list[DocPlan], report: SyncReport) -> None:
         if plans:
@@ -405,6 +419,56 @@ class SyncRun:
         return tqdm(items, desc="sync", unit="doc", file=sys.stderr)
 
 
+def collection_layout(config: SyncConfig):
+    """The layout of the config's collection: with a legacy vector when projection.output asks for one."""
+    from connector.schemas_layout import load_layout
+
+    p = config.projection
+    if p is None or p.output == "dense":
+        return load_layout("chunks")
+    return load_layout("chunks_dense_legacy" if p.output == "dense+legacy" else "chunks_legacy", legacy_field=p.field)
+
+
+def projection_key(collection: str) -> str:
+    return f"projection:{collection}"
+
+
+def load_projection_for(config: SyncConfig, encoder: Encoder):
+    """The fitted projection the config's collection needs (None without legacy vectors); it must
+    have the configured size and have been fitted on this model's vectors."""
+    from connector.projection import ProjectionError, load
+
+    p = config.projection
+    if p is None or p.output == "dense":
+        return None
+    projection = load(config.state_dir)
+    if projection.k != p.dim:
+        raise ProjectionError(
+            f"the fitted projection has k={projection.k} but projection.dim is {p.dim}; "
+            "run `connector projection fit -c CONFIG` again"
+        )
+    if projection.source_fingerprint != stable_hash(vector_identity(encoder)):
+        raise ProjectionError(
+            "the fitted projection was fitted on another model's vectors; run `connector projection fit -c CONFIG` again"
+        )
+    return projection
+
+
+def _with_collection(config: SyncConfig, collection: str) -> SyncConfig:
+    copy = config.model_copy(deep=True)
+    copy.sink.collection = collection
+    return copy
+
+
+def open_sink(config: SyncConfig, sleep=None) -> Sink:
+    """The config's sink, with its layout and the retry policy."""
+    from connector.retry import RetryPolicy
+    from connector.sinks.factory import make_sink
+
+    policy = RetryPolicy(config.retry) if sleep is None else RetryPolicy(config.retry, sleep=sleep)
+    return make_sink(config.sink, layout=collection_layout(config), retry=policy)
+
+
 def store_lost(sink: Sink, ledger: Ledger) -> str | None:
     """Why the store no longer holds what the ledger lists (dropped or emptied collection), or None."""
     chunks = ledger.counts()["chunks"]
@@ -451,12 +515,9 @@ def open_state(config: SyncConfig, *, sleep=None, dry_run: bool = False):
     """The sink (with the retry policy) and the ledger bound to the config's target, under the
     state dir's lock (not for a dry run, which writes nothing); closed on exit."""
     from connector.lock import StateLock
-    from connector.retry import RetryPolicy
-    from connector.sinks.factory import make_sink
 
-    policy = RetryPolicy(config.retry) if sleep is None else RetryPolicy(config.retry, sleep=sleep)
     with ExitStack() as stack:
-        sink = make_sink(config.sink, retry=policy)  # reads the secrets: a missing one fails before any write
+        sink = open_sink(config, sleep=sleep)  # reads the secrets: a missing one fails before any write
         stack.callback(sink.close)
         if not dry_run:
             stack.enter_context(StateLock(config.state_dir))

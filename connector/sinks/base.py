@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+import copy
 import logging
 
 from connector.errors import BatchTooLargeError, TerminalError
@@ -91,6 +92,17 @@ class Sink(ABC):
 
     def close(self) -> None:
         """Release the client (embedded stores hold a file lock). Safe to call twice."""
+
+    def sibling(self, collection: str, layout: Layout) -> "Sink":
+        """Another collection of the same store, on this sink's connection (an embedded store allows
+        one client per folder). Only the original's close() releases the connection."""
+        self.client  # noqa: B018 - connect first, so that both share one client
+        other = copy.copy(self)
+        other.collection, other.layout = collection, layout
+        if hasattr(other, "_loaded"):
+            other._loaded = False  # per collection
+        other.close = lambda: None  # the connection belongs to the original
+        return other
 
     def __enter__(self) -> "Sink":
         return self

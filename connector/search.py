@@ -1,0 +1,60 @@
+"""Which vector a search uses, and how the query is projected to match the documents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from connector.config import SyncConfig
+from connector.errors import ConfigError
+from connector.projection import ProjectionError
+from connector.sinks.base import Sink
+
+
+@dataclass
+class SearchPlan:
+    sink: Sink
+    mode: str  # dense, sparse or hybrid (what the sink runs)
+    using: str  # the dense vector's name
+    project: Callable  # query dense vector -> the vector to search with
+
+
+def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder) -> SearchPlan:
+    """`legacy` mode, a legacy-only collection, or a backfill target (`collection`) search the
+    projected vector; the query is projected with the artifact whose hash the collection recorded."""
+    from connector.ledger import Ledger
+    from connector.pipeline import _with_collection, load_projection_for, open_sink, projection_key
+    from connector.projection import load
+    from connector.schemas_layout import load_layout
+
+    p = config.projection
+    target = collection or config.sink.collection
+    backfilled = collection is not None and collection != config.sink.collection
+    legacy_only = backfilled or (p is not None and p.output == "legacy")
+    if mode == "legacy" and not (legacy_only or (p is not None and p.output == "dense+legacy")):
+        raise ConfigError("--mode legacy needs projection.output dense+legacy or legacy in the config, "
+                          "or --collection naming a backfilled collection")
+    sink = open_sink(_with_collection(config, target))
+    uses_legacy = legacy_only or mode == "legacy"
+    if not uses_legacy:
+        return SearchPlan(sink, mode, "dense", lambda v: v)
+    if backfilled:
+        projection = load(config.state_dir)
+        field = p.field if p and p.dim == projection.k else f"dense_{projection.k}"
+        sink.layout = load_layout("chunks_legacy", legacy_field=field)
+    else:
+        projection = load_projection_for(config, encoder)
+        field = p.field
+    ledger = Ledger(config.state_dir)
+    try:
+        recorded = ledger.get_meta(projection_key(target))
+    finally:
+        ledger.close()
+    if recorded != projection.sha256:
+        sink.close()
+        raise ProjectionError(
+            f"collection '{target}' was written with projection {str(recorded)[:12]}, but the fitted projection "
+            f"is {projection.sha256[:12]}: queries must use the documents' matrix. Re-run "
+            f"{'`connector backfill`' if backfilled else '`connector sync`'} to rewrite it with the current one"
+        )
+    return SearchPlan(sink, "dense" if mode == "legacy" else mode, field, projection.apply)
