@@ -23,12 +23,25 @@ def point_id(collection: str, doc_id: str, chunk_index: int) -> str:
 
 
 @dataclass(frozen=True)
+class Section:
+    """A part of a document with its own metadata, e.g. one PDF page ({"page": 3})."""
+
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Document:
-    """One source item. `doc_id` is stable across runs for the same item."""
+    """One source item. `doc_id` is stable across runs for the same item.
+
+    A source may give `sections` (e.g. PDF pages) instead of one text: `text` is then their texts
+    joined by blank lines, and every chunk gets the metadata of the sections it overlaps
+    (for pages: `pages: [first, ..., last]`)."""
 
     doc_id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    sections: tuple[Section, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,22 @@ def lexical_score(a: SparseVector, b: SparseVector) -> float:
     return float(np.dot(a.values[ia].astype(np.float64), b.values[ib].astype(np.float64)))
 
 
+#: Kinds of per-document failure; `ignore_failures:` in the config can name some of them.
+FAILURE_KINDS = (
+    "unreadable",  # permission denied, I/O error, broken symlink
+    "unsupported",  # a file type no source reads
+    "binary",  # binary content behind a text extension
+    "encoding",  # text in an encoding that cannot be detected or decoded
+    "empty",  # no text at all (empty, whitespace only, HTML with only scripts)
+    "corrupt",  # a damaged PDF / DOCX / ...
+    "encrypted",  # a password-protected file
+    "malformed",  # a bad JSONL line or CSV row, a record without id or text
+    "duplicate",  # a doc_id already seen in this read
+    "too_large",  # over the source's size limit
+    "missing_extra",  # the format needs an optional package that is not installed
+)
+
+
 @dataclass(frozen=True)
 class FailedDocument:
     """A source item that could not be read; the sync records it and goes on."""
@@ -107,6 +136,7 @@ class FailedDocument:
     doc_id: str
     reason: str  # one line, says what is wrong
     origin: str | None = None  # the file it came from; documents stored from that file are never pruned
+    kind: str = "unreadable"  # one of FAILURE_KINDS
 
 
 def points_to_bytes(points: list[Point]) -> bytes:
