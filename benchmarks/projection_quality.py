@@ -158,6 +158,15 @@ def evaluate(q_full, c_full, q_proj, c_proj, truth10, truth100) -> dict:
     }
 
 
+def known_item(queries: np.ndarray, corpus: np.ndarray, targets: np.ndarray) -> dict:
+    """Rank of each query's own target among corpus + all targets: hit@10 and MRR."""
+    candidates = np.vstack([corpus, targets])
+    scores = queries @ candidates.T
+    own = scores[np.arange(len(queries)), len(corpus) + np.arange(len(targets))]
+    rank = (scores > own[:, None]).sum(axis=1)
+    return {"ict_hit@10": float(np.mean(rank < 10)), "ict_mrr": float(np.mean(1.0 / (rank + 1)))}
+
+
 def variance_kept(x: np.ndarray, directions: np.ndarray) -> float:
     """Fraction of x's centred variance along the (orthonormal) rows of directions."""
     centred = x.astype(np.float64) - x.mean(axis=0)
@@ -259,6 +268,14 @@ def main() -> int:
     order = np.random.default_rng(args.seed).permutation(len(paragraphs))
     queries = [first_sentence(paragraphs[i]) for i in order[:args.queries]]
     corpus = [paragraphs[i] for i in order[args.queries:need]]
+    # Known-item targets (inverse cloze): the rest of a query's source passage, once the query is cut off.
+    ict_idx, ict_text = [], []
+    for i, source in enumerate(paragraphs[j] for j in order[:args.queries]):
+        rest = source[len(queries[i]):].strip()
+        if source.startswith(queries[i]) and len(rest) >= 40:
+            ict_idx.append(i)
+            ict_text.append(rest)
+    ict_idx = np.array(ict_idx)
     t_text = time.perf_counter() - t0
     print(f"text: {n_files} pages, {n_p} <p>, {len(paragraphs)} unique of {MIN_CHARS}-{MAX_CHARS} chars; "
           f"{len(corpus)} passages + {len(queries)} queries ({t_text:.1f}s)", flush=True)
@@ -275,10 +292,15 @@ def main() -> int:
     q_full = model.encode(queries, batch_size=args.batch_size, normalize_embeddings=True,
                           convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
     t_embed_q = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    t_full = model.encode(ict_text, batch_size=args.batch_size, normalize_embeddings=True,
+                          convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+    t_embed_t = time.perf_counter() - t0
     if c_full.shape[1] != FULL_DIM:
         fail(f"the model gave {c_full.shape[1]}-d vectors, {FULL_DIM} expected")
     print(f"embedded: {len(corpus)} passages in {t_embed_c:.1f}s ({len(corpus) / t_embed_c:.0f}/s), "
-          f"{len(queries)} queries in {t_embed_q:.1f}s", flush=True)
+          f"{len(queries)} queries in {t_embed_q:.1f}s, {len(ict_text)} known-item targets in {t_embed_t:.1f}s",
+          flush=True)
 
     truth100 = top_n(q_full @ c_full.T, 100)
     truth10 = truth100[:, :10]
@@ -287,36 +309,35 @@ def main() -> int:
     held = np.setdiff1d(np.arange(len(corpus)), fit_idx)
     fit_vectors, held_vectors = c_full[fit_idx], c_full[held]
 
-    rows = []
+    def measure(method: str, k: int, apply, *, fit_ms=None, var=None, var_fit=None) -> dict:
+        t_apply, c_proj = median_time(lambda: apply(c_full), 5)
+        q_proj = apply(q_full)
+        return {"method": method, "k": k, **evaluate(q_full, c_full, q_proj, c_proj, truth10, truth100),
+                **known_item(q_proj[ict_idx], c_proj, apply(t_full)), "var": var, "var_fit": var_fit,
+                "fit_ms": fit_ms, "apply_ms": t_apply * 1e3}
+
+    rows = [measure(f"full {FULL_DIM}-d (reference)", FULL_DIM, lambda x: x, var=1.0)]
+    mean = fit_vectors.mean(axis=0)
+    rows.append(measure("centring only, no reduction (diagnostic)", FULL_DIM, lambda x: renorm(x - mean), var=1.0))
     for k in args.dims:
-        # PCA
         t_fit, proj = median_time(lambda: projection.fit(fit_vectors, k, "all-MiniLM-L6-v2"), 3)
-        t_apply, c_proj = median_time(lambda: proj.apply(c_full), 5)
-        row = {"method": "pca", "k": k, **evaluate(q_full, c_full, proj.apply(q_full), c_proj, truth10, truth100),
-               "var": variance_kept(held_vectors, proj.components), "var_fit": proj.explained_variance,
-               "fit_ms": t_fit * 1e3, "apply_ms": t_apply * 1e3}
-        rows.append(row)
-
-        # truncation
-        t_apply, c_proj = median_time(lambda: renorm(c_full[:, :k]), 5)
-        eye = np.eye(FULL_DIM, dtype=np.float32)[:k]
-        rows.append({"method": "truncate", "k": k,
-                     **evaluate(q_full, c_full, renorm(q_full[:, :k]), c_proj, truth10, truth100),
-                     "var": variance_kept(held_vectors, eye), "var_fit": None, "fit_ms": None,
-                     "apply_ms": t_apply * 1e3})
-
-        # random orthonormal, several seeds
+        var = variance_kept(held_vectors, proj.components)
+        rows.append(measure("**pca** (`Projection.apply`)", k, proj.apply, fit_ms=t_fit * 1e3, var=var,
+                            var_fit=proj.explained_variance))
+        rows.append(measure("pca directions, uncentred (diagnostic)", k,
+                            lambda x: renorm(x @ proj.components.T), fit_ms=t_fit * 1e3, var=var))
+        rows.append(measure("truncate", k, lambda x: renorm(x[:, :k]),
+                            var=variance_kept(held_vectors, np.eye(FULL_DIM, dtype=np.float32)[:k])))
         per_seed = []
         for seed in range(args.random_seeds):
             t_fit, matrix = median_time(lambda: projection.random_projection(FULL_DIM, k, seed), 3)
-            t_apply, c_proj = median_time(lambda: renorm(c_full @ matrix.T), 5)
-            per_seed.append({**evaluate(q_full, c_full, renorm(q_full @ matrix.T), c_proj, truth10, truth100),
-                             "var": variance_kept(held_vectors, matrix), "fit_ms": t_fit * 1e3,
-                             "apply_ms": t_apply * 1e3})
-        mean = {key: float(np.mean([s[key] for s in per_seed])) for key in per_seed[0]}
-        spread = [s["recall@10"] for s in per_seed]
-        rows.append({"method": f"random (mean of {args.random_seeds} seeds)", "k": k, **mean, "var_fit": None,
-                     "r10_range": (min(spread), max(spread))})
+            per_seed.append(measure("random", k, lambda x: renorm(x @ matrix.T), fit_ms=t_fit * 1e3,
+                                    var=variance_kept(held_vectors, matrix)))
+        row = {key: (float(np.mean([s[key] for s in per_seed])) if isinstance(value, float) else value)
+               for key, value in per_seed[0].items()}
+        row["method"] = f"random orthonormal (mean of {args.random_seeds} seeds)"
+        row["r10_range"] = (min(s["recall@10"] for s in per_seed), max(s["recall@10"] for s in per_seed))
+        rows.append(row)
 
     table = render_table(rows)
     info = machine()
@@ -349,14 +370,16 @@ def _f(value, fmt: str) -> str:
 
 def render_table(rows: list[dict]) -> str:
     head = ("| method | k | recall@10 | recall@100 | spearman@100 | pearson@100 | \\|Δcos\\|@100 "
-            "| var kept (held-out) | var kept (fit sample) | fit ms | apply ms (corpus) |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+            "| known-item hit@10 | known-item MRR | var kept (held-out) | var kept (fit sample) | fit ms "
+            "| apply ms (corpus) |")
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
         r10 = _f(r["recall@10"], ".3f")
         if "r10_range" in r:
             r10 += f" ({r['r10_range'][0]:.3f}–{r['r10_range'][1]:.3f})"
         lines.append(f"| {r['method']} | {r['k']} | {r10} | {_f(r['recall@100'], '.3f')} "
                      f"| {_f(r['spearman@100'], '.3f')} | {_f(r['pearson@100'], '.3f')} | {_f(r['dcos@100'], '.3f')} "
+                     f"| {_f(r['ict_hit@10'], '.3f')} | {_f(r['ict_mrr'], '.3f')} "
                      f"| {_f(r['var'], '.3f')} | {_f(r['var_fit'], '.3f')} | {_f(r['fit_ms'], '.1f')} "
                      f"| {_f(r['apply_ms'], '.1f')} |")
     return "\n".join(lines)

@@ -158,6 +158,20 @@ class SyncConfig(Strict):
     on_error: Literal["continue", "stop"] = Field(
         "continue", description="After a batch failed for good: go on with the others, or stop the sync."
     )
+    ignore_failures: list[str] = Field(
+        default_factory=list,
+        description="Kinds of unreadable document that do not make the exit code 3 (still reported), e.g. [empty].",
+    )
+
+    @field_validator("ignore_failures")
+    @classmethod
+    def _known_kinds(cls, value: list[str]) -> list[str]:
+        from connector.records import FAILURE_KINDS
+
+        unknown = [k for k in value if k not in FAILURE_KINDS]
+        if unknown:
+            raise ValueError(f"unknown failure kind(s) {unknown}; known: {', '.join(FAILURE_KINDS)}")
+        return value
     state_dir: Path = Path(".connector")
 
     @model_validator(mode="after")

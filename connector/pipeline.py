@@ -79,6 +79,21 @@ def sink_target(config: SyncConfig) -> str:
     return f"{s.type}:{where}#{s.collection}"
 
 
+def chunk_metadata(metadata: dict, spans: list[tuple[int, int, dict]], chunk: Chunk) -> dict:
+    """The document's metadata plus, per section key, the values of the sections the chunk
+    overlaps: a chunk over PDF pages 2 and 3 gets `pages: [2, 3]`."""
+    if not spans:
+        return metadata
+    merged: dict[str, list] = {}
+    for start, end, meta in spans:
+        if start < chunk.char_end and end > chunk.char_start:
+            for key, value in meta.items():
+                values = merged.setdefault(f"{key}s", [])
+                if value not in values:
+                    values.append(value)
+    return {**metadata, **merged}
+
+
 def chunk_payload(chunk: Chunk, metadata: dict) -> dict:
     return {
         "text": chunk.text,
@@ -108,9 +123,12 @@ class SyncReport:
     stopped: bool = False  # on_error: stop ended the sync early
     changes: list = field(default_factory=list)  # dry run only: [{doc_id, action, ...}]
 
+    ignore_kinds: tuple = ()  # failure kinds the config ignores (still reported, exit code 0)
+
     @property
     def exit_code(self) -> int:
-        return 3 if self.failures or self.errors else 0
+        counted = [f for f in self.failures if f.get("kind") not in self.ignore_kinds]
+        return 3 if counted or self.errors else 0
 
     def to_json(self) -> dict:
         out = {"dry_run": self.dry_run, "documents": self.documents, "chunks": self.chunks,
@@ -211,7 +229,7 @@ class SyncRun:
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self, prune: bool = False, dry_run: bool = False) -> SyncReport:
-        report = SyncReport(dry_run=dry_run)
+        report = SyncReport(dry_run=dry_run, ignore_kinds=tuple(self.config.ignore_failures))
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
             self._check_store_has_ledger(report)
@@ -249,7 +267,7 @@ class SyncRun:
             report.documents["seen"] += 1
             seen.add(item.doc_id)
             if isinstance(item, FailedDocument):
-                self._fail(report, item.doc_id, item.reason, dry_run)
+                self._fail(report, item, dry_run)
                 if item.origin:
                     failed_origins.add(item.origin)
                 continue
@@ -275,8 +293,9 @@ class SyncRun:
         self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
         if known and known.content_hash == content_hash and known.fingerprint == self.fingerprint:
             return None
-        chunks = self.chunker.split(doc.doc_id, self.normalize(doc.text))
-        payloads = [chunk_payload(c, doc.metadata) for c in chunks]
+        text, spans = self._clean(doc)
+        chunks = self.chunker.split(doc.doc_id, text)
+        payloads = [chunk_payload(c, chunk_metadata(doc.metadata, spans, c)) for c in chunks]
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in self.ledger.chunks(doc.doc_id)} if known else {}
@@ -285,43 +304,59 @@ class SyncRun:
         return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
                        ids, write, stale)
 
+    def _clean(self, doc: Document) -> tuple[str, list[tuple[int, int, dict]]]:
+        """The normalised text, and for a document with sections (PDF pages) each section's span
+        in it, so that chunks can carry the page numbers they cover."""
+        if not doc.sections:
+            return self.normalize(doc.text), []
+        parts, spans, offset = [], [], 0
+        for section in doc.sections:
+            text = self.normalize(section.text)
+            if not text:
+                continue
+            if parts:
+                offset += 2  # the "\n\n" between sections
+            spans.append((offset, offset + len(text), section.metadata))
+            parts.append(text)
+            offset += len(text)
+        return "\n\n".join(parts), spans
+
     def _write_window(self, window: list[DocPlan], report: SyncReport) -> None:
-        """Encode what is missing, upsert batch by batch, and commit each document once the store
-        confirmed all its points. A batch that fails after the retries becomes a dead letter with
-        every point of the documents it touched."""
+        """Encode what is missing and upsert, a slice of WINDOW_CHUNKS points at a time (so a huge
+        document never holds all its vectors at once), batch by batch; commit each document once
+        the store confirmed all its points. A batch that fails after the retries becomes a dead
+        letter with every point of the documents it touched."""
         if not self.collection_ready:
             self.ensure_collection()
-        vectors = self._vectors_for(window, report)
-        points: list[tuple[int, Point]] = []
-        for n, plan in enumerate(window):
-            for i in plan.write:
-                v = vectors[plan.chunks[i].sha256]
-                points.append((n, self._point(plan.ids[i], v, plan.payloads[i])))
         remaining = [len(plan.write) for plan in window]
         self._commit([plan for n, plan in enumerate(window) if remaining[n] == 0], report)
+        work = [(n, i) for n, plan in enumerate(window) for i in plan.write]
         failed: set[int] = set()
-        queue = list(points)
-        while queue:
-            batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
-            self.ledger.mark_in_flight((window[n].doc.doc_id, p.id) for n, p in batch)
-            try:
-                self.sink.upsert([p for _, p in batch])
-            except StoreError as err:
-                docs = sorted({n for n, _ in batch})
-                failed.update(docs)
-                queue = [(n, p) for n, p in queue if n not in failed]
-                self._dead_letter({window[n].doc.doc_id: window[n] for n in docs},
-                                  [(window[n].doc.doc_id, p) for n, p in points if n in docs], err, report)
-                if self.config.on_error == "stop":
-                    raise _StopSync() from err
-                continue
-            report.chunks["upserted"] += len(batch)
-            done = []
-            for n, _ in batch:
-                remaining[n] -= 1
-                if remaining[n] == 0:
-                    done.append(window[n])
-            self._commit(done, report)
+        for start in range(0, len(work), WINDOW_CHUNKS):
+            part = [(n, i) for n, i in work[start : start + WINDOW_CHUNKS] if n not in failed]
+            vectors = self._vectors_for([window[n].chunks[i] for n, i in part], report)
+            queue = [(n, self._point(window[n].ids[i], vectors[window[n].chunks[i].sha256], window[n].payloads[i]))
+                     for n, i in part]
+            while queue:
+                batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
+                self.ledger.mark_in_flight((window[n].doc.doc_id, p.id) for n, p in batch)
+                try:
+                    self.sink.upsert([p for _, p in batch])
+                except StoreError as err:
+                    docs = sorted({n for n, _ in batch})
+                    failed.update(docs)
+                    queue = [(n, p) for n, p in queue if n not in failed]
+                    self._dead_letter([window[n] for n in docs], err, report)
+                    if self.config.on_error == "stop":
+                        raise _StopSync() from err
+                    continue
+                report.chunks["upserted"] += len(batch)
+                done = []
+                for n, _ in batch:
+                    remaining[n] -= 1
+                    if remaining[n] == 0:
+                        done.append(window[n])
+                self._commit(done, report)
 
     def _point(self, pid: str, vectors, payload: dict) -> Point:
         p = self.projection
@@ -337,32 +372,38 @@ class SyncRun:
             self.ledger.commit_documents(plan.commit() for plan in plans)
             self._delete([pid for plan in plans for pid in plan.stale_ids], report)
 
-    def _dead_letter(self, plans: dict[str, DocPlan], points: list[tuple[str, Point]], err: StoreError,
-                     report: SyncReport) -> None:
-        """Keep a failed write with all the documents' points, so `retry` needs no encoder."""
+    def _dead_letter(self, plans: list[DocPlan], err: StoreError, report: SyncReport) -> None:
+        """Keep a failed write with every point the documents need (vectors from the embedding
+        cache), so `retry` needs no encoder."""
         attempts = getattr(err, "attempts", 1)
-        by_doc = {doc_id: [p for d, p in points if d == doc_id] for doc_id in plans}
-        letter = self.ledger.add_dead_letter(
-            str(err), error_kind(err), attempts,
-            [(plan.commit(), points_to_bytes(by_doc[doc_id]), len(by_doc[doc_id])) for doc_id, plan in plans.items()],
-        )
+        letter_docs = []
+        points_total = 0
+        for plan in plans:
+            vectors = self._vectors_for([plan.chunks[i] for i in plan.write], None)
+            points = [self._point(plan.ids[i], vectors[plan.chunks[i].sha256], plan.payloads[i]) for i in plan.write]
+            letter_docs.append((plan.commit(), points_to_bytes(points), len(points)))
+            points_total += len(points)
+        letter = self.ledger.add_dead_letter(str(err), error_kind(err), attempts, letter_docs)
         reason = f"store write failed after {attempts} attempt(s), kept as dead letter {letter}: {err}"
-        for plan in plans.values():
+        for plan in plans:
             report.documents["failed"] += 1
-            report.failures.append({"doc_id": plan.doc.doc_id, "reason": reason, "dead_letter": letter})
+            report.failures.append({"doc_id": plan.doc.doc_id, "reason": reason, "dead_letter": letter,
+                                    "kind": "store"})
             self.ledger.record_failure(plan.doc.doc_id, reason)
-        report.chunks["failed"] += len(points)
+        report.chunks["failed"] += points_total
 
-    def _vectors_for(self, window: list[DocPlan], report: SyncReport) -> dict:
-        texts = {plan.chunks[i].sha256: plan.chunks[i].text for plan in window for i in plan.write}
+    def _vectors_for(self, chunks: list[Chunk], report: SyncReport | None) -> dict:
+        """Vectors by chunk sha256: from the embedding cache, the rest encoded (and cached)."""
+        texts = {c.sha256: c.text for c in chunks}
         found = self.cache.get_many(texts)
         missing = [sha for sha in texts if sha not in found]
         if missing:
             encoded = dict(zip(missing, self.encoder.encode([texts[sha] for sha in missing])))
             self.cache.put_many(encoded)
             found.update(encoded)
-        report.chunks["encoded"] += len(missing)
-        report.chunks["cached"] += len(texts) - len(missing)
+        if report is not None:
+            report.chunks["encoded"] += len(missing)
+            report.chunks["cached"] += len(texts) - len(missing)
         return found
 
     def _delete(self, ids: list[str], report: SyncReport) -> None:
@@ -397,11 +438,14 @@ class SyncRun:
             else:
                 self._delete(self.ledger.forget_document(doc_id), report)
 
-    def _fail(self, report: SyncReport, doc_id: str, reason: str, dry_run: bool) -> None:
+    def _fail(self, report: SyncReport, item: FailedDocument, dry_run: bool) -> None:
         report.documents["failed"] += 1
-        report.failures.append({"doc_id": doc_id, "reason": reason})
+        entry = {"doc_id": item.doc_id, "reason": item.reason, "kind": item.kind}
+        if item.kind in report.ignore_kinds:
+            entry["ignored"] = True
+        report.failures.append(entry)
         if not dry_run:
-            self.ledger.record_failure(doc_id, reason)
+            self.ledger.record_failure(item.doc_id, f"[{item.kind}] {item.reason}")
 
     def _describe(self, plan: DocPlan, report: SyncReport) -> None:
         """Dry run: count what the plan would do."""
