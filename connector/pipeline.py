@@ -188,6 +188,7 @@ class SyncRun:
         self.progress = progress
         self.collection_ready = False
         self._dry_run_shas: set[str] = set()
+        self._chunk_bar = None  # chunks written, so that one huge document still shows progress
 
     # ---- lazily built parts (an unchanged corpus never loads the model weights) -------------
     @property
@@ -226,6 +227,8 @@ class SyncRun:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+        if self._chunk_bar is not None:
+            self._chunk_bar.close()
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self, prune: bool = False, dry_run: bool = False) -> SyncReport:
@@ -351,6 +354,8 @@ class SyncRun:
                         raise _StopSync() from err
                     continue
                 report.chunks["upserted"] += len(batch)
+                if self._chunk_bar is not None:
+                    self._chunk_bar.update(len(batch))
                 done = []
                 for n, _ in batch:
                     remaining[n] -= 1
@@ -460,7 +465,8 @@ class SyncRun:
             return items
         from tqdm import tqdm
 
-        return tqdm(items, desc="sync", unit="doc", file=sys.stderr)
+        self._chunk_bar = tqdm(desc="written", unit="chunk", file=sys.stderr, position=1)
+        return tqdm(items, desc="read", unit="doc", file=sys.stderr, position=0)
 
 
 def collection_layout(config: SyncConfig):
