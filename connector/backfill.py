@@ -63,14 +63,14 @@ def _store_sample(config: SyncConfig, sample: int, seed: int) -> np.ndarray:
 def _source_sample(config: SyncConfig, encoder, sample: int) -> np.ndarray:
     from connector.encoders.cache import EmbeddingCache
     from connector.preprocess.chunking import Chunker
-    from connector.preprocess.normalize import Normalizer
+    from connector.preprocess.factory import make_preprocessor
     from connector.records import Document
-    from connector.sources.files import FilesSource
+    from connector.sources.factory import make_source
 
-    normalize = Normalizer(config.preprocess)
+    normalize = make_preprocessor(config)
     chunker = Chunker(encoder.tokenizer, config.chunking.max_tokens, config.chunking.overlap_tokens)
     texts: dict[str, str] = {}
-    for item in FilesSource(config.source).read():
+    for item in make_source(config.source).read():
         if isinstance(item, Document):
             for chunk in chunker.split(item.doc_id, normalize(item.text)):
                 texts.setdefault(chunk.sha256, chunk.text)

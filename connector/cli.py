@@ -529,6 +529,30 @@ def schema(ctx, config_path, create, recreate, yes):
     emit(ctx, data, "\n".join(human))
 
 
+# ---- plugins ----------------------------------------------------------------------------
+@cli.command("plugins")
+@json_option
+@click.pass_context
+def plugins_command(ctx):
+    """List the installed sources, sinks and preprocessors (built-ins included), with the module
+    and distribution each comes from and whether it loads.
+
+    \b
+    Example:
+      connector plugins --json
+    """
+    from connector import plugins
+
+    groups = {group: [info.to_json() for info in plugins.available(group).values()] for group in plugins.GROUPS}
+    lines = []
+    for group, rows in groups.items():
+        lines.append(group)
+        for r in rows:
+            status = "ok" if r["status"] == "ok" else f"FAILED: {r['error']}"
+            lines.append(f"  {r['name']:12} {r['module']:45} {r['distribution']} {r['version']}  {status}")
+    emit(ctx, {"groups": groups}, "\n".join(lines))
+
+
 # ---- entry point ------------------------------------------------------------------------
 def main() -> None:
     """Console-script entry point."""

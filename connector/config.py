@@ -12,11 +12,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connector.errors import ConfigError
 
-DEFAULT_INCLUDE = ["**/*.md", "**/*.txt", "**/*.html", "**/*.htm", "**/*.jsonl"]
+DEFAULT_INCLUDE = [
+    "**/*.md", "**/*.txt", "**/*.html", "**/*.htm", "**/*.jsonl", "**/*.pdf", "**/*.docx", "**/*.csv",
+]
 
 
 class Strict(BaseModel):
@@ -33,12 +45,28 @@ class JsonlFields(Strict):
     )
 
 
+class CsvColumns(Strict):
+    """Which columns of a CSV file (named by its header row) hold the id, the text and the metadata."""
+
+    id_column: str = "id"
+    text_column: str = "text"
+    metadata_columns: Optional[list[str]] = Field(
+        default=None, description="Columns copied into metadata; default: every other column."
+    )
+    delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator, e.g. ';' or '\\t'.")
+
+
 class FilesSourceConfig(Strict):
     type: Literal["files"] = "files"
     path: Path
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
     exclude: list[str] = Field(default_factory=list)
     jsonl: JsonlFields = Field(default_factory=JsonlFields)
+    csv: CsvColumns = Field(default_factory=CsvColumns)
+    max_file_mb: float = Field(
+        100, gt=0,
+        description="Files bigger than this many MiB fail as 'too_large' (.jsonl/.csv are streamed: no limit).",
+    )
 
 
 class PreprocessConfig(Strict):
@@ -142,14 +170,79 @@ class RetryConfig(Strict):
     max_total_seconds: float = Field(120.0, gt=0, description="Give up once this much time has passed.")
 
 
-SinkConfig = Annotated[Union[QdrantSinkConfig, MilvusSinkConfig], Field(discriminator="type")]
+class NormalizeStepConfig(PreprocessConfig):
+    """`preprocessors: [{type: normalize, ...}]`: one more pass of the built-in normalizer, own options."""
+
+    type: Literal["normalize"] = "normalize"
+
+
+class PluginConfig(BaseModel):
+    """The config of a source, sink or preprocessor whose `type` a plugin provides (not a built-in):
+    `type` plus any other fields, passed to the plugin unchecked (the plugin checks them)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every field but `type`, as written in the config."""
+        return dict(self.model_extra or {})
+
+    @property
+    def base_dir(self) -> Path:
+        """The config file's folder: resolve relative paths in `options` from here."""
+        return self._base_dir
+
+
+class PluginSinkConfig(PluginConfig):
+    """A plugin sink's config; `collection` is read by the sync, status and search commands."""
+
+    collection: str = "chunks"
+
+
+PLUGIN_TAG = "type=<plugin>"
+
+
+def _by_type(builtins: tuple[str, ...], default: str | None = None) -> Discriminator:
+    """Pick a config section's model by its `type`: a built-in's strict model, else the plugin model.
+    The tags ('type=files') show up in pydantic's error locations; format_validation_error drops them."""
+
+    def tag(value: Any) -> str | None:
+        kind = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", default)
+        if kind is None:
+            return None
+        return f"type={kind}" if kind in builtins else PLUGIN_TAG
+
+    return Discriminator(tag)
+
+
+SourceConfig = Annotated[
+    Union[Annotated[FilesSourceConfig, Tag("type=files")], Annotated[PluginConfig, Tag(PLUGIN_TAG)]],
+    _by_type(("files",), default="files"),
+]
+SinkConfig = Annotated[
+    Union[
+        Annotated[QdrantSinkConfig, Tag("type=qdrant")],
+        Annotated[MilvusSinkConfig, Tag("type=milvus")],
+        Annotated[PluginSinkConfig, Tag(PLUGIN_TAG)],
+    ],
+    _by_type(("qdrant", "milvus")),
+]
+PreprocessorConfig = Annotated[
+    Union[Annotated[NormalizeStepConfig, Tag("type=normalize")], Annotated[PluginConfig, Tag(PLUGIN_TAG)]],
+    _by_type(("normalize",)),
+]
 
 
 class SyncConfig(Strict):
     """The whole config file."""
 
-    source: FilesSourceConfig
+    source: SourceConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    preprocessors: list[PreprocessorConfig] = Field(
+        default_factory=list, description="Steps applied after `preprocess`, in order: [{type: NAME, ...options}]."
+    )
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     sink: SinkConfig
@@ -190,7 +283,11 @@ class SyncConfig(Strict):
             p = p.expanduser()
             return p if p.is_absolute() else (base / p).resolve()
 
-        self.source.path = fix(self.source.path)
+        if isinstance(self.source, FilesSourceConfig):
+            self.source.path = fix(self.source.path)
+        for section in (self.source, self.sink, *self.preprocessors):
+            if isinstance(section, PluginConfig):
+                section._base_dir = base
         self.state_dir = fix(self.state_dir)
         if isinstance(self.sink, QdrantSinkConfig) and self.sink.path is not None:
             self.sink.path = fix(self.sink.path)
@@ -222,12 +319,13 @@ def secret_from_env(var: Optional[str], what: str) -> Optional[str]:
 def format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"{origin}: {len(err.errors())} problem(s) in the config:"]
     for e in err.errors():
-        loc = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        parts = [str(part) for part in e["loc"] if not str(part).startswith("type=")]  # union tags, see _by_type
+        loc = ".".join(parts) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see README 'Config reference')"
-        elif e["type"] == "union_tag_invalid":
-            msg = "sink.type must be 'qdrant' or 'milvus'"
+        elif e["type"] == "union_tag_not_found":
+            msg = "'type' is missing (a built-in type, or one a plugin provides: see `connector plugins`)"
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
 
@@ -239,7 +337,23 @@ def parse_config(data: Any, base: Path, origin: str = "config") -> SyncConfig:
         config = SyncConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, origin)) from None
+    check_plugin_types(config, origin)
     return config.resolve_paths(base)
+
+
+def check_plugin_types(config: SyncConfig, origin: str = "config") -> None:
+    """Every type that is not a built-in must come from an installed plugin that loads; else a
+    ConfigError that lists the types available."""
+    from connector import plugins
+
+    sections = [("source", plugins.SOURCES, config.source), ("sink", plugins.SINKS, config.sink)]
+    sections += [(f"preprocessors.{i}", plugins.PREPROCESSORS, step) for i, step in enumerate(config.preprocessors)]
+    for where, group, section in sections:
+        if isinstance(section, PluginConfig):
+            try:
+                plugins.load(group, section.type)
+            except ConfigError as err:
+                raise ConfigError(f"{origin}: {where}.type: {err}") from None
 
 
 def load_config(path: str | os.PathLike) -> SyncConfig:

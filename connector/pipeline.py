@@ -34,7 +34,7 @@ from connector.encoders.cache import EmbeddingCache
 from connector.errors import StoreError, TransientError
 from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.preprocess.chunking import Chunker
-from connector.preprocess.normalize import Normalizer
+from connector.preprocess.factory import make_preprocessor
 from connector.records import Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
 from connector.sources.base import Source
@@ -71,7 +71,7 @@ def error_kind(err: Exception) -> str:
 def sink_target(config: SyncConfig) -> str:
     """A secret-free description of the store + collection a config writes to."""
     s = config.sink
-    where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or s.uri
+    where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or getattr(s, "uri", "")
     where = str(where)
     if "://" in where:  # no user:password@ and no ?api-key=... in anything printed
         parts = urlsplit(where)
@@ -184,7 +184,7 @@ class SyncRun:
         self._encoder_factory = encoder_factory
         self._encoder: Encoder | None = None
         self._cache: EmbeddingCache | None = None
-        self.normalize = Normalizer(config.preprocess)
+        self.normalize = make_preprocessor(config)
         self.progress = progress
         self.collection_ready = False
         self._dry_run_shas: set[str] = set()
@@ -203,6 +203,9 @@ class SyncRun:
                     "vectors": vectors_id,
                     "chunking": self.config.chunking.model_dump(),
                     "preprocess": self.config.preprocess.model_dump(),
+                    # only when set, so that configs without it keep their fingerprint
+                    **({"preprocessors": [p.model_dump() for p in self.config.preprocessors]}
+                       if self.config.preprocessors else {}),
                     "layout": self.sink.layout.name,
                     "projection": self.projection.sha256 if self.projection else None,
                 }
@@ -548,9 +551,9 @@ def make_encoder(config: SyncConfig) -> Encoder:
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
              encoder: Encoder | None = None, sleep=None) -> SyncReport:
     """Sync the config's source into its sink; the library entry point behind `connector sync`."""
-    from connector.sources.files import FilesSource
+    from connector.sources.factory import make_source
 
-    source = FilesSource(config.source)
+    source = make_source(config.source)
     with open_state(config, sleep=sleep, dry_run=dry_run) as (ledger, sink):
         run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
                       progress=progress)

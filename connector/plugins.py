@@ -107,9 +107,8 @@ def load(group: str, name: str) -> type:
     if name not in found:
         usable = [n for n, info in available(group).items() if info.ok]
         raise ConfigError(
-            f"unknown {kind} type {name!r}; available: {', '.join(usable) or '(none)'}. "
-            f"Install the plugin that provides it (`connector plugins` lists what is installed; a missing "
-            f"built-in type means connector's own entry points are not installed: reinstall connector)"
+            f"unknown {kind} type {name!r}; available: {', '.join(usable) or '(none)'}. Check the spelling, or "
+            f"install the plugin that provides it (`connector plugins` lists what is installed)"
         )
     info = _import(found[name])
     if not info.ok:

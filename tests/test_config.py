@@ -52,7 +52,7 @@ def test_defaults(tmp_path):
     [
         ("- just\n- a list\n", "must be a YAML mapping"),
         ("source: [unclosed", "not valid YAML"),
-        ({"source": {"path": "d"}, "sink": {"type": "pinecone"}}, "sink.type must be 'qdrant' or 'milvus'"),
+        ({"source": {"path": "d"}, "sink": {"type": "pinecone"}}, "unknown sink type 'pinecone'; available: milvus, qdrant"),
         ({"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "a", "url": "http://x"}}, "exactly one of"),
         ({"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "a"}, "encoder": {"max_length": 100}},
          "must fit encoder.max_length"),

@@ -116,14 +116,17 @@ def test_html_pre_keeps_its_line_breaks(tmp_path):
     assert by_id(read_all(tmp_path))["code.htm"].text == "Run:\n\nmake\nmake install"
 
 
-def test_non_utf8_text_fails_with_a_reason(tmp_path):
+def test_non_utf8_text_is_detected_and_damaged_utf8_fails_with_a_reason(tmp_path):
     write(tmp_path / "latin1.txt", "café crème".encode("latin-1"))
+    write(tmp_path / "damaged.txt", "naïve café, 中文 and ü — ".encode() * 3 + b"then caf\xe9 \xff end")
     write(tmp_path / "ok.txt", "fine")
     items = by_id(read_all(tmp_path))
-    failed = items["latin1.txt"]
-    assert isinstance(failed, FailedDocument)
+    assert items["latin1.txt"].text == "café crème"
+    assert items["latin1.txt"].metadata["encoding"] in ("cp1252", "latin_1")
+    failed = items["damaged.txt"]
+    assert isinstance(failed, FailedDocument) and failed.kind == "encoding"
     assert "UTF-8" in failed.reason and "0xe9" in failed.reason and "\n" not in failed.reason
-    assert isinstance(items["ok.txt"], Document)
+    assert isinstance(items["ok.txt"], Document) and "encoding" not in items["ok.txt"].metadata
 
 
 # --- jsonl ------------------------------------------------------------------------------------------
@@ -165,6 +168,9 @@ def test_jsonl_records_and_bad_lines(tmp_path):
     assert "'id' must be" in failed["data/kb.jsonl:line 8"]
     assert failed["data/kb.jsonl:line 9"] == "duplicate doc_id 'kb-1' (first seen in data/kb.jsonl:line 1)"
     assert all("\n" not in reason for reason in failed.values())
+    kinds = {i.doc_id: i.kind for i in items if isinstance(i, FailedDocument)}
+    assert kinds == {**dict.fromkeys(failed, "malformed"), "data/kb.jsonl:line 9": "duplicate"}
+    assert all(i.origin == "data/kb.jsonl" for i in items if isinstance(i, FailedDocument))
 
 
 def test_jsonl_configured_fields(tmp_path):
@@ -181,7 +187,7 @@ def test_jsonl_bad_utf8_line_does_not_stop_the_file(tmp_path):
     good = json.dumps({"id": "b", "text": "ok"}).encode()
     write(tmp_path / "mixed.jsonl", b'{"id": "a", "text": "caf\xe9"}\n' + good + b"\n")
     items = read_all(tmp_path)
-    assert isinstance(items[0], FailedDocument) and "UTF-8" in items[0].reason
+    assert isinstance(items[0], FailedDocument) and "UTF-8" in items[0].reason and items[0].kind == "encoding"
     assert items[0].doc_id == "mixed.jsonl:line 1"
     assert isinstance(items[1], Document) and items[1].doc_id == "b"
 
@@ -236,6 +242,7 @@ def test_include_and_exclude(tmp_path):
 def test_unsupported_type_included_explicitly_fails_clearly(corpus):
     items = by_id(read_all(corpus, include=["*.rst"]))
     assert "unsupported file type '.rst'" in items["ignored.rst"].reason
+    assert items["ignored.rst"].kind == "unsupported"
 
 
 def test_excluded_folder_is_not_listed(corpus, monkeypatch):
@@ -291,7 +298,7 @@ def test_unreadable_file_is_a_failed_document(corpus, monkeypatch):
     monkeypatch.setattr(files_module, "_read_bytes", read_bytes)
     items = by_id(read_all(corpus))
     assert isinstance(items["a.md"], FailedDocument)
-    assert "Permission denied" in items["a.md"].reason
+    assert "Permission denied" in items["a.md"].reason and items["a.md"].kind == "unreadable"
     assert isinstance(items["page.html"], Document)
 
 
@@ -309,6 +316,7 @@ def test_symlinked_file_is_read_and_broken_link_fails(tmp_path):
     items = by_id(read_all(tmp_path))
     assert items["link.txt"].text == "content"
     assert isinstance(items["broken.txt"], FailedDocument) and "cannot read" in items["broken.txt"].reason
+    assert items["broken.txt"].kind == "unreadable"
 
 
 # --- metadata ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import sys
 import unicodedata
 
 from connector.config import PreprocessConfig
+from connector.preprocess.base import Preprocessor
 
 _LINE_ENDINGS = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
 _LINE_ENDING_REPLACEMENT = {"\u2029": "\n\n"}
@@ -79,8 +80,9 @@ def _clean_space(text: str) -> str:
     return text.strip()
 
 
-class Normalizer:
-    """Cleans text as configured by `PreprocessConfig`; call it: `clean = Normalizer(cfg)(text)`."""
+class Normalizer(Preprocessor):
+    """Cleans text as configured by `PreprocessConfig`; call it: `clean = Normalizer(cfg)(text)`.
+    Registered as the preprocessor `normalize`, for extra passes with other options."""
 
     def __init__(self, config: PreprocessConfig | None = None):
         config = config or PreprocessConfig()

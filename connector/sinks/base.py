@@ -40,7 +40,15 @@ class CollectionInfo:
 
 
 class Sink(ABC):
-    """A vector store collection the connector writes points into."""
+    """A vector store collection the connector writes points into.
+
+    Plugin contract (entry-point group `connector.sinks`, as the built-ins `qdrant` and `milvus`):
+    the entry point's name is the config's `sink.type`, its value a subclass with a classmethod
+    `from_config(config, layout) -> Sink` (`make_sink` sets `retry` on the result). A plugin's
+    type gets a `connector.config.PluginSinkConfig`: `config.type`, `config.collection` (default
+    'chunks'), `config.options` (every other field, as written) and `config.base_dir` (the config
+    file's folder). `from_config` must not connect: the sink connects on its first call.
+    """
 
     page_size = 1000  # ids per page in iter_ids
     retry: "RetryPolicy | None" = None  # set by make_sink; None calls the store once

@@ -23,6 +23,14 @@ class Source(ABC):
     A source that cannot be read at all (its folder is missing, a sub-folder cannot be listed)
     raises `SourceError` instead of yielding nothing: the sync must never mistake an unreachable
     source for one whose documents were all deleted. `doc_id`s are unique within one `read()`.
+
+    Plugin contract (entry-point group `connector.sources`, e.g. in a plugin's pyproject.toml:
+    `[project.entry-points."connector.sources"] static = "my_pkg:StaticSource"`): the entry point's
+    name is the config's `source.type`, its value a subclass, built as `cls(config)`. A built-in
+    type gets its strict model (`files`: `FilesSourceConfig`); a plugin's type gets a
+    `connector.config.PluginConfig`: `config.type`, `config.options` (every other field, as
+    written) and `config.base_dir` (the config file's folder, for relative paths). Raise
+    `ConfigError` from `__init__` for bad options; nothing should be read before `read()`.
     """
 
     @abstractmethod

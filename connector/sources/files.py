@@ -1,42 +1,38 @@
-"""FilesSource: documents from a folder tree (.txt, .md, .html/.htm, .jsonl)."""
+"""FilesSource: documents from a folder tree (.txt, .md, .html/.htm, .pdf, .docx, .jsonl, .csv)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
+import stat as stat_module
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
-from bs4 import BeautifulSoup, NavigableString, UnicodeDammit
-
-from connector.config import FilesSourceConfig, JsonlFields
+from connector.config import FilesSourceConfig
 from connector.errors import SourceError
 from connector.records import Document, FailedDocument
 from connector.sources.base import Source
+from connector.sources.docxfile import read_docx
+from connector.sources.htmlfile import read_html
+from connector.sources.pdffile import read_pdf
+from connector.sources.reading import Parsed, ReadFailure, has_visible_text, one_line
+from connector.sources.recordfiles import csv_records, jsonl_records
+from connector.sources.textfile import read_markdown, read_text
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm", ".jsonl")
-
-# HTML elements whose text is not content.
-_DROPPED_TAGS = ["script", "style", "noscript", "template", "head"]
-# Block elements, and whether they end a paragraph or a line, so paragraphs survive get_text().
-# They are marked with two control characters (removed from the page first), so nested blocks
-# give one break, not one per level.
-_LINE, _PARAGRAPH = "\x00", "\x01"
-_BLOCK_BREAKS = {
-    **dict.fromkeys(
-        "p div h1 h2 h3 h4 h5 h6 section article header footer nav aside main blockquote pre "
-        "table ul ol dl figure figcaption form fieldset address details summary hr".split(),
-        _PARAGRAPH,
-    ),
-    **dict.fromkeys("li tr dt dd caption br td th".split(), _LINE),
+# Formats read whole into one Document, and record formats streamed into many.
+DOCUMENT_READERS: dict[str, Callable[[bytes], Parsed]] = {
+    ".txt": read_text,
+    ".md": read_markdown,
+    ".html": read_html,
+    ".htm": read_html,
+    ".pdf": read_pdf,
+    ".docx": read_docx,
 }
-_BREAKS = re.compile(r"\s*[\x00\x01][\s\x00\x01]*")
-_PRESERVE_WHITESPACE = {"pre", "textarea"}
-_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
-_H1 = re.compile(r"^\s{0,3}# +(.*?)(?:\s+#+)?\s*$")
+RECORD_SUFFIXES = (".jsonl", ".csv")
+SUPPORTED_SUFFIXES = (*DOCUMENT_READERS, *RECORD_SUFFIXES)
+_MIB = 1024 * 1024
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
@@ -93,29 +89,37 @@ def _open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def _one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
-    return " ".join(text.split())
-
-
 class FilesSource(Source):
     """Documents from the files under `config.path` that match `include` and not `exclude`.
 
-    - doc_id: the path relative to the root in POSIX form (`guides/setup.md`); for .jsonl the
-      record's id as a string (records of every file share one id space).
-    - Order: sorted by relative path (records in line order).
-    - .txt/.md: UTF-8; the title of a .md file is its first `# ` heading.
-    - .html/.htm: the declared charset (else UTF-8); script/style/noscript/template are dropped,
-      block elements become line breaks, the title comes from <title>.
-    - .jsonl: one JSON object per line, fields from `config.jsonl`; the other lines still load
-      when one is bad. A line without a usable id fails as `path:line N`; a record with an id but
-      no usable text fails under its id (so the sync keeps what it stored for that id).
+    - doc_id: the path relative to the root in POSIX form (`guides/setup.md`); for .jsonl and .csv
+      the record's id as a string (records of every file share one id space).
+    - Order: sorted by relative path (records in file order).
+    - .txt/.md: the encoding is detected (a byte order mark, else UTF-8, else charset-normalizer's
+      guess if it is a good one; `metadata.encoding` then names it); NUL bytes or many control
+      bytes fail as 'binary'. The title of a .md file is its first `# ` heading.
+    - .html/.htm: the declared charset (else UTF-8, else detected); script/style/noscript/template
+      are dropped, block elements become line breaks, the title comes from <title>.
+    - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
+      pages' texts joined by blank lines; `metadata.page_count`; the title from the document info.
+    - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows) in document order; the title
+      from the core properties, else the first heading.
+    - .jsonl: one JSON object per line, fields from `config.jsonl`; .csv: a header row, then one
+      record per row, columns from `config.csv`. A bad line or row fails alone; one without a
+      usable id fails as `path:line N`, one with an id but no usable text fails under its id (so
+      the sync keeps what it stored for that id). A CSV without its id or text column fails as a
+      whole, under its path.
+    - Every failure has a `kind` (records.FAILURE_KINDS) and its file as `origin`: files with no
+      visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (record files
+      are streamed and have no limit), damaged ones as 'corrupt', password-protected ones as
+      'encrypted', and a format whose optional package is missing as 'missing_extra'.
     - A doc_id seen twice in one read: the second is a FailedDocument named after where it is
       ('duplicate doc_id ... (first seen in ...)').
     - metadata: `path` (relative), `modified` (file mtime, ISO 8601 UTC), `title` when known; for
       records also the record's metadata fields (`path` and `modified` win over record fields
       of the same name). No line number: a record that moves within its file is not a change.
-    - Symlinked folders are not followed (no loops); symlinked files are read.
+    - Symlinked folders are not followed (no loops); symlinked files are read; a broken or looping
+      file link fails as 'unreadable'.
     """
 
     def __init__(self, config: FilesSourceConfig):
@@ -152,7 +156,7 @@ class FilesSource(Source):
 
         def fail(err: OSError) -> None:
             raise SourceError(
-                f"cannot list folder {err.filename}: {_one_line(err)}; fix its permissions or exclude "
+                f"cannot list folder {err.filename}: {one_line(err)}; fix its permissions or exclude "
                 f"it with a pattern like 'folder/**' in source.exclude"
             ) from err
 
@@ -169,7 +173,9 @@ class FilesSource(Source):
             for item, where in self._read_file(rel):
                 first = seen.get(item.doc_id)
                 if first is not None:
-                    item = FailedDocument(where, f"duplicate doc_id {item.doc_id!r} (first seen in {first})")
+                    item = FailedDocument(
+                        where, f"duplicate doc_id {item.doc_id!r} (first seen in {first})", kind="duplicate"
+                    )
                 else:
                     seen[item.doc_id] = where
                 if isinstance(item, FailedDocument):
@@ -177,128 +183,52 @@ class FilesSource(Source):
                 yield item
 
     def _read_file(self, rel: str) -> Iterator[tuple[Document | FailedDocument, str]]:
-        """(document or failure, where it is) for one file; a .jsonl file gives one per record."""
+        """(document or failure, where it is) for one file; a record file gives one per record."""
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             name = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            yield FailedDocument(name, "the file name is not valid UTF-8; rename the file"), name
+            yield FailedDocument(name, "the file name is not valid UTF-8; rename the file", kind="encoding"), name
             return
         suffix = Path(rel).suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
             reason = f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
-            yield FailedDocument(rel, reason), rel
+            yield FailedDocument(rel, reason, kind="unsupported"), rel
             return
         path = self.root / rel
         try:
-            metadata: dict[str, Any] = {"path": rel, "modified": _modified(path.stat())}
+            stat = path.stat()
+            if not stat_module.S_ISREG(stat.st_mode):  # a FIFO or device would block or never end
+                yield FailedDocument(rel, "not a regular file (a pipe, socket or device)", kind="unreadable"), rel
+                return
+            metadata: dict[str, Any] = {"path": rel, "modified": _modified(stat)}
             if suffix == ".jsonl":
-                yield from self._records(rel, _open_binary(path), metadata)
+                yield from jsonl_records(rel, _open_binary(path), self.config.jsonl, metadata)
+                return
+            if suffix == ".csv":
+                limit = int(self.config.max_file_mb * _MIB)
+                yield from csv_records(rel, _open_binary(path), self.config.csv, metadata, limit)
+                return
+            if stat.st_size > self.config.max_file_mb * _MIB:
+                reason = (
+                    f"the file is {stat.st_size / _MIB:.1f} MiB, over source.max_file_mb "
+                    f"({self.config.max_file_mb:g}); raise the limit or exclude the file"
+                )
+                yield FailedDocument(rel, reason, kind="too_large"), rel
                 return
             data = _read_bytes(path)
         except OSError as err:
-            yield FailedDocument(rel, f"cannot read the file: {_one_line(err)}"), rel
-            return
-        if suffix in (".html", ".htm"):
-            parsed = _html_text(data)
-            if parsed is None:
-                yield FailedDocument(rel, "cannot detect the HTML file's encoding; declare <meta charset>"), rel
-                return
-            text, title = parsed
-        else:
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as err:
-                reason = (
-                    f"not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                    f"save the file as UTF-8"
-                )
-                yield FailedDocument(rel, reason), rel
-                return
-            title = _markdown_title(text) if suffix == ".md" else None
-        if title:
-            metadata["title"] = title
-        yield Document(rel, text, metadata), rel
-
-    def _records(self, rel: str, lines: BinaryIO, file_metadata: dict[str, Any]):
-        """Documents of a .jsonl file, streamed line by line."""
-        fields = self.config.jsonl
-        with lines:
-            for number, raw in enumerate(lines, start=1):
-                yield from self._record(rel, number, raw, fields, file_metadata)
-
-    def _record(self, rel: str, number: int, raw: bytes, fields: JsonlFields, file_metadata: dict[str, Any]):
-        where = f"{rel}:line {number}"
-        if not raw.strip():
+            yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
             return
         try:
-            record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-        except UnicodeDecodeError as err:
-            yield FailedDocument(where, f"not valid UTF-8 at byte {err.start} of the line; save the file as UTF-8"), where
+            parsed = DOCUMENT_READERS[suffix](data)
+            if not has_visible_text(parsed.text):
+                raise ReadFailure("empty", "the file has no text" if data.strip() else "the file is empty")
+        except ReadFailure as failure:
+            yield FailedDocument(rel, failure.reason, kind=failure.kind), rel
             return
-        except json.JSONDecodeError as err:
-            yield FailedDocument(where, f"not valid JSON: {err.msg} at column {err.colno}"), where
-            return
-        except (ValueError, RecursionError) as err:
-            yield FailedDocument(where, f"not usable JSON: {_one_line(err)}"), where
-            return
-        if not isinstance(record, dict):
-            yield FailedDocument(where, f"expected a JSON object, got {type(record).__name__}"), where
-            return
-        doc_id = record.get(fields.id_field)
-        text = record.get(fields.text_field)
-        reason = None
-        if doc_id is None:
-            reason = f"the record has no {fields.id_field!r} field; set source.jsonl.id_field to the field that holds the id"
-        elif isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
-            reason = f"the record's {fields.id_field!r} must be a non-empty string or an integer, got {doc_id!r:.40}"
-        if reason:
-            yield FailedDocument(where, reason), where
-            return
-        # From here the id is known: a failure carries it, so the sync keeps what it stored for it.
-        if text is None:
-            reason = f"the record has no {fields.text_field!r} field; set source.jsonl.text_field to the field that holds the text"
-        elif not isinstance(text, str):
-            reason = f"the record's {fields.text_field!r} must be a string, got {type(text).__name__}"
-        if reason:
-            yield FailedDocument(str(doc_id), f"{where}: {reason}"), where
-            return
-        if fields.metadata_fields is None:
-            own = {k: v for k, v in record.items() if k not in (fields.id_field, fields.text_field)}
-        else:
-            own = {k: record[k] for k in fields.metadata_fields if k in record}
-        metadata = {**own, **file_metadata}
-        yield Document(str(doc_id), text, metadata), where
-
-
-def _markdown_title(text: str) -> str | None:
-    """The first level-1 ATX heading ('# Title') outside fenced code blocks."""
-    in_fence = False
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        elif not in_fence:
-            match = _H1.match(line)
-            if match and match.group(1).strip():
-                return match.group(1).strip()
-    return None
-
-
-def _html_text(data: bytes) -> tuple[str, str | None] | None:
-    """(text, title) of an HTML page, or None when its encoding cannot be made out."""
-    markup = UnicodeDammit(data, ["utf-8"], is_html=True).unicode_markup
-    if markup is None:
-        return None
-    soup = BeautifulSoup(markup.replace(_LINE, "").replace(_PARAGRAPH, ""), "lxml")
-    title = " ".join(soup.title.get_text().split()) if soup.title else None
-    for tag in soup.find_all(_DROPPED_TAGS):
-        tag.decompose()
-    # HTML whitespace: any run is one space, except inside <pre>.
-    for string in soup.find_all(string=True):
-        if type(string) is NavigableString and not any(p.name in _PRESERVE_WHITESPACE for p in string.parents):
-            string.replace_with(re.sub(r"\s+", " ", string))
-    for tag in soup.find_all(list(_BLOCK_BREAKS)):
-        tag.insert_before(_BLOCK_BREAKS[tag.name])
-        tag.insert_after(_BLOCK_BREAKS[tag.name])
-    text = _BREAKS.sub(lambda m: "\n\n" if _PARAGRAPH in m.group(0) else "\n", soup.get_text())
-    return text.strip(), title or None
+        del data
+        metadata.update(parsed.metadata or {})
+        if parsed.title:
+            metadata["title"] = parsed.title
+        yield Document(rel, parsed.text, metadata, parsed.sections), rel

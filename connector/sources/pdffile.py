@@ -1,0 +1,63 @@
+"""PDF files through pypdf (the `pdf` extra): one section per page that has text."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from connector.records import Section
+from connector.sources.reading import Parsed, ReadFailure, one_line, optional_import
+
+
+# pypdf logs a warning for every flaw it repairs; without logging configured, Python would print
+# them on stderr. A NullHandler keeps them out of the output, and configured handlers still get them.
+logging.getLogger("pypdf").addHandler(logging.NullHandler())
+
+
+def read_pdf(data: bytes) -> Parsed:
+    """Pages as sections ({"page": n}, 1-based; pages without text are left out), the text being
+    their texts joined by blank lines, the title from the document info.
+
+    Raises ReadFailure 'corrupt', 'encrypted' (a user password is set), 'empty' (no text layer)
+    or 'missing_extra'."""
+    pypdf = optional_import("pypdf", "pdf", ".pdf")
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and _decrypt(reader, pypdf) is None:
+            raise ReadFailure("encrypted", "the PDF is password-protected; save a copy without a password to index it")
+        sections = []
+        for number, page in enumerate(reader.pages, start=1):
+            text = (page.extract_text() or "").strip()
+            if text:
+                sections.append(Section(text, {"page": number}))
+        page_count = len(reader.pages)
+        title = _title(reader)
+    except ReadFailure:
+        raise
+    except pypdf.errors.FileNotDecryptedError:
+        raise ReadFailure("encrypted", "the PDF is password-protected; save a copy without a password to index it") from None
+    except Exception as err:  # pypdf raises many kinds of errors on damaged files
+        raise ReadFailure("corrupt", f"damaged PDF: {one_line(err)}") from None
+    if not sections:
+        raise ReadFailure("empty", f"no text in the PDF's {page_count} page(s) (a scan without a text layer?); run OCR on it first")
+    text = "\n\n".join(section.text for section in sections)
+    return Parsed(text, title, tuple(sections), {"page_count": page_count})
+
+
+def _decrypt(reader, pypdf):
+    """Open a PDF that has only an owner password (readable by anyone); None if a password is needed."""
+    try:
+        result = reader.decrypt("")
+    except pypdf.errors.DependencyError as err:
+        raise ReadFailure(
+            "missing_extra", f"the PDF is AES-encrypted; reading it needs the cryptography package: pip install cryptography ({one_line(err)})"
+        ) from None
+    return None if result == pypdf.PasswordType.NOT_DECRYPTED else result
+
+
+def _title(reader) -> str | None:
+    try:
+        title = reader.metadata.title if reader.metadata else None
+    except Exception:  # a damaged info dictionary costs the title, not the document
+        return None
+    return " ".join(str(title).split()) or None if title else None

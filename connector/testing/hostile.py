@@ -1,0 +1,262 @@
+"""A corpus of real-world and hostile files for FilesSource, with the outcome it must give.
+
+    from connector.testing.hostile import build_hostile_corpus
+    expected = build_hostile_corpus(Path("corpus"))          # small and fast
+    expected = build_hostile_corpus(Path("corpus"), big=True)  # with a 50 MB file and a 5 MB line
+
+`expected["synced"]` is the set of doc_ids that must load, `expected["failed"]` maps every doc_id
+that must fail to its kind (records.FAILURE_KINDS), and `expected["texts"]` gives the exact text of
+the documents whose decoding is the point of the case. The outcome is for a FilesSource with the
+default config (`max_file_mb` given here if yours differs); when the `pdf` or `docx` extra is not
+installed, the files of that format are expected to fail as 'missing_extra'.
+
+No optional package is needed to build the corpus: PDF and DOCX files are written by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+#: Real sample texts and the encoding their file is written in (each must decode back exactly).
+ENCODED_SAMPLES: dict[str, tuple[str, str]] = {
+    "utf8.txt": ("utf-8", "Plain UTF-8: naïve café, Ελληνικά, русский, 中文, 日本語, 한국어.\n"),
+    "utf16-le-bom.txt": ("utf-16-le", "\ufeffUTF-16 with a byte order mark: café, 中文, emoji 😀.\n"),
+    "utf16-be-bom.txt": ("utf-16-be", "\ufeffBig-endian UTF-16: Größe, 日本語.\n"),
+    "gb18030.txt": ("gb18030", "数据同步工具会把文档写入向量数据库。每个文档都有稳定的编号，修改后只重新编码变化的部分。\n"),
+    "gbk.txt": ("gbk", "中文测试：这是一段简体中文文本，用于检查编码识别是否正确。我们的知识库支持多种语言。\n"),
+    "big5.txt": ("big5", "資料同步工具會把文件寫入向量資料庫。每個文件都有穩定的編號，修改後只重新編碼變化的部分。\n"),
+    "shift-jis.txt": ("shift_jis", "同期ツールは文書をベクトルデータベースに書き込みます。各文書には安定した識別子があります。\n"),
+    "latin-1.txt": (
+        "latin-1",
+        "Le café de la rue était fermé. Nous avons mangé une crème brûlée à côté, "
+        "près de la fenêtre où l'été brillait. Grüße aus München!\n",
+    ),
+}
+
+_LOREM = (
+    "The connector keeps a vector store in sync with a body of documents. "
+    "Every chunk is encoded once; unchanged documents cost nothing.\n"
+)
+
+
+def minimal_pdf(pages: list[str], title: str | None = None, encrypt_stub: bool = False) -> bytes:
+    """A small valid PDF with one line of Helvetica text per page (latin-1 text; '' gives a page
+    without text, like a scan). `encrypt_stub` adds a standard security handler whose passwords
+    match nothing, so readers see a password-protected file."""
+    n = len(pages)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(f'{4 + 2 * i} 0 R' for i in range(n))}] /Count {n} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    ]
+    for i, text in enumerate(pages):
+        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+        stream = b"BT /F1 12 Tf 72 712 Td (" + escaped + b") Tj ET" if text else b""
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    trailer = b""
+    if title is not None:
+        objects.append(b"<< /Title (" + title.encode("latin-1") + b") >>")
+        trailer += b" /Info %d 0 R" % len(objects)
+    if encrypt_stub:
+        objects.append(b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -4 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32 + b"> >>")
+        trailer += b" /Encrypt %d 0 R /ID [<00112233445566778899aabbccddeeff> <00112233445566778899aabbccddeeff>]" % len(objects)
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer, xref)
+    return bytes(out)
+
+
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+_CONTENT_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    '<Default Extension="xml" ContentType="application/xml"/>'
+    '<Override PartName="/word/document.xml" '
+    'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/>'
+    '<Override PartName="/docProps/core.xml" ContentType="application/vnd.openxmlformats-package.core-properties+xml"/>'
+    "</Types>"
+)
+
+
+def minimal_docx(blocks: list[Any], title: str | None = None) -> bytes:
+    """A small valid .docx: `blocks` are paragraphs (str, or ("Heading1", text) for a styled one)
+    and tables (a list of rows, each a list of cell texts); `title` goes in the core properties."""
+    from xml.sax.saxutils import escape
+
+    def paragraph(text: str, style: str | None = None) -> str:
+        props = f'<w:pPr><w:pStyle w:val="{style}"/></w:pPr>' if style else ""
+        return f'<w:p>{props}<w:r><w:t xml:space="preserve">{escape(text)}</w:t></w:r></w:p>'
+
+    body = []
+    for block in blocks:
+        if isinstance(block, str):
+            body.append(paragraph(block))
+        elif isinstance(block, tuple):
+            body.append(paragraph(block[1], block[0]))
+        else:
+            rows = "".join("<w:tr>" + "".join(f"<w:tc>{paragraph(c)}</w:tc>" for c in row) + "</w:tr>" for row in block)
+            body.append(f"<w:tbl>{rows}</w:tbl>")
+    document = (
+        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><w:document xmlns:w="{_W}"><w:body>'
+        + "".join(body) + "</w:body></w:document>"
+    )
+    rels = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+        '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
+        'Target="word/document.xml"/>'
+        + (
+            '<Relationship Id="rId2" Type="http://schemas.openxmlformats.org/package/2006/relationships/metadata/core-properties" '
+            'Target="docProps/core.xml"/>' if title is not None else ""
+        )
+        + "</Relationships>"
+    )
+    core = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        '<cp:coreProperties xmlns:cp="http://schemas.openxmlformats.org/package/2006/metadata/core-properties" '
+        f'xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>{escape(title or "")}</dc:title></cp:coreProperties>'
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", _CONTENT_TYPES)
+        z.writestr("_rels/.rels", rels)
+        z.writestr("word/document.xml", document)
+        if title is not None:
+            z.writestr("docProps/core.xml", core)
+    return out.getvalue()
+
+
+def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100) -> dict[str, Any]:
+    """Write every real-world and hostile case into `root`; return the outcome FilesSource must give.
+
+    `big=True` makes the big file 50 MB and the long line 5 MB (default: 2 MB and 256 KB).
+    `max_file_mb` is the source's limit; a sparse file one byte over it tests 'too_large'."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    synced: set[str] = set()
+    failed: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    has = {extra: _installed(module) for extra, module in (("pdf", "pypdf"), ("docx", "docx"))}
+
+    def put(rel: str, content: bytes | str, kind: str | None = None, text: str | None = None, extra: str | None = None,
+            records: dict[str, str | None] | None = None):
+        """Write a file and what it must give: a failure `kind`, else a document (with its exact
+        `text` if given); a record file gives `records` instead ({doc_id or path:line N: kind or None})."""
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        if extra and not has[extra]:
+            kind, text = "missing_extra", None
+        for doc_id, record_kind in (records or {rel: kind}).items():
+            if record_kind:
+                failed[doc_id] = record_kind
+            else:
+                synced.add(doc_id)
+        if text is not None:
+            texts[rel] = text
+
+    # --- formats that must load -------------------------------------------------------------------
+    for name, (encoding, text) in ENCODED_SAMPLES.items():
+        put(f"formats/{name}", text.encode(encoding), text=text.removeprefix("\ufeff"))
+    put("formats/guide.md", "# Setup guide\n\nInstall it, then run `connector sync`.\n")
+    put("formats/page.html", "<html><head><title>Help</title><script>x()</script></head><body><p>Open settings.</p></body></html>",
+        text="Open settings.")
+    put("formats/report.pdf", minimal_pdf(["Hello page 1", "Second page (two)"], title="Report"), extra="pdf")
+    put("formats/letter.docx", minimal_docx(
+        [("Heading1", "Quarterly letter"), "Dear team,", [["item", "amount"], ["coffee", "12"]], "Thanks."],
+        title="Q3 letter"), extra="docx", text="Quarterly letter\n\nDear team,\n\nitem | amount\ncoffee | 12\n\nThanks.")
+    kb = [{"id": "kb-1", "text": "First answer", "lang": "en"}, {"id": "kb-2", "text": "Zweite Antwort", "lang": "de"}]
+    put("formats/kb.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kb), records={"kb-1": None, "kb-2": None})
+    put("formats/table.csv", 'id,title,text\ncsv-1,One,"Plain row"\ncsv-2,Two,"A text, with a comma\nand a line break"\n',
+        records={"csv-1": None, "csv-2": None})
+    texts["csv-2"] = "A text, with a comma\nand a line break"
+
+    # --- hostile text that must still load ------------------------------------------------------
+    big_size, line_size = (50 * 10**6, 5 * 10**6) if big else (2 * 10**6, 256 * 1024)
+    _write_big(root / "hostile/big.txt", big_size)
+    if big_size > max_file_mb * 1024 * 1024:
+        failed["hostile/big.txt"] = "too_large"
+    else:
+        synced.add("hostile/big.txt")
+    put("hostile/long-line.txt", ("word " * (line_size // 5)).encode("ascii"))
+    for rel, text in {
+        "hostile/emoji.txt": "😀🎉🚀👍🏽👨‍👩‍👧‍👦🇯🇵❤️",
+        "hostile/trademarks.txt": "Acme® Widget™ and Acme® Gadget™ © 2024 ℠ " * 20,
+        "hostile/zero-width-and-controls.txt": (
+            "zero\u200bwidth\u200cnon\u200djoiner \u2060word\ufeffjoiner \u00adsoft; bell\x07 "
+            "\x1b[31mred\x1b[0m form\x0cfeed back\x08space, plain text around them all.\n" * 4
+        ),
+        "hostile/rtl.txt": "English then العربية من اليمين إلى اليسار and עברית גם כן \u200fמימין לשמאל\u200f.\n",
+        "hostile/mixed-zh-en.md": "# 混合 Mixed\n\n同步 sync 工具把 documents 写入 Qdrant 和 Milvus。\n",
+    }.items():
+        put(rel, text, text=text)
+
+    # --- hostile input that must fail, each with its kind ---------------------------------------
+    put("hostile/binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4, "binary")
+    put("hostile/invalid-utf8.txt", "naïve café, 中文, Grüße — ".encode() * 4 + b"broken \xc3\x28 \xe2\x82 \xff\xfe end\n", "encoding")
+    put("hostile/empty.txt", b"", "empty")
+    put("hostile/whitespace-only.md", " \t\n\r\n\u3000\u00a0  \n\n", "empty")
+    put("hostile/zero-width-only.txt", "\u200b\u200c\u200d\u2060\n", "empty")
+    put("hostile/scripts-only.html", "<html><head><style>p{}</style></head><body><script>var a = 1;</script>"
+        "<noscript>enable JS</noscript>\n</body></html>", "empty")
+    put("hostile/corrupt.pdf", b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R\n" + b"\x8f\x00garbage" * 50, "corrupt", extra="pdf")
+    put("hostile/encrypted.pdf", minimal_pdf(["secret text"], encrypt_stub=True), "encrypted", extra="pdf")
+    put("hostile/scanned.pdf", minimal_pdf(["", ""]), "empty", extra="pdf")
+    put("hostile/corrupt.docx", b"PK\x03\x04" + b"\x14\x00garbage" * 40, "corrupt", extra="docx")
+    put("hostile/bad-line.jsonl", '{"id": "jsonl-1", "text": "ok"}\n{"id": "jsonl-2", "text": \n{"id": "jsonl-3", "text": "ok too"}\n',
+        records={"jsonl-1": None, "hostile/bad-line.jsonl:line 2": "malformed", "jsonl-3": None})
+    put("hostile/no-text-column.csv", "id,body\nx-1,hello\n", "malformed")
+    put("hostile/bad-row.csv", "id,text\nrow-1,fine\nrow-2,too,many,fields\nrow-3,fine too\n",
+        records={"row-1": None, "hostile/bad-row.csv:line 3": "malformed", "row-3": None})
+    too_large = root / "hostile/too-large.txt"
+    with open(too_large, "wb") as f:  # sparse: takes no disk space, and the source never reads it
+        f.write(b"too large\n")
+        f.truncate(int(max_file_mb * 1024 * 1024) + 1)
+    failed["hostile/too-large.txt"] = "too_large"
+    _symlink(root / "hostile/does-not-exist.txt", root / "hostile/broken-link.txt")
+    failed["hostile/broken-link.txt"] = "unreadable"
+    _symlink(root / "hostile/self-link.txt", root / "hostile/self-link.txt")  # ELOOP on open
+    failed["hostile/self-link.txt"] = "unreadable"
+    put("hostile/loop/inside.txt", "a folder with a symlink back to its parent")
+    _symlink(root / "hostile", root / "hostile/loop/parent", directory=True)  # not followed: no loop
+    return {"synced": synced, "failed": failed, "texts": texts}
+
+
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _write_big(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = (_LOREM * (1024 * 1024 // len(_LOREM) + 1)).encode("ascii")[: 1024 * 1024]
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.write(block[: size % len(block)])
+
+
+def _symlink(target: Path, link: Path, directory: bool = False) -> None:
+    if link.is_symlink():
+        link.unlink()
+    os.symlink(target, link, target_is_directory=directory)

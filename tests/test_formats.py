@@ -1,0 +1,480 @@
+"""FilesSource formats (encodings, PDF, DOCX, CSV) and hostile input, each failing with its kind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import connector.sources.files as files_module
+from connector.config import DEFAULT_INCLUDE, CsvColumns, FilesSourceConfig
+from connector.records import FAILURE_KINDS, Document, FailedDocument
+from connector.sources.files import FilesSource
+from connector.sources.reading import ReadFailure
+from connector.sources.textfile import decode_text
+from connector.testing.hostile import ENCODED_SAMPLES, build_hostile_corpus, minimal_docx, minimal_pdf
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def read_all(root: Path, **config) -> dict[str, Document | FailedDocument]:
+    items = list(FilesSource(FilesSourceConfig(path=root, **config)).read())
+    for item in items:
+        if isinstance(item, FailedDocument):
+            assert item.kind in FAILURE_KINDS and item.origin and "\n" not in item.reason, item
+    return {item.doc_id: item for item in items}
+
+
+def only(root: Path, **config) -> Document | FailedDocument:
+    [item] = read_all(root, **config).values()
+    return item
+
+
+def failed(item, kind: str) -> FailedDocument:
+    assert isinstance(item, FailedDocument), item
+    assert item.kind == kind, item
+    return item
+
+
+def test_default_include_has_every_format():
+    for suffix in ("md", "txt", "html", "htm", "jsonl", "pdf", "docx", "csv"):
+        assert f"**/*.{suffix}" in DEFAULT_INCLUDE
+
+
+# --- text encodings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ENCODED_SAMPLES))
+def test_encoding_is_detected_and_decoded_exactly(tmp_path, name):
+    encoding, text = ENCODED_SAMPLES[name]
+    write(tmp_path / name, text.encode(encoding))
+    doc = only(tmp_path)
+    assert isinstance(doc, Document), doc
+    assert doc.text == text.removeprefix("\ufeff")
+    if encoding == "utf-8":
+        assert "encoding" not in doc.metadata
+    else:
+        assert doc.metadata["encoding"]
+
+
+def test_utf8_bom_and_utf32_bom(tmp_path):
+    write(tmp_path / "bom8.txt", "\ufeffwith BOM".encode("utf-8"))
+    write(tmp_path / "bom32.txt", "\ufeffUTF-32 中文".encode("utf-32-le"))
+    items = read_all(tmp_path)
+    assert items["bom8.txt"].text == "with BOM" and "encoding" not in items["bom8.txt"].metadata
+    assert items["bom32.txt"].text == "UTF-32 中文"
+
+
+def test_markdown_title_in_a_legacy_encoding(tmp_path):
+    write(tmp_path / "zh.md", "# 数据同步指南\n\n这是一段简体中文文本，用于检查编码识别是否正确。\n".encode("gb18030"))
+    assert only(tmp_path).metadata["title"] == "数据同步指南"
+
+
+def test_binary_behind_a_text_extension(tmp_path):
+    write(tmp_path / "nul.txt", b"looks like text\x00\x01\x02 but is not")
+    write(tmp_path / "controls.md", bytes(range(1, 9)) * 20 + b"some text")
+    write(tmp_path / "image.html", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    items = read_all(tmp_path)
+    for name in ("nul.txt", "controls.md", "image.html"):
+        assert "binary" in failed(items[name], "binary").reason
+
+
+def test_damaged_utf8_fails_with_encoding_and_the_offset(tmp_path):
+    write(tmp_path / "bad.txt", "Grüße, 中文 ".encode() * 5 + b"\xe2\x82 end")
+    reason = failed(only(tmp_path), "encoding").reason
+    assert "UTF-8" in reason and "0xe2" in reason and "offset 80" in reason
+
+
+def test_bytes_no_encoding_fits_fail_with_encoding(tmp_path):
+    write(tmp_path / "noise.txt", bytes(range(0x80, 0x100)) * 8)
+    failed(only(tmp_path), "encoding")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_or_fail_cleanly(data):
+    try:
+        text, _ = decode_text(data)
+    except ReadFailure as failure:
+        assert failure.kind in ("binary", "encoding") and "\n" not in failure.reason
+    else:
+        assert isinstance(text, str)
+
+
+def test_hostile_text_loads(tmp_path):
+    cases = {
+        "emoji.txt": "😀🎉👨‍👩‍👧‍👦🇯🇵",
+        "symbols.txt": "Acme® Widget™ ©℠ " * 50,
+        "rtl.txt": "مرحبا بالعالم \u200fשלום עולם\u200f",
+        "zero-width.txt": "zero\u200bwidth\u200djoiner\ufeff and a bell\x07 and \x1b[1mbold\x1b[0m text",
+        "mixed.md": "# 标题 Title\n同步 sync 中文 English",
+    }
+    for name, text in cases.items():
+        write(tmp_path / name, text)
+    items = read_all(tmp_path)
+    for name, text in cases.items():
+        assert isinstance(items[name], Document) and items[name].text == text
+
+
+def test_empty_whitespace_and_invisible_files_are_empty(tmp_path):
+    write(tmp_path / "empty.txt", b"")
+    write(tmp_path / "spaces.md", " \n\t\r\n\u3000 ")
+    write(tmp_path / "invisible.txt", "\u200b\u200d\ufeff\u2060")
+    write(tmp_path / "scripts.html", "<script>a()</script><style>p{}</style><template>t</template>")
+    write(tmp_path / "empty.html", b"")
+    items = read_all(tmp_path)
+    assert failed(items["empty.txt"], "empty").reason == "the file is empty"
+    for name in ("spaces.md", "invisible.txt", "scripts.html", "empty.html"):
+        failed(items[name], "empty")
+
+
+def test_long_single_line_loads(tmp_path):
+    line = "x" * (1024 * 1024)
+    write(tmp_path / "line.txt", line)
+    assert only(tmp_path).text == line
+
+
+def test_file_over_max_file_mb_is_too_large_and_never_read(tmp_path, monkeypatch):
+    write(tmp_path / "big.txt", "x" * 3000)
+    write(tmp_path / "small.txt", "x" * 100)
+    write(tmp_path / "records.jsonl", json.dumps({"id": "r", "text": "y" * 3000}) + "\n")
+    read = []
+    real = files_module._read_bytes
+    monkeypatch.setattr(files_module, "_read_bytes", lambda path: read.append(path.name) or real(path))
+    items = read_all(tmp_path, max_file_mb=0.002)
+    reason = failed(items["big.txt"], "too_large").reason
+    assert "max_file_mb" in reason
+    assert isinstance(items["small.txt"], Document)
+    assert isinstance(items["r"], Document)  # record files are streamed: no limit
+    assert read == ["small.txt"]
+
+
+def test_max_file_mb_must_be_positive(tmp_path):
+    with pytest.raises(ValueError):
+        FilesSourceConfig(path=tmp_path, max_file_mb=0)
+
+
+def test_fifo_is_unreadable_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.txt")
+    assert "not a regular file" in failed(only(tmp_path), "unreadable").reason
+
+
+def test_unreadable_record_file(tmp_path, monkeypatch):
+    write(tmp_path / "a.jsonl", '{"id": 1, "text": "x"}\n')
+    write(tmp_path / "b.csv", "id,text\n1,x\n")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(files_module, "_open_binary", denied)
+    items = read_all(tmp_path)
+    for name in ("a.jsonl", "b.csv"):
+        assert "Permission denied" in failed(items[name], "unreadable").reason
+
+
+def test_non_utf8_file_name(tmp_path):
+    name = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / name).write_text("text")
+    item = failed(only(tmp_path), "encoding")
+    assert "file name" in item.reason
+
+
+# --- PDF -------------------------------------------------------------------------------------------
+
+
+def pypdf_writer(data: bytes):
+    pypdf = pytest.importorskip("pypdf")
+    return pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(data)))
+
+
+def test_pdf_pages_become_sections(tmp_path):
+    pytest.importorskip("pypdf")
+    write(tmp_path / "r.pdf", minimal_pdf(["Hello page 1", "", "Page (three) \\ end"], title="Annual  report"))
+    doc = only(tmp_path)
+    assert isinstance(doc, Document), doc
+    assert [(s.text, s.metadata) for s in doc.sections] == [
+        ("Hello page 1", {"page": 1}),
+        ("Page (three) \\ end", {"page": 3}),  # a page without text gives no section
+    ]
+    assert doc.text == "Hello page 1\n\nPage (three) \\ end" == "\n\n".join(s.text for s in doc.sections)
+    assert doc.metadata["title"] == "Annual report" and doc.metadata["page_count"] == 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"%PDF-1.4\n garbage", b"not a pdf", minimal_pdf(["Hello"])[:60]],
+    ids=["empty", "garbage", "no-header", "truncated"],
+)
+def test_corrupt_pdf(tmp_path, data):
+    pytest.importorskip("pypdf")
+    write(tmp_path / "bad.pdf", data)
+    assert "damaged PDF" in failed(only(tmp_path), "corrupt").reason
+
+
+def test_pdf_with_a_user_password_is_encrypted(tmp_path):
+    writer = pypdf_writer(minimal_pdf(["secret"]))
+    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    write(tmp_path / "locked.pdf", out.getvalue())
+    write(tmp_path / "stub.pdf", minimal_pdf(["secret"], encrypt_stub=True))
+    items = read_all(tmp_path)
+    assert "password" in failed(items["locked.pdf"], "encrypted").reason
+    failed(items["stub.pdf"], "encrypted")
+
+
+def test_pdf_with_only_an_owner_password_is_read(tmp_path):
+    writer = pypdf_writer(minimal_pdf(["open to all"]))
+    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    write(tmp_path / "owner.pdf", out.getvalue())
+    assert only(tmp_path).text == "open to all"
+
+
+def test_pdf_without_text_is_empty(tmp_path):
+    pytest.importorskip("pypdf")
+    write(tmp_path / "scan.pdf", minimal_pdf(["", ""]))
+    assert "OCR" in failed(only(tmp_path), "empty").reason
+
+
+def test_missing_pypdf_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # makes `import pypdf` fail
+    write(tmp_path / "r.pdf", minimal_pdf(["Hello"]))
+    write(tmp_path / "ok.txt", "fine")
+    items = read_all(tmp_path)
+    assert 'pip install "connector[pdf]"' in failed(items["r.pdf"], "missing_extra").reason
+    assert isinstance(items["ok.txt"], Document)
+
+
+# --- DOCX ------------------------------------------------------------------------------------------
+
+
+def test_docx_paragraphs_tables_and_title(tmp_path):
+    docx = pytest.importorskip("docx")
+    document = docx.Document()
+    document.core_properties.title = "Core title"
+    document.add_heading("Quarterly report", 1)
+    document.add_paragraph("First paragraph.")
+    document.add_paragraph("")
+    table = document.add_table(rows=2, cols=3)
+    for i, text in enumerate(["name", "qty", "note"]):
+        table.cell(0, i).text = text
+    table.cell(1, 0).merge(table.cell(1, 1)).text = "merged"
+    table.cell(1, 2).text = "z"
+    document.add_paragraph("After the table.")
+    document.save(tmp_path / "report.docx")
+    doc = only(tmp_path)
+    assert doc.text == "Quarterly report\n\nFirst paragraph.\n\nname | qty | note\nmerged | z\n\nAfter the table."
+    assert doc.metadata["title"] == "Core title"
+
+
+def test_docx_title_falls_back_to_the_first_heading(tmp_path):
+    docx = pytest.importorskip("docx")
+    document = docx.Document()  # its core properties have an empty title
+    document.add_paragraph("Intro line.")
+    document.add_heading("The heading", 2)
+    document.save(tmp_path / "a.docx")
+    # a file without a core properties part, and without a styles part to name 'Heading1'
+    write(tmp_path / "b.docx", minimal_docx(["Body first", ("Heading1", "Hand made")]))
+    items = read_all(tmp_path)
+    assert items["a.docx"].metadata["title"] == "The heading"
+    assert items["b.docx"].metadata["title"] == "Hand made"
+    assert items["b.docx"].text == "Body first\n\nHand made"
+
+
+def test_corrupt_encrypted_old_and_empty_docx(tmp_path):
+    pytest.importorskip("docx")
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+    write(tmp_path / "garbage.docx", b"PK\x03\x04 not really a zip")
+    write(tmp_path / "truncated.docx", minimal_docx(["Hello"])[:100])
+    write(tmp_path / "not-word.docx", minimal_docx(["x"]).replace(b"word/document.xml", b"word/other___.xml"))
+    write(tmp_path / "locked.docx", ole + b"\x00" * 100 + "EncryptedPackage".encode("utf-16-le"))
+    write(tmp_path / "old.docx", ole + b"\x00" * 100 + "WordDocument".encode("utf-16-le"))
+    write(tmp_path / "blank.docx", minimal_docx(["", "  "]))
+    items = read_all(tmp_path)
+    for name in ("garbage.docx", "truncated.docx", "not-word.docx"):
+        assert "damaged .docx" in failed(items[name], "corrupt").reason
+    failed(items["locked.docx"], "encrypted")
+    assert ".doc" in failed(items["old.docx"], "corrupt").reason
+    failed(items["blank.docx"], "empty")
+
+
+def test_missing_python_docx_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "docx", None)
+    write(tmp_path / "a.docx", minimal_docx(["Hello"]))
+    assert 'pip install "connector[docx]"' in failed(only(tmp_path), "missing_extra").reason
+
+
+# --- CSV -------------------------------------------------------------------------------------------
+
+
+def test_csv_records_with_configured_columns(tmp_path):
+    write(
+        tmp_path / "kb.csv",
+        "\ufeffuid;body;lang;path;skip\n"
+        'a-1;"Hello; world";en;mine;1\n'
+        '\n'
+        'a-2;"two\nlines";de;x;2\n',
+    )
+    columns = CsvColumns(id_column="uid", text_column="body", metadata_columns=["lang", "path", "absent"], delimiter=";")
+    items = read_all(tmp_path, csv=columns)
+    assert [(d.doc_id, d.text) for d in items.values()] == [("a-1", "Hello; world"), ("a-2", "two\nlines")]
+    assert set(items["a-1"].metadata) == {"lang", "path", "modified"}
+    assert items["a-1"].metadata["lang"] == "en" and items["a-1"].metadata["path"] == "kb.csv"
+
+
+def test_csv_default_metadata_is_every_other_column(tmp_path):
+    write(tmp_path / "t.csv", "id,text,lang,tags\n1,hello,en,a b\n")
+    assert only(tmp_path).metadata == {
+        "lang": "en", "tags": "a b", "path": "t.csv", "modified": only(tmp_path).metadata["modified"]
+    }
+
+
+def test_csv_without_its_text_column_fails_once_naming_the_columns(tmp_path):
+    write(tmp_path / "t.csv", "id,body,lang\n1,hello,en\n2,again,de\n")
+    item = failed(only(tmp_path), "malformed")
+    assert item.doc_id == "t.csv"
+    assert "'text'" in item.reason and "'id', 'body', 'lang'" in item.reason and "source.csv.text_column" in item.reason
+
+
+def test_csv_without_its_id_column_or_header(tmp_path):
+    write(tmp_path / "a.csv", "key,text\n1,hello\n")
+    write(tmp_path / "b.csv", "\n\n")
+    items = read_all(tmp_path)
+    assert "source.csv.id_column" in failed(items["a.csv"], "malformed").reason
+    failed(items["b.csv"], "empty")
+
+
+def test_csv_bad_rows_fail_alone(tmp_path):
+    write(
+        tmp_path / "t.csv",
+        b"id,text\n"
+        b"ok-1,fine\n"  # line 2
+        b"extra,too,many\n"  # line 3
+        b",no id\n"  # line 4
+        b"blank-text,   \n"  # line 5
+        b"latin,caf\xe9\n"  # line 6
+        b'ok-2,"multi\nline"\n'  # lines 7-8
+        b"short\n"  # line 9
+        b"ok-3,last\n",
+    )
+    items = read_all(tmp_path)
+    assert [i for i, d in items.items() if isinstance(d, Document)] == ["ok-1", "ok-2", "ok-3"]
+    assert "3 fields" in failed(items["t.csv:line 3"], "malformed").reason
+    assert "'id' column is empty" in failed(items["t.csv:line 4"], "malformed").reason
+    assert failed(items["blank-text"], "empty").reason.startswith("t.csv:line 5:")
+    assert "UTF-8" in failed(items["latin"], "encoding").reason
+    failed(items["t.csv:line 9"], "malformed")
+    assert items["ok-2"].text == "multi\nline"
+
+
+def test_csv_excel_utf16_and_big_fields(tmp_path):
+    write(tmp_path / "excel.csv", "\ufeffid\ttext\nx-1\tcafé 中文\n".encode("utf-16-le"))
+    write(tmp_path / "big.csv", "id,text\nbig," + "y" * 300_000 + "\n")
+    items = read_all(tmp_path, csv=CsvColumns(delimiter="\t"))
+    assert items["x-1"].text == "café 中文"
+    failed(items["big.csv"], "malformed")  # tab-separated config: 'id,text' is one column
+    items = read_all(tmp_path, include=["big.csv"])
+    assert len(items["big"].text) == 300_000
+
+
+def test_binary_and_empty_record_files(tmp_path):
+    write(tmp_path / "bin.csv", b"id,text\x00\x01\x02")
+    write(tmp_path / "bin.jsonl", b"\x00\x01\x02\x03")
+    write(tmp_path / "empty.jsonl", b"\n  \n")
+    write(tmp_path / "empty.csv", b"")
+    write(tmp_path / "utf16.jsonl", '{"id": 1}'.encode("utf-16"))
+    items = read_all(tmp_path)
+    failed(items["bin.csv"], "binary")
+    failed(items["bin.jsonl"], "binary")
+    failed(items["empty.jsonl"], "empty")
+    failed(items["empty.csv"], "empty")
+    failed(items["utf16.jsonl"], "encoding")
+
+
+def test_jsonl_record_with_empty_text_is_empty(tmp_path):
+    write(tmp_path / "r.jsonl", '{"id": "a", "text": "  "}\n{"id": "b", "text": "ok"}\n')
+    items = read_all(tmp_path)
+    assert failed(items["a"], "empty").reason.startswith("r.jsonl:line 1:")
+    assert isinstance(items["b"], Document)
+
+
+def test_duplicate_ids_across_csv_and_jsonl(tmp_path):
+    write(tmp_path / "a.csv", "id,text\nx,one\n")
+    write(tmp_path / "b.jsonl", '{"id": "x", "text": "two"}\n')
+    items = read_all(tmp_path)
+    assert items["x"].text == "one"
+    assert "first seen in a.csv:line 2" in failed(items["b.jsonl:line 1"], "duplicate").reason
+
+
+# --- the hostile corpus -------------------------------------------------------------------------------
+
+
+def outcome(root: Path, **config) -> tuple[set[str], dict[str, str], dict[str, Document | FailedDocument]]:
+    items = read_all(root, **config)
+    synced = {i for i, d in items.items() if isinstance(d, Document)}
+    failures = {i: d.kind for i, d in items.items() if isinstance(d, FailedDocument)}
+    return synced, failures, items
+
+
+def test_hostile_corpus_gives_exactly_the_expected_outcome(tmp_path):
+    expected = build_hostile_corpus(tmp_path / "corpus")
+    synced, failures, items = outcome(tmp_path / "corpus")
+    assert synced == expected["synced"]
+    assert failures == expected["failed"]
+    for doc_id, text in expected["texts"].items():
+        assert items[doc_id].text == text, doc_id
+    # every kind a file can fail with is in the corpus
+    assert set(failures.values()) >= {
+        "binary", "encoding", "empty", "corrupt", "encrypted", "malformed", "too_large", "unreadable"
+    }
+
+
+def test_hostile_corpus_pdf_sections(tmp_path):
+    pytest.importorskip("pypdf")
+    build_hostile_corpus(tmp_path)
+    doc = read_all(tmp_path)["formats/report.pdf"]
+    assert [s.metadata for s in doc.sections] == [{"page": 1}, {"page": 2}]
+    assert doc.text == "Hello page 1\n\nSecond page (two)"
+
+
+def test_hostile_corpus_without_the_optional_packages(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pypdf", None)
+    monkeypatch.setitem(sys.modules, "docx", None)
+    expected = build_hostile_corpus(tmp_path)
+    assert expected["failed"]["formats/report.pdf"] == "missing_extra"
+    synced, failures, _ = outcome(tmp_path)
+    assert (synced, failures) == (expected["synced"], expected["failed"])
+
+
+def test_hostile_corpus_with_a_lower_size_limit(tmp_path):
+    expected = build_hostile_corpus(tmp_path, max_file_mb=1)
+    assert expected["failed"]["hostile/big.txt"] == "too_large"
+    synced, failures, _ = outcome(tmp_path, max_file_mb=1)
+    assert (synced, failures) == (expected["synced"], expected["failed"])
+
+
+def test_hostile_corpus_can_be_built_twice(tmp_path):
+    build_hostile_corpus(tmp_path)
+    expected = build_hostile_corpus(tmp_path)
+    synced, failures, _ = outcome(tmp_path)
+    assert (synced, failures) == (expected["synced"], expected["failed"])
+
+
+@pytest.mark.skipif(not os.environ.get("CONNECTOR_BIG_TESTS"), reason="set CONNECTOR_BIG_TESTS=1 (writes 50 MB)")
+def test_big_hostile_corpus(tmp_path):
+    expected = build_hostile_corpus(tmp_path, big=True)
+    synced, failures, items = outcome(tmp_path)
+    assert (synced, failures) == (expected["synced"], expected["failed"])
+    assert len(items["hostile/big.txt"].text) == 50 * 10**6
