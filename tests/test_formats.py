@@ -80,6 +80,14 @@ def test_markdown_title_in_a_legacy_encoding(tmp_path):
     assert only(tmp_path).metadata["title"] == "数据同步指南"
 
 
+def test_a_utf16_byte_order_mark_on_noise_is_not_trusted(tmp_path):
+    write(tmp_path / "fake.txt", b"\xff\xfe\xfa not utf-8 \x80\x81")
+    write(tmp_path / "fake32.txt", b"\xff\xfe\x00\x00" + bytes(range(0x20, 0xa0)) * 4)
+    items = read_all(tmp_path)
+    assert "byte order mark" in failed(items["fake.txt"], "encoding").reason
+    failed(items["fake32.txt"], "encoding")
+
+
 def test_binary_behind_a_text_extension(tmp_path):
     write(tmp_path / "nul.txt", b"looks like text\x00\x01\x02 but is not")
     write(tmp_path / "controls.md", bytes(range(1, 9)) * 20 + b"some text")
@@ -472,9 +480,10 @@ def test_hostile_corpus_can_be_built_twice(tmp_path):
     assert (synced, failures) == (expected["synced"], expected["failed"])
 
 
-@pytest.mark.skipif(not os.environ.get("CONNECTOR_BIG_TESTS"), reason="set CONNECTOR_BIG_TESTS=1 (writes 50 MB)")
 def test_big_hostile_corpus(tmp_path):
+    """The 50 MB file and the 5 MB line, read for real (about a second)."""
     expected = build_hostile_corpus(tmp_path, big=True)
     synced, failures, items = outcome(tmp_path)
     assert (synced, failures) == (expected["synced"], expected["failed"])
     assert len(items["hostile/big.txt"].text) == 50 * 10**6
+

@@ -23,6 +23,7 @@ _PREFERRED = (
 # charset-normalizer's mess ratio (0 = clean text) above which a guess is too poor to index.
 MAX_CHAOS = 0.1
 _DETECT_BYTES = 1024 * 1024
+_MESS_CHARS = 64 * 1024
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 _H1 = re.compile(r"^\s{0,3}# +(.*?)(?:\s+#+)?\s*$")
 
@@ -48,6 +49,11 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
                 text = data.decode(codec)
             except UnicodeDecodeError as err:
                 raise ReadFailure("encoding", f"not valid {codec.upper()} despite its byte order mark: {err.reason} at byte {err.start}") from None
+            if codec != "utf-8-sig" and _mess(text) > MAX_CHAOS:
+                # Any even number of bytes decodes as UTF-16: a mark at the start is not proof.
+                raise ReadFailure(
+                    "encoding", f"starts with a {codec.upper()} byte order mark but is not {codec.upper()} text; save the file as UTF-8"
+                )
             return text.removeprefix("\ufeff"), None if codec == "utf-8-sig" else codec
     reason = binary_reason(data)
     if reason:
@@ -94,6 +100,13 @@ def _guess_encoding(data: bytes) -> str | None:
             if preferred in match.could_be_from_charset:
                 return preferred
     return best.encoding
+
+
+def _mess(text: str) -> float:
+    """charset-normalizer's mess ratio of the start of a text: 0 for real text, over 1 for noise."""
+    from charset_normalizer.md import mess_ratio
+
+    return mess_ratio(text[:_MESS_CHARS], maximum_threshold=1.0)
 
 
 def markdown_title(text: str) -> str | None:
