@@ -146,3 +146,18 @@ def test_output_has_clean_whitespace(text):
     assert "\n\n\n" not in out and "  " not in out and "\t" not in out and "\r" not in out
     assert all(line == line.strip(" ") for line in out.split("\n"))
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in out if ch != "\n")
+
+
+def test_a_long_text_is_cleaned_in_blocks_exactly_as_in_one_piece(monkeypatch):
+    import random
+
+    from connector.preprocess import normalize as module
+
+    rng = random.Random(5)
+    pieces = ["word", "thx", "u", "Ünïcode", "™", " ", "  ", "\n", "\n\n\n", "\t", "\u200b", "ﬁ", "x\ny", "12"]
+    text = "".join(rng.choice(pieces) for _ in range(20000))
+    config = PreprocessConfig(abbreviations={"u": "you", "thx": "thanks"}, drop_symbols=["™"])
+    whole = Normalizer(config)(text)
+    monkeypatch.setattr(module, "BLOCK_CHARS", 500)  # many cuts
+    assert len(list(module._blocks(text, 500))) > 20
+    assert Normalizer(config)(text) == whole

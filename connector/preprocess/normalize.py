@@ -73,11 +73,31 @@ def _mark_class() -> str:
     return _char_class(("Mn", "Mc", "Me"))[1:-1]
 
 
-def _clean_space(text: str) -> str:
+# Long texts are cleaned in blocks of about this many characters: re.sub over a 50 MB text with
+# millions of matches would hold millions of small strings at once (about 1 GB).
+BLOCK_CHARS = 1 << 20
+# A quiet place to cut: a newline after a visible character and before an ASCII letter or digit;
+# every rule gives the same result on both sides of such a cut as on the whole text.
+_QUIET_CUT = re.compile(r"(?<=\S)\n(?=[A-Za-z0-9])")
+
+
+def _clean_space(text: str, strip: bool = True) -> str:
     text = _HORIZONTAL_SPACE.sub(" ", text)
     text = _SPACE_AROUND_NEWLINE.sub("\n", text)
     text = _MANY_NEWLINES.sub("\n\n", text)
-    return text.strip()
+    return text.strip() if strip else text
+
+
+def _blocks(text: str, size: int):
+    """`text` in pieces of about `size` characters, cut only at quiet newlines (kept in the piece)."""
+    start = 0
+    while len(text) - start > size:
+        cut = _QUIET_CUT.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start : cut.end()]
+        start = cut.end()
+    yield text[start:]
 
 
 class Normalizer(Preprocessor):
@@ -109,11 +129,16 @@ class Normalizer(Preprocessor):
             )
 
     def __call__(self, text: str) -> str:
-        text = _clean_space(self._clean_chars(text))
+        if len(text) <= BLOCK_CHARS:
+            return self._clean_block(text).strip()
+        return "".join(self._clean_block(block) for block in _blocks(text, BLOCK_CHARS)).strip()
+
+    def _clean_block(self, text: str) -> str:
+        text = _clean_space(self._clean_chars(text), strip=False)
         if self._abbreviations is not None:
             # Expanding after the space cleanup lets a key like 'a b' match 'a  b'; cleaning again
             # tidies what an empty expansion leaves behind.
-            text = _clean_space(self._abbreviations.sub(self._expand, text))
+            text = _clean_space(self._abbreviations.sub(self._expand, text), strip=False)
         return text
 
     def _clean_chars(self, text: str) -> str:

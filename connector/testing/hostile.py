@@ -148,7 +148,7 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
 
     `big=True` makes the big file 50 MB and the long line 5 MB (default: 2 MB and 256 KB).
     `max_file_mb` is the source's limit; a sparse file one byte over it tests 'too_large'."""
-    root = Path(root)
+    root = Path(root).resolve()  # symlinks in the corpus point at absolute paths
     root.mkdir(parents=True, exist_ok=True)
     synced: set[str] = set()
     failed: dict[str, str] = {}
