@@ -314,8 +314,9 @@ def failed(ctx, config_path):
             "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values())}
     lines = [f"{data['dead_letters']} dead letter(s): {data['documents']} document(s), {data['points']} point(s)"]
     for g in groups.values():
+        ids = ", ".join(map(str, g["dead_letters"][:10])) + (", ..." if len(g["dead_letters"]) > 10 else "")
         lines.append(f"- {g['kind']} ({len(g['dead_letters'])} letter(s), {len(g['documents'])} document(s), "
-                     f"{g['points']} point(s), ids {', '.join(map(str, g['dead_letters']))}): {g['error']}")
+                     f"{g['points']} point(s), ids {ids}): {g['error']}")
     if letters:
         lines.append("replay them with: connector retry -c CONFIG")
     emit(ctx, data, "\n".join(lines))
