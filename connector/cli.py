@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from connector.config import SyncConfig, load_config, resolve_model_ref
+from connector.config import load_config, resolve_model_ref
 from connector.errors import ConnectorError
 
 HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical

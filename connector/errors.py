@@ -62,7 +62,3 @@ class SchemaMismatchError(TerminalError):
     """An existing collection does not match the layout the config asks for."""
 
     exit_code = 2
-
-
-def missing_extra(package: str, extra: str, purpose: str) -> MissingExtraError:
-    return MissingExtraError(package, extra, purpose)

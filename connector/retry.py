@@ -57,6 +57,3 @@ class RetryPolicy:
         except Exception as err:
             err.attempts = retrying.statistics.get("attempt_number", 1)
             raise
-
-
-NO_RETRY = None  # a sink without a policy calls the store once

@@ -4,7 +4,6 @@ documents in the store, exactly the expected failures (with kinds) in the report
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -20,7 +20,7 @@ from connector.config import load_config
 from connector.encoders.bge_m3 import BGEM3Encoder
 from connector.errors import ConfigError
 from connector.pipeline import open_sink
-from connector.projection import Projection, ProjectionError, fit, load
+from connector.projection import ProjectionError, fit, load
 from connector.schemas_layout import load_layout
 
 K = 24  # the tiny model gives 32-d vectors: 32 -> 24 is bge-m3's 1024 -> 768 ratio
