@@ -104,6 +104,20 @@ class EncoderConfig(Strict):
     max_length: int = Field(8192, ge=8, le=8192)
     batch_size: int = Field(16, ge=1)
     threads: Optional[int] = Field(None, ge=1, description="Intra-op threads; default: physical cores.")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="torch: the model on PyTorch. onnx: the same graph exported once to ONNX (cached in "
+        "state_dir/onnx) and run on onnxruntime; needs pip install \"connector[onnx]\".",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 weight quantization (backend onnx only); vectors differ slightly."
+    )
+
+    @model_validator(mode="after")
+    def _quantize_needs_onnx(self) -> "EncoderConfig":
+        if self.quantize != "none" and self.backend != "onnx":
+            raise ValueError(f"quantize: {self.quantize} needs backend: onnx (backend is {self.backend})")
+        return self
 
 
 class QdrantSinkConfig(Strict):

@@ -539,10 +539,24 @@ def vector_identity(encoder: Encoder) -> dict:
     """What decides the vectors of a text: the model's content and revision. Not its path (a moved
     folder is the same model) and not max_length (chunks always fit it)."""
     fp = encoder.fingerprint
-    return {"content_sha256": fp.get("content_sha256"), "revision": fp.get("revision")}
+    identity = {"content_sha256": fp.get("content_sha256"), "revision": fp.get("revision")}
+    # only when not the defaults, so that torch encoders keep their identity (int8 vectors differ)
+    if fp.get("backend", "torch") != "torch":
+        identity["backend"] = fp["backend"]
+    if fp.get("quantize", "none") != "none":
+        identity["quantize"] = fp["quantize"]
+    return identity
 
 
 def make_encoder(config: SyncConfig) -> Encoder:
+    if config.encoder.backend == "onnx":
+        from connector.encoders.onnx import OnnxEncoder
+
+        return OnnxEncoder.from_config(config.encoder, cache_dir=config.state_dir / "onnx")
+    if config.encoder.quantize != "none":  # the config validates this too; a model_copy() skips that
+        from connector.errors import ConfigError
+
+        raise ConfigError(f"encoder.quantize: {config.encoder.quantize} needs encoder.backend: onnx")
     from connector.encoders.bge_m3 import BGEM3Encoder
 
     return BGEM3Encoder.from_config(config.encoder)

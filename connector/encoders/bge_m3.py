@@ -157,11 +157,10 @@ class BGEM3Encoder(Encoder):
         return self._weights
 
     def _encode_batch(self, batch_ids: list[list[int]]) -> list[Vectors]:
-        model, sparse_linear = self._loaded()
-        padded = self._tokenizer.pad({"input_ids": batch_ids}, padding="longest", return_tensors="pt")
-        hidden = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).last_hidden_state
-        dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy()
-        token_weights = torch.relu(sparse_linear(hidden)).squeeze(-1).numpy()
+        padded = self._tokenizer.pad({"input_ids": batch_ids}, padding="longest", return_tensors="np")
+        dense, token_weights = self._forward(
+            padded["input_ids"].astype(np.int64, copy=False), padded["attention_mask"].astype(np.int64, copy=False)
+        )
         return [
             Vectors(
                 dense=dense[row].astype(np.float32, copy=True),
@@ -169,6 +168,22 @@ class BGEM3Encoder(Encoder):
             )
             for row, ids in enumerate(batch_ids)
         ]
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass over a padded batch (int64 [batch, seq]): the L2-normalised dense
+        vectors [batch, dim] and the token weights [batch, seq]. Backends override this only."""
+        model, sparse_linear = self._loaded()
+        cls, token_weights = bge_m3_outputs(
+            model, sparse_linear, torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        )
+        return torch.nn.functional.normalize(cls, dim=-1).numpy(), token_weights.numpy()
+
+
+def bge_m3_outputs(model, sparse_linear, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """bge-m3's one forward pass: (CLS hidden state [batch, dim], not yet normalised;
+    token weights relu(sparse_linear(h)) [batch, seq])."""
+    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden[:, 0], torch.relu(sparse_linear(hidden)).squeeze(-1)
 
 
 def lexical_weights(token_ids: np.ndarray, token_weights: np.ndarray, skip_ids: np.ndarray) -> SparseVector:

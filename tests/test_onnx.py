@@ -1,0 +1,195 @@
+"""OnnxEncoder: the exported graph gives torch's vectors (fp32) or close ones (int8), is exported
+once per model and cache folder, and runs a sync through the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+
+from connector.config import EncoderConfig, parse_config  # noqa: E402
+from connector.encoders import onnx as onnx_backend  # noqa: E402
+from connector.encoders.onnx import OnnxEncoder  # noqa: E402
+from connector.errors import ConfigError, MissingExtraError  # noqa: E402
+from connector.pipeline import make_encoder, vector_identity  # noqa: E402
+
+SENTENCES = (Path(__file__).parents[1] / "connector" / "testing" / "sentences.txt").read_text(encoding="utf-8")
+
+# Mixed lengths (so every batch of 4 is padded), several scripts, an empty text, a truncated one.
+TEXTS = [
+    "Hello world",
+    "",
+    "Der schnelle braune Fuchs springt über den faulen Hund. Die Rechnung wird am Ende jedes Monats verschickt.",
+    "敏捷的棕色狐狸跳过了懒惰的狗。",
+    "الثعلب البني السريع يقفز فوق الكلب الكسول.",
+    "world world world world, hello world, the world of worlds",
+    "素早い茶色の狐 ☃ ♞ unseen symbols become <unk>",
+    "Le renard brun rapide saute par-dessus le chien paresseux. " * 6,
+    "x",
+    SENTENCES,  # thousands of tokens: truncated at max_length
+    "Быстрая коричневая лиса прыгает через ленивую собаку.",
+]
+
+# Floors for int8 on the tiny random-weight model, set well below the measured figures
+# (per-channel QInt8: min dense cosine 0.9996, mean 0.9998; top-10 sparse overlap min 0.83, mean 0.98).
+INT8_MIN_COSINE, INT8_MEAN_COSINE = 0.99, 0.995
+INT8_MIN_TOP10, INT8_MEAN_TOP10 = 0.6, 0.9
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def fp32_encoder(tiny_model_dir, cache_dir):
+    return OnnxEncoder(str(tiny_model_dir), cache_dir=cache_dir, max_length=512, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def int8_encoder(tiny_model_dir, cache_dir):
+    return OnnxEncoder(str(tiny_model_dir), cache_dir=cache_dir, quantize="int8", max_length=512, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def torch_vectors(tiny_encoder):
+    return tiny_encoder.encode(TEXTS)
+
+
+def top_ids(sparse, k: int = 10) -> set[int]:
+    return set(sparse.indices[np.argsort(-sparse.values, kind="stable")[:k]].tolist())
+
+
+def test_fp32_matches_torch(fp32_encoder, torch_vectors):
+    lengths = [len(fp32_encoder.tokenizer(t, truncation=True, max_length=512)["input_ids"]) for t in TEXTS]
+    assert max(lengths) == 512 and min(lengths) == 2 and len(set(lengths)) == len(TEXTS)
+
+    got = fp32_encoder.encode(TEXTS)
+
+    assert len(got) == len(TEXTS)
+    for text, ref, vec in zip(TEXTS, torch_vectors, got):
+        assert vec.dense.dtype == np.float32 and vec.dense.shape == ref.dense.shape
+        assert float(vec.dense @ ref.dense) >= 0.9999, text[:40]
+        assert abs(float(np.linalg.norm(vec.dense)) - 1.0) < 1e-5
+        assert vec.sparse.indices.tolist() == ref.sparse.indices.tolist(), text[:40]
+        np.testing.assert_allclose(vec.sparse.values, ref.sparse.values, atol=1e-4, err_msg=text[:40])
+    assert got[1].sparse.indices.size == 0  # the empty text
+
+
+def test_single_shortest_text_runs(fp32_encoder, tiny_encoder):
+    # batch 1, sequence 2 (<s></s>): the dynamic axes go below the export's example shape
+    [vec] = fp32_encoder.encode([""])
+    [ref] = tiny_encoder.encode([""])
+    assert float(vec.dense @ ref.dense) >= 0.9999
+
+
+def test_int8_is_close_to_torch(int8_encoder, fp32_encoder, torch_vectors):
+    got = int8_encoder.encode(TEXTS)
+
+    cosines = np.array([float(v.dense @ r.dense) for v, r in zip(got, torch_vectors)])
+    overlaps = np.array(
+        [
+            len(top_ids(v.sparse) & top_ids(r.sparse)) / len(top_ids(r.sparse)) if r.sparse.indices.size
+            else float(v.sparse.indices.size == 0)
+            for v, r in zip(got, torch_vectors)
+        ]
+    )
+    print(
+        f"\nint8 vs torch on the tiny model: dense cosine min {cosines.min():.5f} mean {cosines.mean():.5f}; "
+        f"sparse top-10 overlap min {overlaps.min():.3f} mean {overlaps.mean():.3f}"
+    )
+    assert cosines.min() >= INT8_MIN_COSINE and cosines.mean() >= INT8_MEAN_COSINE
+    assert overlaps.min() >= INT8_MIN_TOP10 and overlaps.mean() >= INT8_MEAN_TOP10
+    # really quantized: int8 vectors are not the fp32 ones
+    assert not np.allclose(got[0].dense, fp32_encoder.encode(TEXTS[:1])[0].dense, atol=1e-6)
+
+
+def test_export_is_cached_per_model_content(tiny_model_dir, cache_dir, fp32_encoder, int8_encoder):
+    fp32_encoder.prepare(), int8_encoder.prepare()
+    key = fp32_encoder.fingerprint["content_sha256"][:16]
+    assert fp32_encoder.export_dir == int8_encoder.export_dir == cache_dir / key
+    assert fp32_encoder.model_path == cache_dir / key / "model.onnx"
+    assert int8_encoder.model_path == cache_dir / key / "model.int8.onnx"
+    names = sorted(p.name for p in (cache_dir / key).iterdir())
+    assert names == ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data"]  # no temp leftovers
+    mtimes = {p: p.stat().st_mtime_ns for p in (cache_dir / key).iterdir()}
+    exports = onnx_backend.export_count
+
+    for quantize in ("none", "int8"):
+        again = OnnxEncoder(str(tiny_model_dir), cache_dir=cache_dir, quantize=quantize, max_length=512, batch_size=4)
+        again.encode(["Hello world"])
+
+    assert onnx_backend.export_count == exports
+    assert {p: p.stat().st_mtime_ns for p in (cache_dir / key).iterdir()} == mtimes
+
+
+def test_fingerprints_and_vector_identity(tiny_encoder, fp32_encoder, int8_encoder):
+    assert fp32_encoder.fingerprint == {**tiny_encoder.fingerprint, "backend": "onnx", "quantize": "none"}
+    assert int8_encoder.fingerprint["quantize"] == "int8"
+    # torch keeps its identity (stored vectors stay valid); onnx and int8 get their own
+    torch_id = vector_identity(tiny_encoder)
+    assert set(torch_id) == {"content_sha256", "revision"}
+    assert vector_identity(fp32_encoder) == {**torch_id, "backend": "onnx"}
+    assert vector_identity(int8_encoder) == {**torch_id, "backend": "onnx", "quantize": "int8"}
+
+
+def test_quantize_needs_the_onnx_backend(tmp_path):
+    base = {"source": {"type": "files", "path": "./docs"}, "sink": {"type": "qdrant", "path": "./q"}}
+    with pytest.raises(ConfigError, match="quantize"):
+        parse_config({**base, "encoder": {"quantize": "int8"}}, tmp_path)
+    with pytest.raises(ConfigError, match="backend"):
+        parse_config({**base, "encoder": {"backend": "tensorrt"}}, tmp_path)
+    config = parse_config({**base, "encoder": {"backend": "onnx", "quantize": "int8"}}, tmp_path)
+    assert (config.encoder.backend, config.encoder.quantize) == ("onnx", "int8")
+    assert EncoderConfig().backend == "torch" and EncoderConfig().quantize == "none"
+
+    bypass = config.model_copy(deep=True)  # model_copy does not validate: make_encoder checks again
+    bypass.encoder.backend = "torch"
+    with pytest.raises(ConfigError, match="quantize"):
+        make_encoder(bypass)
+
+
+def test_missing_onnxruntime_names_the_extra(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(MissingExtraError, match=r'pip install "connector\[onnx\]"'):
+        OnnxEncoder(str(tiny_model_dir), cache_dir=tmp_path)
+
+
+def test_sync_through_the_cli_with_onnx_int8(tmp_path, tiny_model_dir):
+    from connector.cli import cli
+    from connector.sinks.factory import make_sink
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "reset.md").write_text("# Reset\n\nOpen the sign-in page and choose Forgot password.\n", encoding="utf-8")
+    (docs / "zh.md").write_text("# 常见问题\n\n如何重置密码？请点击“忘记密码”。", encoding="utf-8")
+    config = {
+        "source": {"type": "files", "path": "./docs"},
+        "chunking": {"max_tokens": 48, "overlap_tokens": 8},
+        "encoder": {"model": str(tiny_model_dir), "max_length": 512, "batch_size": 4,
+                    "backend": "onnx", "quantize": "int8"},
+        "sink": {"type": "qdrant", "path": "./store/qdrant", "collection": "kb"},
+        "state_dir": "./state",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+
+    def sync() -> dict:
+        result = CliRunner().invoke(cli, ["sync", "-c", str(path), "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        return json.loads(result.stdout)  # the exporter's chatter must not reach stdout
+
+    first = sync()
+    assert first["documents"]["new"] == 2 and first["documents"]["failed"] == 0
+    assert first["chunks"]["encoded"] >= 2
+    assert list((tmp_path / "state" / "onnx").glob("*/model.int8.onnx"))
+    with make_sink(parse_config(config, tmp_path).sink) as sink:
+        assert sink.count() == first["chunks"]["upserted"]
+    assert sync()["documents"]["unchanged"] == 2
