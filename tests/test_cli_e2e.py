@@ -196,6 +196,7 @@ def test_dry_run_first_sync_writes_nothing(project):
         assert sink.describe() is None
     finally:
         sink.close()
+    assert ledger_ids(project) == [] and not (project.parent / "state" / "lock").exists()
 
 
 def test_search_finds_exact_chunk(project):
