@@ -1,0 +1,582 @@
+"""Encoder throughput on this machine's CPU: bge-m3's exact shape, random weights, per backend.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/encode_throughput.py                      # full shape, all backends
+    .venv/bin/python benchmarks/encode_throughput.py --shape small --no-write   # quick check
+    .venv/bin/python benchmarks/encode_throughput.py --backends torch
+
+It writes its figures between the markers ``<!-- encode-throughput:start -->`` and
+``<!-- encode-throughput:end -->`` in benchmarks/RESULTS.md (everything outside the markers is
+kept) unless ``--no-write``, and prints the same table to stdout. Nothing is downloaded.
+
+What is measured
+----------------
+* Model: ``connector.testing.make_model`` with BAAI/bge-m3's shape (``--shape full``: 24 layers,
+  hidden 1024, 16 heads, FFN 4096, vocab 250002; ``--shape small``: 6 layers, hidden 384, 6 heads,
+  FFN 1536, vocab 250002) and random weights, built once into ``benchmarks/.cache/model-<shape>/``
+  (gitignored). The cost of a forward pass depends on the shape only, not on the weights; the
+  tokenizer is the test tokenizer (trained on ``connector/testing/sentences.txt``), so token counts
+  per character differ from the real bge-m3's: all rates are per token.
+* Texts: built deterministically (seeded) from ``connector/testing/sentences.txt`` (multilingual):
+  short queries of 5-15 tokens, passages of ~250-350 characters (random sentences concatenated), long
+  chunks of 384-512 tokens (``max_length`` = 512 truncates). Counts per class: see ``TEXTS``.
+* Backends, each in a fresh subprocess (so peak RSS does not mix): ``torch`` (BGEM3Encoder, fp32),
+  ``onnx`` and ``onnx-int8`` (``connector/encoders/onnx.py``'s OnnxEncoder, quantize none / int8) -
+  all built through ``connector.pipeline.make_encoder(config)``. An ONNX row is skipped, with the
+  reason in the output, when that module is missing, does not import, or the config/factory does not
+  give an OnnxEncoder. For ONNX a first subprocess builds the encoder and encodes once (so the
+  export cache is warm); the measured subprocess then loads from the cache.
+* tokens/s: real tokens (after truncation, ``<s>``/``</s>`` included, padding excluded) of all texts
+  / wall time of one ``encoder.encode(all texts)`` call (``batch_size`` 16, the encoder sorts by
+  length, as in a sync), after one warm-up call.
+* ms per text p50 / p95: per-text latency = wall time of ``encoder.encode([text])`` for one text
+  alone (batch of one, no padding), for every 3rd text of each class; percentiles over those texts
+  (the mix is dominated by passages and queries; per-class p50 are printed below the table).
+* peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the backend's subprocess at its end
+  (load + warm-up + both passes). The parent never imports torch, so nothing inherited inflates it.
+* GFLOP/s = useful FLOPs / time, FLOPs per text of n tokens = n * (2 * P_layers + 4 * L * n * h),
+  P_layers = L * (4 h^2 + 2 h f) (the weights of the Q, K, V, output and two FFN matrices, 2 FLOPs per
+  multiply-add), 4 * L * n * h = QK^T and attention x V (2 n h FLOPs each per token per layer).
+  Embeddings, LayerNorm, softmax, GELU, biases and the heads are left out (< 1%), padding is not
+  counted. bge-m3 (L=24, h=1024, f=4096): 0.604 GFLOP/token + 98 kFLOP/token per token of length,
+  i.e. ~0.63 GFLOP/token at n = 300.
+* Other jobs: the CPU time the rest of the machine used during the tokens/s pass and the peak
+  measurement (/proc/stat minus our own) is reported; above 0.25 cores the section says the figures
+  are low. Run on an idle machine.
+* % of fp32 peak (for int8, fp32-equivalent FLOPs: int8 MatMuls can exceed 100%): GFLOP/s / the best of 8 runs of a 4096x4096 @ 4096x4096 fp32 ``torch.matmul`` (2
+  * 4096^3 FLOPs each), measured in this run, with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import NoReturn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = HERE / "RESULTS.md"
+CACHE = HERE / ".cache"
+START, END = "<!-- encode-throughput:start -->", "<!-- encode-throughput:end -->"
+SENTENCES = ROOT / "connector" / "testing" / "sentences.txt"
+
+SHAPES = {
+    "full": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096, vocab_size=250002),
+    "small": dict(num_layers=6, hidden_size=384, num_heads=6, intermediate_size=1536, vocab_size=250002),
+}
+#: Texts per class (queries, passages, long chunks) per shape.
+TEXTS = {"full": (40, 30, 10), "small": (24, 18, 6)}
+MAX_LENGTH = 512
+BATCH_SIZE = 16
+SEED = 20261125
+PEAK_REPEATS = 8
+LATENCY_EVERY = 3  # every 3rd text of each class gets a batch-of-one latency measurement
+BACKENDS = {"torch": None, "onnx": "none", "onnx-int8": "int8"}  # name -> quantize (None: torch)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"encode_throughput: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+def ensure_model(shape: str) -> Path:
+    """The cached random-weight model of this shape; built (in a subprocess) if missing or stale."""
+    folder = CACHE / f"model-{shape}"
+    stamp = folder / "BENCH_SHAPE.json"
+    want = SHAPES[shape]
+    try:
+        if json.loads(stamp.read_text()) == want:
+            return folder
+    except (OSError, ValueError):
+        pass
+    print(f"building the {shape} model in {folder.relative_to(ROOT)} (once) ...", flush=True)
+    t0 = time.perf_counter()
+    code = ("import sys, json; from pathlib import Path; from connector.testing import make_model; "
+            "make_model(Path(sys.argv[1]), **json.loads(sys.argv[2]))")
+    if stamp.exists():
+        stamp.unlink()
+    subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(want)], check=True, cwd=ROOT)
+    stamp.write_text(json.dumps(want, sort_keys=True))
+    print(f"built in {time.perf_counter() - t0:.0f}s", flush=True)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- texts
+
+def build_texts(tokenizer, counts: tuple[int, int, int]) -> dict[str, list[str]]:
+    """Deterministic multilingual texts: queries (5-15 tokens), passages (~250-350 chars), long
+    chunks (384-512 tokens), from sentences.txt with a seeded RNG."""
+    sentences = [s.strip() for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
+    rng = random.Random(SEED)
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    queries = []
+    while len(queries) < counts[0]:
+        target = rng.randint(5, 15)
+        words = rng.choice(sentences).split()
+        text = ""
+        for i in range(1, len(words) + 1):
+            candidate = " ".join(words[:i])
+            if n_tokens(candidate) > 15:
+                break
+            text = candidate
+            if n_tokens(text) >= target:
+                break
+        if 5 <= n_tokens(text) <= 15:
+            queries.append(text)
+
+    passages = []
+    for _ in range(counts[1]):
+        target = rng.randint(250, 350)
+        text = rng.choice(sentences)
+        while len(text) < target:
+            text += " " + rng.choice(sentences)
+        passages.append(text)
+
+    long = []
+    for _ in range(counts[2]):
+        target = rng.randint(384, MAX_LENGTH)
+        text = rng.choice(sentences)
+        while n_tokens(text) < target:
+            text += " " + rng.choice(sentences)
+        long.append(text)
+    return {"query": queries, "passage": passages, "long": long}
+
+
+# --------------------------------------------------------------------------------------------- worker
+
+def worker_peak(threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 4096
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)  # warm-up
+    times = []
+    busy0, own0, start = system_busy_s(), own_cpu_s(), time.perf_counter()
+    for _ in range(PEAK_REPEATS):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - start
+    others = max(0.0, (system_busy_s() - busy0) - (own_cpu_s() - own0)) / wall
+    flops = 2 * n ** 3
+    return {"others_cores": others, "peak_gflops": flops / min(times) / 1e9, "median_gflops": flops / statistics.median(times) / 1e9,
+            "torch_threads": torch.get_num_threads()}
+
+
+def make_backend_encoder(backend: str, model: Path, shape: str, threads: int):
+    """(encoder, None) or (None, reason it cannot be built)."""
+    from connector.config import EncoderConfig, parse_config
+
+    quantize = BACKENDS[backend]
+    encoder = {"model": str(model), "max_length": MAX_LENGTH, "batch_size": BATCH_SIZE, "threads": threads}
+    onnx_cls = None
+    if quantize is not None:
+        import importlib
+
+        if not (ROOT / "connector" / "encoders" / "onnx.py").is_file():
+            return None, "connector/encoders/onnx.py does not exist (yet): no ONNX backend to measure"
+        try:
+            onnx_module = importlib.import_module("connector.encoders.onnx")
+        except Exception as err:  # noqa: BLE001 - any import failure is a reason to skip
+            return None, f"connector.encoders.onnx does not import: {type(err).__name__}: {err}"
+        onnx_cls = getattr(onnx_module, "OnnxEncoder", None)
+        if onnx_cls is None:
+            return None, "connector.encoders.onnx has no OnnxEncoder"
+        encoder.update(backend="onnx", quantize=quantize)
+        # Keep the export cache under benchmarks/.cache if the config has a field for it.
+        for field in ("cache_dir", "export_dir", "onnx_dir", "onnx_cache"):
+            if field in EncoderConfig.model_fields:
+                encoder[field] = str(CACHE / f"onnx-{shape}")
+    state = CACHE / f"state-{shape}"
+    data = {"source": {"type": "files", "path": str(ROOT)}, "encoder": encoder,
+            "chunking": {"max_tokens": MAX_LENGTH - 2, "overlap_tokens": 0},
+            "sink": {"type": "qdrant", "path": str(state / "qdrant")}, "state_dir": str(state)}
+    try:
+        config = parse_config(data, ROOT, origin="benchmark config")
+    except Exception as err:  # noqa: BLE001
+        detail = " ".join(str(err).split("\n")[1:]).strip(" -") or str(err)
+        return None, f"the config does not accept encoder {encoder}: {detail}"
+    from connector.pipeline import make_encoder
+
+    try:
+        enc = make_encoder(config)
+    except Exception as err:  # noqa: BLE001
+        return None, f"make_encoder failed: {type(err).__name__}: {err}".replace("\n", " ")
+    if onnx_cls is not None and not isinstance(enc, onnx_cls):
+        return None, f"make_encoder returned {type(enc).__name__}, not OnnxEncoder (backend: onnx not wired yet?)"
+    return enc, None
+
+
+def worker_encode(backend: str, model: Path, shape: str, threads: int, prepare_only: bool) -> dict:
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    enc, reason = make_backend_encoder(backend, model, shape, threads)
+    if enc is None:
+        return {"backend": backend, "skipped": reason}
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = build_texts(tokenizer, TEXTS[shape])
+    every = [t for cls in texts.values() for t in cls]
+    lengths = {cls: [len(ids) for ids in tokenizer(ts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+               for cls, ts in texts.items()}
+    # Warm-up: loads the weights (or the ONNX export), runs both a long and a short shape once.
+    enc.encode([texts["long"][0], texts["passage"][0], texts["query"][0]])
+    load_s = time.perf_counter() - t0
+    if prepare_only:
+        return {"backend": backend, "load_s": load_s}
+
+    busy0, own0, t0 = system_busy_s(), own_cpu_s(), time.perf_counter()
+    out = enc.encode(every)
+    throughput_s = time.perf_counter() - t0
+    # CPU used by everything else on the machine during the pass, in cores (0 = we had it alone).
+    others = max(0.0, (system_busy_s() - busy0) - (own_cpu_s() - own0)) / throughput_s
+    own_cores = (own_cpu_s() - own0) / throughput_s
+    assert len(out) == len(every)
+
+    latencies: dict[str, list[float]] = {}
+    for cls, ts in texts.items():
+        for text in ts[::LATENCY_EVERY]:
+            t0 = time.perf_counter()
+            enc.encode([text])
+            latencies.setdefault(cls, []).append((time.perf_counter() - t0) * 1e3)
+
+    cfg = json.loads((model / "config.json").read_text())
+    L, h, f = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+    p_layers = L * (4 * h * h + 2 * h * f)
+    all_lengths = [n for cls in texts for n in lengths[cls]]
+    useful_flops = sum(n * (2 * p_layers + 4 * L * n * h) for n in all_lengths)
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "transformers"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    import torch
+
+    return {
+        "backend": backend,
+        "encoder": f"{type(enc).__module__}.{type(enc).__name__}",
+        "texts_sha256": hashlib.sha256("\x00".join(every).encode()).hexdigest()[:16],
+        "counts": {cls: len(ts) for cls, ts in texts.items()},
+        "tokens": {cls: sum(v) for cls, v in lengths.items()},
+        "token_range": {cls: (min(v), max(v)) for cls, v in lengths.items()},
+        "chars_mean": {cls: statistics.mean(len(t) for t in ts) for cls, ts in texts.items()},
+        "total_tokens": sum(all_lengths),
+        "useful_gflop": useful_flops / 1e9,
+        "gflop_per_token_300": (2 * p_layers + 4 * L * 300 * h) / 1e9,
+        "load_s": load_s,
+        "throughput_s": throughput_s,
+        "others_cores": others,
+        "own_cores": own_cores,
+        "latency_ms": latencies,
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def system_busy_s() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (/proc/stat), 0 where unavailable."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def run_worker(args: list[str]) -> dict:
+    """Run this script as a worker in a fresh process; return its JSON result."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+        out = Path(tmp.name)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", *args, "--out", str(out)], cwd=ROOT)
+        if proc.returncode != 0:
+            return {"error": f"worker {args[0]} exited with {proc.returncode} (see its output above)"}
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- machine
+
+def physical_cores() -> int:
+    cores = set()
+    for cpu in sorted(os.sched_getaffinity(0)):
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return len(os.sched_getaffinity(0))
+    return max(1, len(cores))
+
+
+def machine(threads: int) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = ", ".join(x for x in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f" {x}" in flags)
+    vers = {}
+    for pkg in ("torch", "onnxruntime", "transformers"):
+        try:
+            vers[pkg] = version(pkg)
+        except PackageNotFoundError:
+            vers[pkg] = "not installed"
+    return {"cpu": cpu, "isa": isa, "usable": len(os.sched_getaffinity(0)), "online": os.cpu_count(),
+            "physical": physical_cores(), "threads": threads, "python": platform.python_version(), **vers,
+            "load": os.getloadavg()}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def pct(values: list[float], q: float) -> float:
+    """Percentile with linear interpolation (numpy's default), without numpy in the parent."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def summarise(rows: list[dict], peak: float) -> list[dict]:
+    for r in rows:
+        if "throughput_s" not in r:
+            continue
+        r["tokens_s"] = r["total_tokens"] / r["throughput_s"]
+        r["gflops"] = r["useful_gflop"] / r["throughput_s"]
+        r["pct_peak"] = 100 * r["gflops"] / peak
+        lat = [x for v in r["latency_ms"].values() for x in v]
+        r["p50"], r["p95"] = pct(lat, 50), pct(lat, 95)
+    torch_tps = next((r["tokens_s"] for r in rows if r.get("backend") == "torch" and "tokens_s" in r), None)
+    for r in rows:
+        if "tokens_s" in r:
+            r["ratio"] = r["tokens_s"] / torch_tps if torch_tps else None
+    return rows
+
+
+def render_table(rows: list[dict]) -> str:
+    head = ("| backend | tokens/s | GFLOP/s | % of fp32 peak | × torch fp32 | p50 ms/text | p95 ms/text "
+            "| peak RSS MB |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "tokens_s" in r:
+            ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            lines.append(f"| {r['backend']} | {r['tokens_s']:.0f} | {r['gflops']:.1f} | {r['pct_peak']:.0f}% "
+                         f"| {ratio} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max_rss_mb']:.0f} |")
+        else:
+            lines.append(f"| {r['backend']} | skipped (see below) | – | – | – | – | – | – |")
+    return "\n".join(lines)
+
+
+def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: str, command: str,
+                   elapsed: float) -> str:
+    ok = [r for r in rows if "tokens_s" in r]
+    s = SHAPES[shape]
+    title = "bge-m3's shape" if shape == "full" else "SMALL shape, not bge-m3's size"
+    lines = [START, f"## Encoder throughput (CPU, random weights, {title})", ""]
+    lines.append(f"Model: `connector.testing.make_model` with {s['num_layers']} layers, hidden {s['hidden_size']}, "
+                 f"{s['num_heads']} heads, FFN {s['intermediate_size']}, vocab {s['vocab_size']}"
+                 f"{' (BAAI/bge-m3 exactly)' if shape == 'full' else ' (`--shape small`, NOT bge-m3 size)'}, "
+                 f"random weights; `max_length` {MAX_LENGTH}, `batch_size` {BATCH_SIZE}. "
+                 "Written by `benchmarks/encode_throughput.py`.")
+    lines += ["", table, ""]
+    if ok:
+        r0 = ok[0]
+        cls_desc = ", ".join(
+            f"{r0['counts'][c]} {c} texts ({r0['token_range'][c][0]}–{r0['token_range'][c][1]} tokens, "
+            f"mean {r0['chars_mean'][c]:.0f} chars, {r0['tokens'][c]} tokens in all)" for c in r0["counts"])
+        lines.append(f"- **Texts**: {cls_desc}; {r0['total_tokens']} real tokens, {r0['useful_gflop']:.1f} GFLOP "
+                     "of useful work per pass. Built deterministically from `connector/testing/sentences.txt` "
+                     "(multilingual; random sentences concatenated, seeded) and tokenized by the test tokenizer "
+                     "(trained on those sentences, so fewer tokens per character than the real bge-m3's: "
+                     "compare per token, not per text).")
+    lines.append("- **tokens/s**: real tokens (`<s>`/`</s>` included, padding excluded, after truncation) of all "
+                 "texts / wall time of one `encoder.encode(all texts)` call (the encoder sorts by length and "
+                 "pads each batch to its longest text, as in a sync), after a warm-up call.")
+    lines.append(f"- **p50 / p95 ms/text**: latency of one text encoded alone (`encoder.encode([text])`, no "
+                 f"batching), over every {LATENCY_EVERY}rd text of each class; not batch time / batch size. "
+                 "Per class p50 (query / passage / long): " + "; ".join(
+                     f"{r['backend']} " + " / ".join(f"{statistics.median(v):.0f}" for v in r["latency_ms"].values())
+                     + " ms" for r in ok) + ".")
+    lines.append("- **GFLOP/s**: useful FLOPs / time; FLOPs of a text of n tokens = n·(2·P + 4·L·n·h) with "
+                 "P = L·(4h² + 2h·f) the weights of the Q/K/V/output and FFN matrices (2 FLOPs per multiply-add) "
+                 "and 4·L·n·h for QKᵀ and attention·V per token; embeddings, norms, softmax, GELU and heads "
+                 f"left out; padding not counted. This shape: {ok[0]['gflop_per_token_300']:.3f} GFLOP/token at "
+                 "n = 300." if ok else "- **GFLOP/s**: see the script's docstring.")
+    lines.append(f"- **fp32 peak**: {peak['peak_gflops']:.0f} GFLOP/s = best of {PEAK_REPEATS} `torch.matmul` of 4096×4096 "
+                 f"fp32 matrices (median {peak['median_gflops']:.0f}), same run, {peak['torch_threads']} threads, "
+                 f"{peak['others_cores']:.2f} cores busy with other jobs meanwhile; "
+                 "% of fp32 peak = GFLOP/s / that.")
+    if any(BACKENDS.get(r["backend"]) == "int8" for r in ok):
+        lines.append("- **int8**: its GFLOP/s count the same (fp32-equivalent) FLOPs, but its MatMuls run as int8 "
+                     "(dynamic quantization; AVX-512 VNNI on this CPU), which the fp32 peak does not bound: above "
+                     "100% means faster than fp32 arithmetic could go, not a measuring error. Its vectors differ "
+                     "slightly from fp32's (see `connector/encoders/onnx.py`); this benchmark measures speed only.")
+    lines.append("- **peak RSS**: `ru_maxrss` of each backend's own fresh subprocess (model load + warm-up + both "
+                 "passes); for ONNX a previous subprocess ran the export, so the export is not in the peak.")
+    notes = [f"{r['backend']}: load {r['load_s']:.1f} s, encoder `{r['encoder']}`" for r in ok]
+    if ok:
+        lines.append("- **CPU during the tokens/s pass** (cores busy, from /proc/stat; the backend / everything else "
+                     "on the machine): " + "; ".join(
+                         f"{r['backend']} {r['own_cores']:.2f} / {r['others_cores']:.2f}" for r in ok)
+                     + (". **Another job was using the CPU: these figures are low.**"
+                        if max(r["others_cores"] for r in ok) > 0.25 else "."))
+    skipped = [f"{r['backend']}: {r.get('skipped') or r.get('error')}" for r in rows if "tokens_s" not in r]
+    if notes:
+        lines.append("- **Load** (build + first encode, not timed above): " + "; ".join(notes) + ".")
+    if skipped:
+        lines.append("- **Skipped**: " + "; ".join(skipped) + ".")
+    lines.append(f"- **Machine**: {info['cpu']} ({info['isa']}), {info['usable']} usable / {info['online']} online "
+                 f"CPUs, {info['physical']} physical cores; {info['threads']} threads per backend; Python "
+                 f"{info['python']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}, transformers "
+                 f"{info['transformers']}; load average at start {info['load'][0]:.2f}.")
+    lines.append(f"- **Command** (from the repository root, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                 f"whole run {elapsed:.0f} s): `{command}`")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    if path.exists():
+        text = path.read_text()
+        start, end = text.find(START), text.find(END)
+        if start != -1 and end != -1 and end > start:
+            text = text[:start] + section.rstrip("\n") + text[end + len(END):]
+        else:
+            text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
+    else:
+        text = "# Benchmark results\n\n" + section
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def display_python() -> str:
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(ROOT))
+    except ValueError:
+        return str(exe)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="full",
+                        help="full: bge-m3's shape (default); small: 6 layers x 384, for quick runs")
+    parser.add_argument("--backends", default="torch,onnx,onnx-int8",
+                        help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per backend (default: physical cores)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    threads = args.threads or physical_cores()
+
+    if args.worker:
+        if args.worker == "peak":
+            result = worker_peak(threads)
+        else:
+            result = worker_encode(args.worker, Path(args.model), args.shape, threads, args.prepare)
+        Path(args.out).write_text(json.dumps(result))
+        return 0
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        fail(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
+    started = time.perf_counter()
+    info = machine(threads)
+    if info["load"][0] > 1.5:
+        print(f"warning: load average {info['load'][0]:.2f}: another job is running, figures will be low",
+              file=sys.stderr)
+    model = ensure_model(args.shape)
+
+    print("fp32 peak (4096x4096 matmul) ...", flush=True)
+    peak = run_worker(["peak", "--threads", str(threads)])
+    if "error" in peak:
+        fail(peak["error"])
+    print(f"  {peak['peak_gflops']:.0f} GFLOP/s (median {peak['median_gflops']:.0f}; "
+          f"others busy {peak['others_cores']:.2f} cores)", flush=True)
+
+    rows = []
+    common = ["--model", str(model), "--shape", args.shape, "--threads", str(threads)]
+    for backend in backends:
+        print(f"{backend} ...", flush=True)
+        if BACKENDS[backend] is not None:
+            prep = run_worker([backend, *common, "--prepare"])
+            if "load_s" not in prep:
+                rows.append({"backend": backend, **prep})
+                print(f"  skipped: {prep.get('skipped') or prep.get('error')}", flush=True)
+                continue
+            print(f"  prepared (export/cache) in {prep['load_s']:.0f}s", flush=True)
+        r = run_worker([backend, *common])
+        r.setdefault("backend", backend)
+        rows.append(r)
+        if "throughput_s" in r:
+            print(f"  {r['total_tokens']} tokens in {r['throughput_s']:.1f}s = "
+                  f"{r['total_tokens'] / r['throughput_s']:.0f} tokens/s; load {r['load_s']:.1f}s; "
+                  f"rss {r['max_rss_mb']:.0f} MB; cores busy: own {r['own_cores']:.2f}, "
+                  f"others {r['others_cores']:.2f}", flush=True)
+        else:
+            print(f"  skipped: {r.get('skipped') or r.get('error')}", flush=True)
+
+    hashes = {r["texts_sha256"] for r in rows if "texts_sha256" in r}
+    if len(hashes) > 1:
+        fail(f"backends saw different texts ({hashes}); the figures are not comparable")
+    summarise(rows, peak["peak_gflops"])
+    table = render_table(rows)
+    elapsed = time.perf_counter() - started
+    script = Path(sys.argv[0]).resolve()
+    shown = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    command = shlex.join([display_python(), shown, *sys.argv[1:]])
+    section = render_section(table, rows, peak, info, args.shape, command, elapsed)
+    print()
+    print(section)
+    if not args.no_write:
+        write_section(RESULTS, section)
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
