@@ -50,6 +50,7 @@ What is measured
 
 from __future__ import annotations
 
+from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 import argparse
 import datetime as dt
 import hashlib
@@ -342,14 +343,7 @@ def physical_cores() -> int:
 
 
 def machine(threads: int) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     isa = ", ".join(x for x in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f" {x}" in flags)
     vers = {}

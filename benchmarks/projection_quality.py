@@ -54,6 +54,7 @@ What is measured
 
 from __future__ import annotations
 
+from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 import argparse
 import datetime as dt
 import glob
@@ -200,14 +201,7 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
 # ------------------------------------------------------------------------------------------- machine
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -34,7 +34,7 @@ def milvus_lite_binary() -> str:
         return str(candidate)
     found = shutil.which("milvus-lite")
     if not found:
-        pytest.skip("milvus-lite is not installed (pip install 'connector[milvus]')")
+        pytest.fail("milvus-lite is not installed (pip install 'connector[milvus]'): the server tests need it")
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -201,12 +202,12 @@ def test_non_utf8_file_name(tmp_path):
 
 
 def pypdf_writer(data: bytes):
-    pypdf = pytest.importorskip("pypdf")
+    pypdf = importlib.import_module("pypdf")
     return pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(data)))
 
 
 def test_pdf_pages_become_sections(tmp_path):
-    pytest.importorskip("pypdf")
+    importlib.import_module("pypdf")
     write(tmp_path / "r.pdf", minimal_pdf(["Hello page 1", "", "Page (three) \\ end"], title="Annual  report"))
     doc = only(tmp_path)
     assert isinstance(doc, Document), doc
@@ -224,7 +225,7 @@ def test_pdf_pages_become_sections(tmp_path):
     ids=["empty", "garbage", "no-header", "truncated"],
 )
 def test_corrupt_pdf(tmp_path, data):
-    pytest.importorskip("pypdf")
+    importlib.import_module("pypdf")
     write(tmp_path / "bad.pdf", data)
     assert "damaged PDF" in failed(only(tmp_path), "corrupt").reason
 
@@ -251,7 +252,7 @@ def test_pdf_with_only_an_owner_password_is_read(tmp_path):
 
 
 def test_pdf_without_text_is_empty(tmp_path):
-    pytest.importorskip("pypdf")
+    importlib.import_module("pypdf")
     write(tmp_path / "scan.pdf", minimal_pdf(["", ""]))
     assert "OCR" in failed(only(tmp_path), "empty").reason
 
@@ -269,7 +270,7 @@ def test_missing_pypdf_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_docx_paragraphs_tables_and_title(tmp_path):
-    docx = pytest.importorskip("docx")
+    docx = importlib.import_module("docx")
     document = docx.Document()
     document.core_properties.title = "Core title"
     document.add_heading("Quarterly report", 1)
@@ -288,7 +289,7 @@ def test_docx_paragraphs_tables_and_title(tmp_path):
 
 
 def test_docx_title_falls_back_to_the_first_heading(tmp_path):
-    docx = pytest.importorskip("docx")
+    docx = importlib.import_module("docx")
     document = docx.Document()  # its core properties have an empty title
     document.add_paragraph("Intro line.")
     document.add_heading("The heading", 2)
@@ -302,7 +303,7 @@ def test_docx_title_falls_back_to_the_first_heading(tmp_path):
 
 
 def test_corrupt_encrypted_old_and_empty_docx(tmp_path):
-    pytest.importorskip("docx")
+    importlib.import_module("docx")
     ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
     write(tmp_path / "garbage.docx", b"PK\x03\x04 not really a zip")
     write(tmp_path / "truncated.docx", minimal_docx(["Hello"])[:100])
@@ -450,7 +451,7 @@ def test_hostile_corpus_gives_exactly_the_expected_outcome(tmp_path):
 
 
 def test_hostile_corpus_pdf_sections(tmp_path):
-    pytest.importorskip("pypdf")
+    importlib.import_module("pypdf")
     build_hostile_corpus(tmp_path)
     doc = read_all(tmp_path)["formats/report.pdf"]
     assert [s.metadata for s in doc.sections] == [{"page": 1}, {"page": 2}]

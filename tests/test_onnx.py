@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
-pytest.importorskip("onnxruntime")
+import onnxruntime  # noqa: E402,F401 - the onnx extra is part of dev: a missing one must fail, not skip
 
 from connector.config import EncoderConfig, parse_config  # noqa: E402
 from connector.encoders import onnx as onnx_backend  # noqa: E402
@@ -20,22 +19,7 @@ from connector.encoders.onnx import OnnxEncoder  # noqa: E402
 from connector.errors import ConfigError, MissingExtraError  # noqa: E402
 from connector.pipeline import make_encoder, vector_identity  # noqa: E402
 
-SENTENCES = (Path(__file__).parents[1] / "connector" / "testing" / "sentences.txt").read_text(encoding="utf-8")
-
-# Mixed lengths (so every batch of 4 is padded), several scripts, an empty text, a truncated one.
-TEXTS = [
-    "Hello world",
-    "",
-    "Der schnelle braune Fuchs springt über den faulen Hund. Die Rechnung wird am Ende jedes Monats verschickt.",
-    "敏捷的棕色狐狸跳过了懒惰的狗。",
-    "الثعلب البني السريع يقفز فوق الكلب الكسول.",
-    "world world world world, hello world, the world of worlds",
-    "素早い茶色の狐 ☃ ♞ unseen symbols become <unk>",
-    "Le renard brun rapide saute par-dessus le chien paresseux. " * 6,
-    "x",
-    SENTENCES,  # thousands of tokens: truncated at max_length
-    "Быстрая коричневая лиса прыгает через ленивую собаку.",
-]
+from test_encoder import TEXTS  # mixed lengths and scripts, an empty text, a truncated one
 
 # Floors for int8 on the tiny random-weight model, set well below the measured figures
 # (per-channel QInt8: min dense cosine 0.9996, mean 0.9998; top-10 sparse overlap min 0.83, mean 0.98).
