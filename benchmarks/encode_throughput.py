@@ -50,7 +50,7 @@ What is measured
 
 from __future__ import annotations
 
-from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from common import cpu_model, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
 import argparse
 import datetime as dt
 import hashlib
@@ -466,20 +466,6 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        start, end = text.find(START), text.find(END)
-        if start != -1 and end != -1 and end > start:
-            text = text[:start] + section.rstrip("\n") + text[end + len(END):]
-        else:
-            text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
-    else:
-        text = "# Benchmark results\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def display_python() -> str:
     exe = Path(sys.executable)
@@ -567,7 +553,7 @@ def main() -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(RESULTS, section)
+        write_section(RESULTS, START, END, section)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -54,7 +54,7 @@ What is measured
 
 from __future__ import annotations
 
-from machine import cpu_model  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from common import cpu_model, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
 import argparse
 import datetime as dt
 import glob
@@ -354,7 +354,7 @@ def main() -> int:
     print(table)
     print(f"\ntotal {elapsed:.0f}s")
     if not args.no_write:
-        write_section(RESULTS, section)
+        write_section(RESULTS, START, END, section)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
@@ -462,21 +462,6 @@ legacy size); k=192 (50%) shows the trend. Written by `benchmarks/projection_qua
 {END}
 """
 
-
-def write_section(path: Path, section: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        start, end = text.find(START), text.find(END)
-        if start != -1 and end != -1 and end > start:
-            after = text[end + len(END):]
-            text = text[:start] + section.rstrip("\n") + after
-        else:
-            text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
-    else:
-        text = "# Benchmark results\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

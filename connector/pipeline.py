@@ -507,7 +507,8 @@ def load_projection_for(config: SyncConfig, encoder: Encoder):
     return projection
 
 
-def _with_collection(config: SyncConfig, collection: str) -> SyncConfig:
+def with_collection(config: SyncConfig, collection: str) -> SyncConfig:
+    """A copy of the config that targets another collection of the same store."""
     copy = config.model_copy(deep=True)
     copy.sink.collection = collection
     return copy

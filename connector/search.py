@@ -23,7 +23,12 @@ def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder) 
     """`legacy` mode, a legacy-only collection, or a backfill target (`collection`) search the
     projected vector; the query is projected with the artifact whose hash the collection recorded."""
     from connector.ledger import Ledger
-    from connector.pipeline import _with_collection, load_projection_for, open_sink, projection_key
+    from connector.pipeline import (
+        load_projection_for,
+        open_sink,
+        projection_key,
+        with_collection,
+    )
     from connector.projection import load
     from connector.schemas_layout import load_layout
 
@@ -34,7 +39,7 @@ def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder) 
     if mode == "legacy" and not (legacy_only or (p is not None and p.output == "dense+legacy")):
         raise ConfigError("--mode legacy needs projection.output dense+legacy or legacy in the config, "
                           "or --collection naming a backfilled collection")
-    sink = open_sink(_with_collection(config, target))
+    sink = open_sink(with_collection(config, target))
     uses_legacy = legacy_only or mode == "legacy"
     if not uses_legacy:
         return SearchPlan(sink, mode, "dense", lambda v: v)

@@ -108,14 +108,15 @@ class BGEM3Encoder(Encoder):
         }
 
     @classmethod
-    def from_config(cls, encoder_config) -> "BGEM3Encoder":
-        """Build from a `connector.config.EncoderConfig`."""
+    def from_config(cls, encoder_config, **extra) -> "BGEM3Encoder":
+        """Build from a `connector.config.EncoderConfig`; `extra` goes to a subclass's constructor."""
         return cls(
             encoder_config.model,
             max_length=encoder_config.max_length,
             batch_size=encoder_config.batch_size,
             revision=encoder_config.revision,
             threads=encoder_config.threads,
+            **extra,
         )
 
     @property

@@ -95,15 +95,7 @@ class OnnxEncoder(BGEM3Encoder):
     @classmethod
     def from_config(cls, encoder_config, cache_dir: Path) -> "OnnxEncoder":  # type: ignore[override]
         """Build from a `connector.config.EncoderConfig`; `cache_dir` holds the exports."""
-        return cls(
-            encoder_config.model,
-            cache_dir=cache_dir,
-            quantize=encoder_config.quantize,
-            max_length=encoder_config.max_length,
-            batch_size=encoder_config.batch_size,
-            revision=encoder_config.revision,
-            threads=encoder_config.threads,
-        )
+        return super().from_config(encoder_config, cache_dir=cache_dir, quantize=encoder_config.quantize)
 
     @property
     def fingerprint(self) -> dict:

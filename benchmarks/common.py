@@ -1,0 +1,34 @@
+"""Shared by the benchmark scripts: the machine they ran on, and their section of RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or 'unknown'."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def write_section(path: Path, start: str, end: str, section: str) -> None:
+    """Put `section` (which begins with `start` and ends with `end`) into the results file, in
+    place of the one between those markers if there is one, else at the end; atomically."""
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        first, last = text.find(start), text.find(end)
+        if first != -1 and last > first:
+            text = text[:first] + section.rstrip("\n") + text[last + len(end):]
+        else:
+            text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
+    else:
+        text = "# Benchmark results\n\n" + section
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
