@@ -129,6 +129,15 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    def reader(self) -> "Ledger":
+        """Another connection to the same ledger, for reads from another thread (the sync's plan
+        stage): it sees what the writer has committed. Close it when done."""
+        other = object.__new__(Ledger)
+        other.path = self.path
+        other.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        return other
+
     # ---- target binding -----------------------------------------------------------------
     def bind_target(self, target: str, write: bool = True) -> None:
         """Tie this state dir to one store + collection; refuse to mix two targets.

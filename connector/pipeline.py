@@ -1,10 +1,17 @@
 """Sync planning and the staged run: source -> preprocess -> chunk -> encode -> sink -> ledger.
 
-Documents stream through in windows (a few hundred chunks at a time), so nothing holds a whole
-corpus in memory and the encoder still gets full batches across small documents. Per window:
-encode the chunks whose text is not in the embedding cache, upsert the points whose content
-changed batch by batch, and commit the documents whose points the store has all confirmed (one
-ledger transaction per batch); then delete their stale points.
+Three stages, each in its own thread, joined by bounded queues (connector/stages.py):
+  plan    read documents, skip the unchanged ones (ledger), clean and chunk the rest, and group
+          them in windows of a few hundred chunks to write (so the encoder gets full batches
+          across small documents);
+  encode  vectors for each window's chunks from the embedding cache, the rest encoded (and
+          cached), in parts of at most WINDOW_CHUNKS points (a huge document never holds all
+          its vectors at once);
+  write   (the calling thread) upsert each part batch by batch, commit the documents whose
+          points the store has all confirmed (one ledger transaction per batch), then delete
+          their stale points.
+So reading and writing overlap encoding, and memory stays flat however large the corpus: each
+stage is at most QUEUE_DEPTH items ahead of the next. Only the write stage writes the ledger.
 
 Crash safety, in the order of writes:
   1. before a batch goes to the store, the ledger marks its points in flight (unknown ids are
@@ -23,9 +30,10 @@ import hashlib
 import json
 import logging
 import sys
-from contextlib import ExitStack, contextmanager
+import threading
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from connector.config import SyncConfig
@@ -37,11 +45,13 @@ from connector.preprocess.chunking import Chunker
 from connector.preprocess.factory import make_preprocessor
 from connector.records import Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
+from connector.stages import background
 from connector.sources.base import Source
 
 log = logging.getLogger("connector.sync")
 
 WINDOW_CHUNKS = 256  # chunks gathered before encoding; bounds memory, keeps batches full
+QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
 
@@ -161,6 +171,28 @@ class DocPlan:
         )
 
 
+@dataclass
+class Window:
+    """Planned documents on their way through the stages, with the source's failures among them."""
+
+    plans: list[DocPlan] = field(default_factory=list)
+    failed: list[FailedDocument] = field(default_factory=list)
+    chunks: int = 0  # chunks to write
+    # kept by the write stage
+    remaining: list[int] | None = None  # per plan, points not yet confirmed by the store
+    failed_plans: set[int] = field(default_factory=set)  # plans with a dead letter: skip their other points
+
+
+@dataclass
+class Part:
+    """Up to WINDOW_CHUNKS points of a window, ready to write: (plan index, point)."""
+
+    window: Window
+    points: list[tuple[int, Point]]
+    encoded: int  # distinct chunk texts encoded
+    cached: int  # distinct chunk texts found in the embedding cache
+
+
 class _StopSync(Exception):
     """on_error: stop — a batch failed for good; end the sync after recording it."""
 
@@ -176,6 +208,7 @@ class SyncRun:
         ledger: Ledger,
         encoder_factory: Callable[[], Encoder],
         progress: bool = False,
+        pipelined: bool = True,
     ):
         self.config = config
         self.source = source
@@ -186,6 +219,8 @@ class SyncRun:
         self._cache: EmbeddingCache | None = None
         self.normalize = make_preprocessor(config)
         self.progress = progress
+        self.pipelined = pipelined  # False: the same stages one after the other (a baseline, and for debugging)
+        self._encode_lock = threading.Lock()
         self.collection_ready = False
         self._dry_run_shas: set[str] = set()
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
@@ -243,7 +278,10 @@ class SyncRun:
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
         try:
-            self._process(items, seen, failed_origins, report, dry_run)
+            if dry_run:
+                self._dry_run(items, seen, failed_origins, report)
+            else:
+                self._sync(items, seen, failed_origins, report)
         except _StopSync:
             report.stopped = True  # on_error: stop; the rest waits for the next run, nothing is pruned
             return report
@@ -257,6 +295,26 @@ class SyncRun:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
         return report
 
+    def _sync(self, items, seen: set[str], failed_origins: set[str], report: SyncReport) -> None:
+        """The three stages (see the module doc); inline, one after the other, when not pipelined."""
+        stage = (lambda it, name: background(it, QUEUE_DEPTH, name)) if self.pipelined else (lambda it, name: iter(it))
+        self.encoder  # noqa: B018 - built here, not by the first stage to need it (the stages are threads)
+        reader = self.ledger.reader()  # the plan stage's own connection (SQLite connections are per thread)
+        try:
+            windows = stage(self._windows(items, reader, seen, failed_origins, report), "plan")
+            with closing(stage(self._parts(windows), "encode")) as parts:
+                for part in parts:
+                    self._write(part, report)
+        finally:
+            reader.close()
+
+    def _dry_run(self, items, seen: set[str], failed_origins: set[str], report: SyncReport) -> None:
+        for window in self._windows(items, self.ledger, seen, failed_origins, report):
+            for item in window.failed:
+                self._fail(report, item, dry_run=True)
+            for plan in window.plans:
+                self._describe(plan, report)
+
     def _check_store_has_ledger(self, report: SyncReport) -> None:
         """A collection dropped or emptied behind the ledger's back: start over (the cache keeps it cheap)."""
         lost = store_lost(self.sink, self.ledger)
@@ -266,36 +324,35 @@ class SyncRun:
             report.warnings.append(message)
             self.ledger.reset()
 
-    def _process(self, items, seen: set[str], failed_origins: set[str], report: SyncReport, dry_run: bool) -> None:
-        window: list[DocPlan] = []
-        window_chunks = 0
+    # ---- stage 1: plan -----------------------------------------------------------------------
+    def _windows(self, items, reader: Ledger, seen: set[str], failed_origins: set[str],
+                 report: SyncReport) -> Iterator[Window]:
+        """Plan every document; yield them in windows of about WINDOW_CHUNKS chunks to write."""
+        window = Window()
         for item in self._progress(items):
             report.documents["seen"] += 1
             seen.add(item.doc_id)
             if isinstance(item, FailedDocument):
-                self._fail(report, item, dry_run)
+                window.failed.append(item)
                 if item.origin:
                     failed_origins.add(item.origin)
-                continue
-            plan = self._plan(item)
-            if plan is None:
-                report.documents["unchanged"] += 1
-                continue
-            report.documents[plan.action] += 1
-            if dry_run:
-                self._describe(plan, report)
-                continue
-            window.append(plan)
-            window_chunks += len(plan.write)
-            if window_chunks >= WINDOW_CHUNKS:
-                self._write_window(window, report)
-                window, window_chunks = [], 0
-        if window:
-            self._write_window(window, report)
+            else:
+                plan = self._plan(item, reader)
+                if plan is None:
+                    report.documents["unchanged"] += 1
+                    continue
+                report.documents[plan.action] += 1
+                window.plans.append(plan)
+                window.chunks += len(plan.write)
+            if window.chunks >= WINDOW_CHUNKS or len(window.failed) >= WINDOW_CHUNKS:
+                yield window
+                window = Window()
+        if window.plans or window.failed:
+            yield window
 
-    def _plan(self, doc: Document) -> DocPlan | None:
+    def _plan(self, doc: Document, reader: Ledger) -> DocPlan | None:
         content_hash = document_hash(doc)
-        known = self.ledger.document(doc.doc_id)
+        known = reader.document(doc.doc_id)
         self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
         if known and known.content_hash == content_hash and known.fingerprint == self.fingerprint:
             return None
@@ -304,7 +361,7 @@ class SyncRun:
         payloads = [chunk_payload(c, chunk_metadata(doc.metadata, spans, c)) for c in chunks]
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
-        old = {c.chunk_index: c for c in self.ledger.chunks(doc.doc_id)} if known else {}
+        old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
         write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i]]
         stale = [c.point_id for i, c in old.items() if i >= len(chunks)]
         return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
@@ -327,44 +384,57 @@ class SyncRun:
             offset += len(text)
         return "\n\n".join(parts), spans
 
-    def _write_window(self, window: list[DocPlan], report: SyncReport) -> None:
-        """Encode what is missing and upsert, a slice of WINDOW_CHUNKS points at a time (so a huge
-        document never holds all its vectors at once), batch by batch; commit each document once
-        the store confirmed all its points. A batch that fails after the retries becomes a dead
-        letter with every point of the documents it touched."""
-        if not self.collection_ready:
-            self.ensure_collection()
-        remaining = [len(plan.write) for plan in window]
-        self._commit([plan for n, plan in enumerate(window) if remaining[n] == 0], report)
-        work = [(n, i) for n, plan in enumerate(window) for i in plan.write]
-        failed: set[int] = set()
-        for start in range(0, len(work), WINDOW_CHUNKS):
-            part = [(n, i) for n, i in work[start : start + WINDOW_CHUNKS] if n not in failed]
-            vectors = self._vectors_for([window[n].chunks[i] for n, i in part], report)
-            queue = [(n, self._point(window[n].ids[i], vectors[window[n].chunks[i].sha256], window[n].payloads[i]))
-                     for n, i in part]
-            while queue:
-                batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
-                self.ledger.mark_in_flight((window[n].doc.doc_id, p.id) for n, p in batch)
-                try:
-                    self.sink.upsert([p for _, p in batch])
-                except StoreError as err:
-                    docs = sorted({n for n, _ in batch})
-                    failed.update(docs)
-                    queue = [(n, p) for n, p in queue if n not in failed]
-                    self._dead_letter([window[n] for n in docs], err, report)
-                    if self.config.on_error == "stop":
-                        raise _StopSync() from err
-                    continue
-                report.chunks["upserted"] += len(batch)
-                if self._chunk_bar is not None:
-                    self._chunk_bar.update(len(batch))
-                done = []
-                for n, _ in batch:
-                    remaining[n] -= 1
-                    if remaining[n] == 0:
-                        done.append(window[n])
-                self._commit(done, report)
+    # ---- stage 2: encode ---------------------------------------------------------------------
+    def _parts(self, windows: Iterator[Window]) -> Iterator[Part]:
+        """Each window's points to write, WINDOW_CHUNKS at a time (at least one part per window)."""
+        with closing(windows):  # stops the plan stage when this stage is stopped
+            for window in windows:
+                work = [(n, i) for n, plan in enumerate(window.plans) for i in plan.write]
+                for start in range(0, max(len(work), 1), WINDOW_CHUNKS):
+                    part = work[start : start + WINDOW_CHUNKS]
+                    vectors, encoded = self._vectors_for([window.plans[n].chunks[i] for n, i in part])
+                    points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
+                                              window.plans[n].payloads[i])) for n, i in part]
+                    yield Part(window, points, encoded, len(vectors) - encoded)
+
+    # ---- stage 3: write ----------------------------------------------------------------------
+    def _write(self, part: Part, report: SyncReport) -> None:
+        """Upsert a part batch by batch; commit each document once the store confirmed all its
+        points. A batch that fails after the retries becomes a dead letter with every point of
+        the documents it touched; their later points are skipped."""
+        window = part.window
+        report.chunks["encoded"] += part.encoded
+        report.chunks["cached"] += part.cached
+        if window.remaining is None:  # the window's first part
+            for item in window.failed:
+                self._fail(report, item, dry_run=False)
+            if window.plans and not self.collection_ready:
+                self.ensure_collection()
+            window.remaining = [len(plan.write) for plan in window.plans]
+            self._commit([plan for n, plan in enumerate(window.plans) if window.remaining[n] == 0], report)
+        queue = [(n, p) for n, p in part.points if n not in window.failed_plans]
+        while queue:
+            batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
+            self.ledger.mark_in_flight((window.plans[n].doc.doc_id, p.id) for n, p in batch)
+            try:
+                self.sink.upsert([p for _, p in batch])
+            except StoreError as err:
+                docs = sorted({n for n, _ in batch})
+                window.failed_plans.update(docs)
+                queue = [(n, p) for n, p in queue if n not in window.failed_plans]
+                self._dead_letter([window.plans[n] for n in docs], err, report)
+                if self.config.on_error == "stop":
+                    raise _StopSync() from err
+                continue
+            report.chunks["upserted"] += len(batch)
+            if self._chunk_bar is not None:
+                self._chunk_bar.update(len(batch))
+            done = []
+            for n, _ in batch:
+                window.remaining[n] -= 1
+                if window.remaining[n] == 0:
+                    done.append(window.plans[n])
+            self._commit(done, report)
 
     def _point(self, pid: str, vectors, payload: dict) -> Point:
         p = self.projection
@@ -387,7 +457,7 @@ class SyncRun:
         letter_docs = []
         points_total = 0
         for plan in plans:
-            vectors = self._vectors_for([plan.chunks[i] for i in plan.write], None)
+            vectors, _ = self._vectors_for([plan.chunks[i] for i in plan.write])
             points = [self._point(plan.ids[i], vectors[plan.chunks[i].sha256], plan.payloads[i]) for i in plan.write]
             letter_docs.append((plan.commit(), points_to_bytes(points), len(points)))
             points_total += len(points)
@@ -400,19 +470,19 @@ class SyncRun:
             self.ledger.record_failure(plan.doc.doc_id, reason)
         report.chunks["failed"] += points_total
 
-    def _vectors_for(self, chunks: list[Chunk], report: SyncReport | None) -> dict:
-        """Vectors by chunk sha256: from the embedding cache, the rest encoded (and cached)."""
+    def _vectors_for(self, chunks: list[Chunk]) -> tuple[dict, int]:
+        """Vectors by chunk sha256, from the embedding cache, the rest encoded (and cached); and
+        how many were encoded. The encode and write stages both call this (a dead letter needs all
+        the vectors of its documents): one at a time."""
         texts = {c.sha256: c.text for c in chunks}
-        found = self.cache.get_many(texts)
-        missing = [sha for sha in texts if sha not in found]
-        if missing:
-            encoded = dict(zip(missing, self.encoder.encode([texts[sha] for sha in missing])))
-            self.cache.put_many(encoded)
-            found.update(encoded)
-        if report is not None:
-            report.chunks["encoded"] += len(missing)
-            report.chunks["cached"] += len(texts) - len(missing)
-        return found
+        with self._encode_lock:
+            found = self.cache.get_many(texts)
+            missing = [sha for sha in texts if sha not in found]
+            if missing:
+                encoded = dict(zip(missing, self.encoder.encode([texts[sha] for sha in missing])))
+                self.cache.put_many(encoded)
+                found.update(encoded)
+        return found, len(missing)
 
     def _delete(self, ids: list[str], report: SyncReport) -> None:
         """Delete points the ledger already queued; on failure they stay queued for the next run."""
@@ -564,14 +634,15 @@ def make_encoder(config: SyncConfig) -> Encoder:
 
 
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
-             encoder: Encoder | None = None, sleep=None) -> SyncReport:
-    """Sync the config's source into its sink; the library entry point behind `connector sync`."""
+             encoder: Encoder | None = None, sleep=None, pipelined: bool = True) -> SyncReport:
+    """Sync the config's source into its sink; the library entry point behind `connector sync`.
+    `pipelined=False` runs the stages one after the other in this thread (same result, slower)."""
     from connector.sources.factory import make_source
 
     source = make_source(config.source)
     with open_state(config, sleep=sleep, dry_run=dry_run) as (ledger, sink):
         run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
-                      progress=progress)
+                      progress=progress, pipelined=pipelined)
         try:
             return run.run(prune=prune, dry_run=dry_run)
         finally:

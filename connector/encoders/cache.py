@@ -21,7 +21,8 @@ class EmbeddingCache:
     def __init__(self, state_dir: Path, fingerprint: str):
         state_dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
-        self.db = sqlite3.connect(state_dir / self.FILENAME, isolation_level=None)
+        # used by the sync's encode and write stages (threads), one at a time (the sync holds a lock)
+        self.db = sqlite3.connect(state_dir / self.FILENAME, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS embeddings (fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL,"

@@ -1,0 +1,189 @@
+"""The staged sync (plan | encode | write in threads with bounded queues) on embedded Qdrant:
+same result as the stages run one after the other, encoding overlaps writing, reading stays a
+bounded distance ahead of the store, and an error in a stage ends the sync with nothing lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import connector.pipeline as pipeline
+from connector.config import parse_config
+from connector.errors import ConnectorError
+from connector.ledger import Ledger
+from connector.pipeline import open_sink, run_sync
+from connector.recovery import verify
+from connector.sinks.qdrant import QdrantSink
+
+DOCS = 120
+
+
+@pytest.fixture
+def small_windows(monkeypatch):
+    monkeypatch.setattr(pipeline, "WINDOW_CHUNKS", 8)  # many windows from a small corpus
+
+
+def write_corpus(root: Path, docs: int = DOCS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(docs):
+        paragraphs = [f"Document {n}, part {k}: the pump with serial {n * 10 + k} reports pressure {k * 3} bar."
+                      for k in range(1 + n % 3)]
+        (root / f"doc-{n:03d}.md").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    return root
+
+
+def make_config(tmp_path: Path, model: Path, name: str, docs: Path):
+    return parse_config({
+        "source": {"type": "files", "path": str(docs)},
+        "chunking": {"max_tokens": 16, "overlap_tokens": 2},
+        "encoder": {"model": str(model), "batch_size": 4},
+        "sink": {"type": "qdrant", "path": str(tmp_path / name / "qdrant"), "collection": "kb", "batch_size": 4},
+        "retry": {"attempts": 1},
+        "state_dir": str(tmp_path / name / "state"),
+    }, tmp_path, origin="test")
+
+
+def store_contents(config) -> dict:
+    sink = open_sink(config)
+    try:
+        ids = sorted(sink.all_ids())
+        return {p.id: (p.payload, np.asarray(p.dense), p.sparse) for p in sink.retrieve(ids, with_vectors=True)}
+    finally:
+        sink.close()
+
+
+def ledger_contents(config) -> dict:
+    ledger = Ledger(config.state_dir)
+    try:
+        return {d: (ledger.document(d), ledger.chunks(d)) for d in ledger.doc_ids()}
+    finally:
+        ledger.close()
+
+
+def test_pipelined_and_one_after_the_other_give_the_same_store_and_ledger(tmp_path, tiny_model_dir, tiny_encoder,
+                                                                          small_windows):
+    docs = write_corpus(tmp_path / "docs")
+    staged, inline = (make_config(tmp_path, tiny_model_dir, name, docs) for name in ("staged", "inline"))
+    a = run_sync(staged, encoder=tiny_encoder, pipelined=True)
+    b = run_sync(inline, encoder=tiny_encoder, pipelined=False)
+    assert a.exit_code == b.exit_code == 0
+    assert a.documents == b.documents and a.documents["new"] == DOCS
+    assert a.chunks == b.chunks and a.chunks["upserted"] > 8 * 10  # more than ten windows
+    store_a, store_b = store_contents(staged), store_contents(inline)
+    assert store_a.keys() == store_b.keys() and len(store_a) == a.chunks["upserted"]
+    for pid, (payload, dense, sparse) in store_a.items():
+        assert payload == store_b[pid][0]
+        np.testing.assert_array_equal(dense, store_b[pid][1])
+        np.testing.assert_array_equal(sparse.indices, store_b[pid][2].indices)
+    assert ledger_contents(staged) == ledger_contents(inline)
+    assert verify(staged).ok
+
+
+class CountingEncoder:
+    """The real tiny encoder, counting its encode() calls."""
+
+    def __init__(self, encoder):
+        self.inner = encoder
+        self.calls = 0
+        self.second_call = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, texts):
+        self.calls += 1
+        if self.calls >= 2:
+            self.second_call.set()
+        return self.inner.encode(texts)
+
+
+def test_the_encoder_works_on_the_next_window_while_the_store_takes_the_first(tmp_path, tiny_model_dir, tiny_encoder,
+                                                                               small_windows, monkeypatch):
+    encoder = CountingEncoder(tiny_encoder)
+    overlapped = []
+    real_upsert = QdrantSink.upsert
+
+    def upsert(self, points):
+        if not overlapped:  # the first batch of the first window: is the second window being encoded?
+            overlapped.append(encoder.second_call.wait(timeout=30))
+        return real_upsert(self, points)
+
+    monkeypatch.setattr(QdrantSink, "upsert", upsert)
+    config = make_config(tmp_path, tiny_model_dir, "run", write_corpus(tmp_path / "docs"))
+    report = run_sync(config, encoder=encoder)  # type: ignore[arg-type]
+    assert overlapped == [True]
+    assert report.exit_code == 0 and report.documents["new"] == DOCS
+    assert verify(config).ok
+
+
+def test_reading_stays_a_bounded_distance_ahead_of_a_slow_store(tmp_path, tiny_model_dir, tiny_encoder, small_windows,
+                                                                monkeypatch):
+    from connector.sources import factory
+
+    read: list[str] = []
+    real_make_source = factory.make_source
+
+    class CountingSource:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def read(self):
+            for item in self.inner.read():
+                read.append(item.doc_id)
+                yield item
+
+    monkeypatch.setattr(factory, "make_source", lambda cfg: CountingSource(real_make_source(cfg)))
+    when_blocked = []
+    real_upsert = QdrantSink.upsert
+
+    def upsert(self, points):
+        if not when_blocked:  # the store is stuck on the first batch: how far does reading get?
+            last = -1
+            while len(read) != last:
+                last = len(read)
+                time.sleep(0.5)
+            when_blocked.append(last)
+        return real_upsert(self, points)
+
+    monkeypatch.setattr(QdrantSink, "upsert", upsert)
+    config = make_config(tmp_path, tiny_model_dir, "run", write_corpus(tmp_path / "docs", docs=400))
+    report = run_sync(config, encoder=tiny_encoder)
+    # windows in flight: 1 written, 2 queued + 1 encoded, 2 queued + 1 being planned; each window
+    # is at most 8 chunks plus one document's (every document has at least one chunk)
+    assert 0 < when_blocked[0] <= 7 * (8 + 3)
+    assert report.documents["new"] == 400 and len(read) == 400
+    assert verify(config).ok
+
+
+def test_an_error_in_the_read_stage_ends_the_sync_and_what_was_committed_is_in_the_store(
+        tmp_path, tiny_model_dir, tiny_encoder, small_windows, monkeypatch):
+    from connector.sources import factory
+
+    real_make_source = factory.make_source
+
+    class BreakingSource:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def read(self):
+            for n, item in enumerate(self.inner.read()):
+                if n == 50:
+                    raise ConnectorError("the source went away at document 50")
+                yield item
+
+    monkeypatch.setattr(factory, "make_source", lambda cfg: BreakingSource(real_make_source(cfg)))
+    config = make_config(tmp_path, tiny_model_dir, "run", write_corpus(tmp_path / "docs"))
+    with pytest.raises(ConnectorError, match="document 50"):
+        run_sync(config, encoder=tiny_encoder)
+    assert not any(t.name.startswith("connector-") and t.is_alive() for t in threading.enumerate())
+    committed = ledger_contents(config)
+    assert 0 < len(committed) <= 50
+    assert verify(config).ok  # every committed point is in the store, nothing else is
+    monkeypatch.setattr(factory, "make_source", real_make_source)
+    report = run_sync(config, encoder=tiny_encoder)
+    assert report.documents["unchanged"] == len(committed) and report.documents["new"] == DOCS - len(committed)
+    assert verify(config).ok
