@@ -95,11 +95,11 @@ def test_batches_are_sorted_by_length_and_padded_to_their_own_longest(tiny_encod
         tiny_encoder.encode(TEXTS)
     finally:
         hook.remove()
-    longest_first = sorted(lengths, reverse=True)
-    size = tiny_encoder.batch_size
-    assert shapes == [
-        (len(longest_first[i : i + size]), longest_first[i]) for i in range(0, len(longest_first), size)
-    ]
+    from connector.encoders.bge_m3 import length_batches
+
+    batches = length_batches(lengths, tiny_encoder.batch_size)
+    assert shapes == [(len(batch), lengths[batch[0]]) for batch in batches]
+    assert [lengths[i] for batch in batches for i in batch] == sorted(lengths, reverse=True)
 
 
 def test_sentence_transformers_gives_the_same_dense_vectors(tiny_model_dir, tiny_encoder):
@@ -297,3 +297,24 @@ def test_weights_load_only_when_something_is_encoded(tiny_model_dir):
     assert encoder.dimension > 0 and encoder.fingerprint["content_sha256"]
     encoder.encode(["now the weights are needed"])
     assert encoder._weights is not None
+
+
+def test_length_batches_cover_every_text_once_longest_first_with_little_padding():
+    import random
+
+    from connector.encoders.bge_m3 import MAX_PADDING, length_batches
+
+    rng = random.Random(1)
+    lengths = [rng.choice([rng.randint(3, 15), rng.randint(60, 90), rng.randint(384, 512)]) for _ in range(500)]
+    batches = length_batches(lengths, batch_size=16)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(500))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    for batch in batches:
+        assert 1 <= len(batch) <= 16
+        padded = lengths[batch[0]] * len(batch)
+        assert padded - sum(lengths[i] for i in batch) <= MAX_PADDING * padded
+    # equal lengths fill whole batches; a long text never shares a batch with short ones
+    assert length_batches([7] * 40, batch_size=16) == [list(range(16)), list(range(16, 32)), list(range(32, 40))]
+    assert length_batches([500, 80, 80, 80], batch_size=16) == [[0], [1, 2, 3]]
+    assert length_batches([], batch_size=4) == []

@@ -39,6 +39,7 @@ MODEL_FILES = (
 )
 
 _HASH_EDGE = 1 << 20  # bytes hashed from each end of the weight file
+MAX_PADDING = 0.10  # the largest share of a batch's tokens that may be padding (see length_batches)
 
 
 def hub_allow_patterns(weights_file: str = WEIGHT_FILES[0]) -> list[str]:
@@ -53,8 +54,8 @@ class BGEM3Encoder(Encoder):
 
     `model` is a local folder or a hub id (downloaded once into the Hugging Face cache; only
     the files in `hub_allow_patterns()`). `max_length` truncates each text, special tokens
-    included. `batch_size` texts go through the model at once, sorted by length so that
-    padding stays small. `threads` sets torch's intra-op threads for the whole process
+    included. Up to `batch_size` texts go through the model at once, sorted by length; a batch
+    ends early where more than 10% of its tokens would be padding (`length_batches`). `threads` sets torch's intra-op threads for the whole process
     (default: the physical cores available to this process).
 
     Raises ModelLoadError when the model cannot be fetched or a file is missing or broken.
@@ -141,11 +142,9 @@ class BGEM3Encoder(Encoder):
         token_ids = self._tokenizer(
             texts, truncation=True, max_length=self.max_length, add_special_tokens=True, return_attention_mask=False
         )["input_ids"]
-        longest_first = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         results: list[Vectors | None] = [None] * len(texts)
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = longest_first[start : start + self.batch_size]
+            for batch in length_batches([len(ids) for ids in token_ids], self.batch_size):
                 for i, vectors in zip(batch, self._encode_batch([token_ids[i] for i in batch])):
                     results[i] = vectors
         return results
@@ -198,6 +197,28 @@ def lexical_weights(token_ids: np.ndarray, token_weights: np.ndarray, skip_ids: 
     ids, weights = ids[order], weights[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     return SparseVector(ids[starts].astype(np.int64), np.maximum.reduceat(weights, starts).astype(np.float32))
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices of the texts in batches, longest first. A batch holds at most `batch_size` texts,
+    and ends early where padding its texts to its longest one would make more than `max_padding`
+    of its tokens padding: ten 500-token chunks and six 80-token passages go in two batches, not
+    one that computes 2 600 padding tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        if current:
+            padded = lengths[current[0]] * (len(current) + 1)
+            if len(current) == batch_size or padded - real - lengths[i] > max_padding * padded:
+                batches.append(current)
+                current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    if current:
+        batches.append(current)
+    return batches
 
 
 def physical_cores() -> int:

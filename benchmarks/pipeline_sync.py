@@ -1,0 +1,235 @@
+"""The staged sync against the encoder alone, and peak memory as the corpus grows.
+
+    .venv/bin/python benchmarks/pipeline_sync.py [--docs 400] [--memory-docs 2000 20000] [--no-write]
+
+1. Wall time (same process, `--shape small` model of encode_throughput.py: 6 layers, hidden 384,
+   vocab 250002, random weights): a generated multilingual corpus is synced from scratch into
+   each store, pipelined (the default) and with the stages one after the other
+   (`run_sync(pipelined=False)`), and the distinct chunk texts the sync encoded are encoded alone
+   in ONE `encoder.encode()` call (sorted by length over the whole set: the encoder's best case).
+   Each is run twice, alternating; the best of each is kept. Target: pipelined sync <= 1.1 x the
+   encoder alone.
+2. Peak memory: a fresh subprocess per corpus size syncs N documents from scratch (tiny model, so
+   that 20 000 documents take minutes, not hours: the stages' buffers do not depend on the model)
+   and reports its own peak RSS (VmHWM). Target: 2 000 vs 20 000 documents < 100 MB apart.
+
+Writes its section of benchmarks/RESULTS.md (between the pipeline markers) unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import cpu_model, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / "benchmarks" / ".cache"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SENTENCES = ROOT / "connector" / "testing" / "sentences.txt"
+START, END = "<!-- pipeline:start -->", "<!-- pipeline:end -->"
+STORES = ("qdrant", "milvus")
+
+
+def write_corpus(root: Path, docs: int, seed: int = 5) -> None:
+    """Support-article-like documents: 1 to 6 paragraphs of 2 to 6 multilingual sentences."""
+    sentences = [s for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(docs):
+        paragraphs = [" ".join(rng.choice(sentences) for _ in range(rng.randint(2, 6)))
+                      for _ in range(rng.randint(1, 6))]
+        folder = root / f"part-{n // 1000:03d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"doc-{n:05d}.md").write_text(f"# Article {n}\n\n" + "\n\n".join(paragraphs), encoding="utf-8")
+
+
+def make_config(work: Path, model: Path, store: str, name: str):
+    from connector.config import parse_config
+
+    sink = ({"type": "qdrant", "path": f"./{name}/qdrant"} if store == "qdrant"
+            else {"type": "milvus", "uri": f"./{name}/milvus.db"})
+    return parse_config({
+        "source": {"type": "files", "path": "./docs"},
+        "chunking": {"max_tokens": 128, "overlap_tokens": 16},
+        "encoder": {"model": str(model), "max_length": 512, "batch_size": 16},
+        "sink": {**sink, "collection": "kb"},
+        "state_dir": f"./{name}/state",
+    }, work, origin="benchmark config")
+
+
+# ------------------------------------------------------------------------------------- wall time
+def measure_wall(docs: int) -> dict:
+    from encode_throughput import ensure_model  # the --shape small model, cached in benchmarks/.cache
+
+    from connector.pipeline import make_encoder, open_sink, run_sync
+
+    model = ensure_model("small")
+    work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    try:
+        write_corpus(work / "docs", docs)
+        encoder = make_encoder(make_config(work, model, "qdrant", "warm"))
+        encoder.encode(["warm-up: loads the weights", "a second text"])
+        rows: dict[str, list[float]] = {}
+        texts: list[str] = []
+        reports = {}
+        for attempt in range(2):
+            for store in STORES:
+                for pipelined in (True, False):
+                    name = f"{store}-{'staged' if pipelined else 'inline'}-{attempt}"
+                    config = make_config(work, model, store, name)
+                    started = time.perf_counter()
+                    report = run_sync(config, encoder=encoder, pipelined=pipelined)
+                    rows.setdefault(f"{store} {'pipelined' if pipelined else 'stages one after the other'}", []).append(
+                        time.perf_counter() - started)
+                    assert report.exit_code == 0, report.to_json()
+                    reports[(store, pipelined)] = report
+                    if not texts:  # the distinct chunk texts this sync encoded, from the store
+                        sink = open_sink(config)
+                        texts = sorted({p.payload["text"] for p in sink.retrieve(sorted(sink.all_ids()))})
+                        sink.close()
+                        assert len(texts) == report.chunks["encoded"], (len(texts), report.chunks)
+                    shutil.rmtree(work / name)
+            started = time.perf_counter()
+            encoder.encode(texts)
+            rows.setdefault("encoder alone", []).append(time.perf_counter() - started)
+        tokens = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
+        report = reports[("qdrant", True)]
+        return {"docs": docs, "chunks": len(texts), "tokens": tokens, "seconds": rows,
+                "documents": report.documents, "threads": __import__("torch").get_num_threads()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- memory
+def status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MB. (Not ru_maxrss: Linux keeps
+    that across exec, so a child would start with its parent's peak.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def memory_child(docs_dir: str, store: str, work: str) -> None:
+    """In a fresh process: sync the corpus with the tiny model; print the report and peak RSS."""
+    from connector.pipeline import run_sync
+
+    model = CACHE / "model-tiny"
+    config = make_config(Path(work), model, store, "run")
+    config.source.path = Path(docs_dir)
+    baseline = status_mb("VmHWM")
+    started = time.perf_counter()
+    report = run_sync(config)
+    print(json.dumps({"peak_rss_mb": status_mb("VmHWM"), "before_sync_mb": baseline,
+                      "seconds": time.perf_counter() - started,
+                      "exit_code": report.exit_code, "documents": report.documents, "chunks": report.chunks}))
+
+
+def measure_memory(sizes: list[int]) -> list[dict]:
+    from connector.testing import make_model
+
+    if not (CACHE / "model-tiny" / "config.json").exists():
+        make_model(CACHE / "model-tiny")
+    rows = []
+    for docs in sizes:
+        work = Path(tempfile.mkdtemp(prefix="pipeline-mem-"))
+        try:
+            write_corpus(work / "docs", docs)
+            for store in STORES:
+                run_dir = work / store
+                run_dir.mkdir()
+                out = subprocess.run([sys.executable, __file__, "--memory-child", str(work / "docs"), store, str(run_dir)],
+                                     check=True, capture_output=True, text=True, cwd=ROOT)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                assert row["exit_code"] == 0 and row["documents"]["new"] == docs, row
+                rows.append({"docs": docs, "store": store, **row})
+                print(f"  memory: {docs} docs into {store}: peak RSS {row['peak_rss_mb']:.0f} MB, "
+                      f"{row['chunks']['upserted']} chunks in {row['seconds']:.0f} s", flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------- results
+def render(wall: dict, memory: list[dict], command: str) -> str:
+    best = {name: min(values) for name, values in wall["seconds"].items()}
+    enc = best["encoder alone"]
+    lines = [
+        START,
+        "## Pipelined sync",
+        "",
+        f"{wall['docs']} generated multilingual documents ({wall['chunks']} chunks, {wall['tokens']} tokens; "
+        "chunking 128/16) synced from scratch with the `--shape small` model (6 layers, hidden 384, vocab 250002, "
+        f"random weights), {wall['threads']} encoder threads; the encoder alone = one `encode()` call over the same "
+        "distinct chunk texts. Best of 2 alternating runs each, same process. Target: pipelined <= 1.1 x the encoder "
+        "alone.",
+        "",
+        "| run | seconds (best of 2) | all runs | x encoder alone |",
+        "|---|---|---|---|",
+    ]
+    for name, values in wall["seconds"].items():
+        lines.append(f"| {name} | {min(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} | {min(values) / enc:.3f} |")
+    lines += [
+        "",
+        "Peak memory of a sync from scratch (a fresh process per run, tiny model, VmHWM of /proc/self/status), as the corpus grows. "
+        "Target: 2 000 vs 20 000 documents < 100 MB apart.",
+        "",
+        "| store | documents | chunks | seconds | peak RSS MB | peak before the sync MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in memory:
+        lines.append(f"| {row['store']} | {row['docs']} | {row['chunks']['upserted']} | {row['seconds']:.0f} | "
+                     f"{row['peak_rss_mb']:.0f} | {row['before_sync_mb']:.0f} |")
+    by_store: dict[str, list[dict]] = {}
+    for row in memory:
+        by_store.setdefault(row["store"], []).append(row)
+    for store, rows in by_store.items():
+        if len(rows) >= 2:
+            lo, hi = rows[0], rows[-1]
+            lines.append(f"\n{store}: {hi['docs']} vs {lo['docs']} documents: "
+                         f"{hi['peak_rss_mb'] - lo['peak_rss_mb']:+.0f} MB peak RSS.")
+    lines += [
+        "",
+        f"- **Machine**: {cpu_model()}, {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}.",
+        f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): `{command}`",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--memory-child":
+        memory_child(*sys.argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=400, help="documents for the wall-time runs")
+    parser.add_argument("--memory-docs", type=int, nargs="*", default=[2000, 20000])
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    wall = measure_wall(args.docs)
+    print(json.dumps(wall, indent=1), flush=True)
+    memory = measure_memory(args.memory_docs)
+    command = ".venv/bin/python benchmarks/pipeline_sync.py" + (
+        "" if args.docs == 400 and args.memory_docs == [2000, 20000]
+        else f" --docs {args.docs} --memory-docs {' '.join(map(str, args.memory_docs))}")
+    section = render(wall, memory, command)
+    print(section)
+    if not args.no_write:
+        write_section(RESULTS, START, END, section + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
