@@ -21,7 +21,9 @@ What is measured
 * Texts: built deterministically (seeded) from ``connector/testing/sentences.txt`` (multilingual):
   short queries of 5-15 tokens, passages of ~250-350 characters (random sentences concatenated), long
   chunks of 384-512 tokens (``max_length`` = 512 truncates). Counts per class: see ``TEXTS``.
-* Backends, each in a fresh subprocess (so peak RSS does not mix): ``torch`` (BGEM3Encoder, fp32),
+* Backends, each in a fresh subprocess (so peak RSS does not mix): ``reference`` (FlagEmbedding's
+  BGEM3FlagModel, fp32, in its own venv built once from PyPI into benchmarks/.cache/reference-venv:
+  FlagEmbedding does not import with transformers 5), ``torch`` (BGEM3Encoder, fp32),
   ``onnx`` and ``onnx-int8`` (``connector/encoders/onnx.py``'s OnnxEncoder, quantize none / int8) -
   all built through ``connector.pipeline.make_encoder(config)``. An ONNX row is skipped, with the
   reason in the output, when that module is missing, does not import, or the config/factory does not
@@ -92,7 +94,12 @@ BATCH_SIZE = 16
 SEED = 20261125
 PEAK_REPEATS = 8
 LATENCY_EVERY = 3  # every 3rd text of each class gets a batch-of-one latency measurement
-BACKENDS = {"torch": None, "onnx": "none", "onnx-int8": "int8"}  # name -> quantize (None: torch)
+BACKENDS = {"torch": None, "onnx": "none", "onnx-int8": "int8", "reference": None}  # name -> quantize (None: fp32)
+#: The reference implementation, FlagEmbedding's BGEM3FlagModel, runs in its own venv: it does not
+#: import with transformers 5 (which the connector uses). Built once into benchmarks/.cache.
+REFERENCE_VENV = CACHE / "reference-venv"
+REFERENCE_PACKAGES = ["torch==2.13.0", "FlagEmbedding==1.4.2", "transformers==4.57.6"]
+SAMPLE_TEXTS = 6  # texts whose vectors each backend returns, to compare with the reference
 
 
 def fail(message: str) -> NoReturn:
@@ -190,8 +197,62 @@ def worker_peak(threads: int) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+class ReferenceEncoder:
+    """FlagEmbedding's BGEM3FlagModel (fp32 on the CPU, dense + sparse, ColBERT vectors off), with
+    the same max_length and batch_size as ours. Runs in the reference venv."""
+
+    def __init__(self, model: Path, threads: int):
+        import torch
+        from FlagEmbedding import BGEM3FlagModel
+
+        torch.set_num_threads(threads)
+        self.model = BGEM3FlagModel(str(model), use_fp16=False, devices="cpu")
+
+    def encode(self, texts):
+        out = self.model.encode(list(texts), batch_size=BATCH_SIZE, max_length=MAX_LENGTH, return_dense=True,
+                                return_sparse=True, return_colbert_vecs=False)
+        return [(dense, {int(k): float(v) for k, v in weights.items()})
+                for dense, weights in zip(out["dense_vecs"], out["lexical_weights"])]
+
+
+def sample_vectors(out) -> list:
+    """[dense as a list, {token id: weight}] of the first SAMPLE_TEXTS results, ours or the reference's."""
+    rows = []
+    for item in out[:SAMPLE_TEXTS]:
+        if isinstance(item, tuple):
+            dense, sparse = item
+        else:
+            dense, sparse = item.dense, dict(zip(item.sparse.indices.tolist(), item.sparse.values.tolist()))
+        rows.append([[float(x) for x in dense], {str(k): float(v) for k, v in sparse.items()}])
+    return rows
+
+
+def reference_python() -> Path:
+    """The reference venv's python; the venv is created on first use (PyPI only, no model hub)."""
+    python = REFERENCE_VENV / "bin" / "python"
+    stamp = REFERENCE_VENV / "PACKAGES.json"
+    try:
+        if json.loads(stamp.read_text()) == REFERENCE_PACKAGES:
+            return python
+    except (OSError, ValueError):
+        pass
+    print(f"creating the reference venv in {REFERENCE_VENV.relative_to(ROOT)} (once): {' '.join(REFERENCE_PACKAGES)}",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(REFERENCE_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, REFERENCE_PACKAGES[0]], check=True)  # torch first: the CPU build (see README)
+    subprocess.run([*pip, *REFERENCE_PACKAGES], check=True)
+    stamp.write_text(json.dumps(REFERENCE_PACKAGES))
+    return python
+
+
 def make_backend_encoder(backend: str, model: Path, shape: str, threads: int):
     """(encoder, None) or (None, reason it cannot be built)."""
+    if backend == "reference":
+        try:
+            return ReferenceEncoder(model, threads), None
+        except Exception as err:  # noqa: BLE001 - reported as the reason for skipping
+            return None, f"FlagEmbedding's BGEM3FlagModel could not be built: {type(err).__name__}: {err}"
     from connector.config import EncoderConfig, parse_config
 
     quantize = BACKENDS[backend]
@@ -273,7 +334,7 @@ def worker_encode(backend: str, model: Path, shape: str, threads: int, prepare_o
     all_lengths = [n for cls in texts for n in lengths[cls]]
     useful_flops = sum(n * (2 * p_layers + 4 * L * n * h) for n in all_lengths)
     versions = {}
-    for pkg in ("torch", "onnxruntime", "transformers"):
+    for pkg in ("torch", "onnxruntime", "transformers", "FlagEmbedding"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -282,7 +343,9 @@ def worker_encode(backend: str, model: Path, shape: str, threads: int, prepare_o
 
     return {
         "backend": backend,
-        "encoder": f"{type(enc).__module__}.{type(enc).__name__}",
+        "encoder": ("FlagEmbedding.BGEM3FlagModel" if backend == "reference"
+                    else f"{type(enc).__module__}.{type(enc).__name__}"),
+        "sample": sample_vectors(out),
         "texts_sha256": hashlib.sha256("\x00".join(every).encode()).hexdigest()[:16],
         "counts": {cls: len(ts) for cls, ts in texts.items()},
         "tokens": {cls: sum(v) for cls, v in lengths.items()},
@@ -317,12 +380,12 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
-def run_worker(args: list[str]) -> dict:
+def run_worker(args: list[str], python: str | Path = sys.executable) -> dict:
     """Run this script as a worker in a fresh process; return its JSON result."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = Path(tmp.name)
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", *args, "--out", str(out)], cwd=ROOT)
+        proc = subprocess.run([str(python), __file__, "--worker", *args, "--out", str(out)], cwd=ROOT)
         if proc.returncode != 0:
             return {"error": f"worker {args[0]} exited with {proc.returncode} (see its output above)"}
         return json.loads(out.read_text())
@@ -368,6 +431,34 @@ def pct(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+def report_row(r: dict) -> None:
+    if "throughput_s" in r:
+        print(f"  {r['total_tokens']} tokens in {r['throughput_s']:.1f}s = "
+              f"{r['total_tokens'] / r['throughput_s']:.0f} tokens/s; load {r['load_s']:.1f}s; "
+              f"rss {r['max_rss_mb']:.0f} MB; cores busy: own {r['own_cores']:.2f}, "
+              f"others {r['others_cores']:.2f}", flush=True)
+    else:
+        print(f"  skipped: {r.get('skipped') or r.get('error')}", flush=True)
+
+
+def agreement(rows: list[dict]) -> list[str]:
+    """How far each backend's vectors are from the reference's on the first SAMPLE_TEXTS texts."""
+    ref = next((r for r in rows if r.get("backend") == "reference" and "sample" in r), None)
+    if ref is None:
+        return []
+    out = []
+    for r in rows:
+        if r is ref or "sample" not in r:
+            continue
+        dense_diff = max(abs(a - b) for (da, _), (db, _) in zip(r["sample"], ref["sample"]) for a, b in zip(da, db))
+        ids_equal = all(set(sa) == set(sb) for (_, sa), (_, sb) in zip(r["sample"], ref["sample"]))
+        weight_diff = max((abs(sa[k] - sb[k]) for (_, sa), (_, sb) in zip(r["sample"], ref["sample"])
+                           for k in set(sa) & set(sb)), default=0.0)
+        out.append(f"{r['backend']}: dense max |diff| {dense_diff:.1e}, sparse ids "
+                   f"{'identical' if ids_equal else 'DIFFERENT'}, weights max |diff| {weight_diff:.1e}")
+    return out
+
+
 def summarise(rows: list[dict], peak: float) -> list[dict]:
     for r in rows:
         if "throughput_s" not in r:
@@ -378,23 +469,26 @@ def summarise(rows: list[dict], peak: float) -> list[dict]:
         lat = [x for v in r["latency_ms"].values() for x in v]
         r["p50"], r["p95"] = pct(lat, 50), pct(lat, 95)
     torch_tps = next((r["tokens_s"] for r in rows if r.get("backend") == "torch" and "tokens_s" in r), None)
+    ref_tps = next((r["tokens_s"] for r in rows if r.get("backend") == "reference" and "tokens_s" in r), None)
     for r in rows:
         if "tokens_s" in r:
             r["ratio"] = r["tokens_s"] / torch_tps if torch_tps else None
+            r["ratio_ref"] = r["tokens_s"] / ref_tps if ref_tps else None
     return rows
 
 
 def render_table(rows: list[dict]) -> str:
-    head = ("| backend | tokens/s | GFLOP/s | % of fp32 peak | × torch fp32 | p50 ms/text | p95 ms/text "
-            "| peak RSS MB |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| backend | tokens/s | GFLOP/s | % of fp32 peak | × torch fp32 | × reference | p50 ms/text "
+            "| p95 ms/text | peak RSS MB |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "tokens_s" in r:
             ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            ratio_ref = "–" if r["ratio_ref"] is None else f"{r['ratio_ref']:.2f}"
             lines.append(f"| {r['backend']} | {r['tokens_s']:.0f} | {r['gflops']:.1f} | {r['pct_peak']:.0f}% "
-                         f"| {ratio} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max_rss_mb']:.0f} |")
+                         f"| {ratio} | {ratio_ref} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max_rss_mb']:.0f} |")
         else:
-            lines.append(f"| {r['backend']} | skipped (see below) | – | – | – | – | – | – |")
+            lines.append(f"| {r['backend']} | skipped (see below) | – | – | – | – | – | – | – |")
     return "\n".join(lines)
 
 
@@ -444,6 +538,12 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
                      "slightly from fp32's (see `connector/encoders/onnx.py`); this benchmark measures speed only.")
     lines.append("- **peak RSS**: `ru_maxrss` of each backend's own fresh subprocess (model load + warm-up + both "
                  "passes); for ONNX a previous subprocess ran the export, so the export is not in the peak.")
+    if any(r["backend"] == "reference" for r in ok):
+        lines.append(f"- **reference**: FlagEmbedding's `BGEM3FlagModel` (the implementation bge-m3's authors ship; "
+                     f"{', '.join(REFERENCE_PACKAGES)}), fp32 on the CPU, `use_fp16=False`, the same max_length and "
+                     "batch_size, dense + sparse (ColBERT vectors off), in its own venv `benchmarks/.cache/reference-venv` "
+                     "because FlagEmbedding does not import with transformers 5. Vectors of the first "
+                     f"{SAMPLE_TEXTS} texts against the reference's: " + "; ".join(agreement(rows)) + ".")
     notes = [f"{r['backend']}: load {r['load_s']:.1f} s, encoder `{r['encoder']}`" for r in ok]
     if ok:
         lines.append("- **CPU during the tokens/s pass** (cores busy, from /proc/stat; the backend / everything else "
@@ -481,7 +581,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="full",
                         help="full: bge-m3's shape (default); small: 6 layers x 384, for quick runs")
-    parser.add_argument("--backends", default="torch,onnx,onnx-int8",
+    parser.add_argument("--backends", default="reference,torch,onnx,onnx-int8",
                         help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="threads per backend (default: physical cores)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -522,6 +622,12 @@ def main() -> int:
     common = ["--model", str(model), "--shape", args.shape, "--threads", str(threads)]
     for backend in backends:
         print(f"{backend} ...", flush=True)
+        if backend == "reference":
+            r = run_worker([backend, *common], python=reference_python())
+            r.setdefault("backend", backend)
+            rows.append(r)
+            report_row(r)
+            continue
         if BACKENDS[backend] is not None:
             prep = run_worker([backend, *common, "--prepare"])
             if "load_s" not in prep:
@@ -532,13 +638,7 @@ def main() -> int:
         r = run_worker([backend, *common])
         r.setdefault("backend", backend)
         rows.append(r)
-        if "throughput_s" in r:
-            print(f"  {r['total_tokens']} tokens in {r['throughput_s']:.1f}s = "
-                  f"{r['total_tokens'] / r['throughput_s']:.0f} tokens/s; load {r['load_s']:.1f}s; "
-                  f"rss {r['max_rss_mb']:.0f} MB; cores busy: own {r['own_cores']:.2f}, "
-                  f"others {r['others_cores']:.2f}", flush=True)
-        else:
-            print(f"  skipped: {r.get('skipped') or r.get('error')}", flush=True)
+        report_row(r)
 
     hashes = {r["texts_sha256"] for r in rows if "texts_sha256" in r}
     if len(hashes) > 1:

@@ -9,7 +9,7 @@
    in ONE `encoder.encode()` call (sorted by length over the whole set: the encoder's best case).
    Each is run twice, alternating; the best of each is kept. Target: pipelined sync <= 1.1 x the
    encoder alone.
-2. Peak memory: a fresh subprocess per corpus size syncs N documents from scratch (tiny model, so
+2. Peak memory: a fresh subprocess per corpus size and store syncs N documents from scratch (tiny model, so
    that 20 000 documents take minutes, not hours: the stages' buffers do not depend on the model)
    and reports its own peak RSS (VmHWM). Target: 2 000 vs 20 000 documents < 100 MB apart.
 
@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,8 @@ CACHE = ROOT / "benchmarks" / ".cache"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SENTENCES = ROOT / "connector" / "testing" / "sentences.txt"
 START, END = "<!-- pipeline:start -->", "<!-- pipeline:end -->"
-STORES = ("qdrant", "milvus")
+STORES = ("qdrant", "milvus")  # embedded: Qdrant local mode, Milvus Lite
+MEMORY_STORES = ("milvus-server", "qdrant", "milvus")
 
 
 def write_corpus(root: Path, docs: int, seed: int = 5) -> None:
@@ -55,11 +57,13 @@ def write_corpus(root: Path, docs: int, seed: int = 5) -> None:
         (folder / f"doc-{n:05d}.md").write_text(f"# Article {n}\n\n" + "\n\n".join(paragraphs), encoding="utf-8")
 
 
-def make_config(work: Path, model: Path, store: str, name: str):
+def make_config(work: Path, model: Path, store: str, name: str, uri: str | None = None):
+    """store: qdrant (embedded), milvus (Milvus Lite, embedded) or milvus-server (at `uri`)."""
     from connector.config import parse_config
 
-    sink = ({"type": "qdrant", "path": f"./{name}/qdrant"} if store == "qdrant"
-            else {"type": "milvus", "uri": f"./{name}/milvus.db"})
+    sink = {"qdrant": {"type": "qdrant", "path": f"./{name}/qdrant"},
+            "milvus": {"type": "milvus", "uri": f"./{name}/milvus.db"},
+            "milvus-server": {"type": "milvus", "uri": uri}}[store]
     return parse_config({
         "source": {"type": "files", "path": "./docs"},
         "chunking": {"max_tokens": 128, "overlap_tokens": 16},
@@ -122,12 +126,12 @@ def status_mb(key: str) -> float:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def memory_child(docs_dir: str, store: str, work: str) -> None:
+def memory_child(docs_dir: str, store: str, work: str, uri: str) -> None:
     """In a fresh process: sync the corpus with the tiny model; print the report and peak RSS."""
     from connector.pipeline import run_sync
 
     model = CACHE / "model-tiny"
-    config = make_config(Path(work), model, store, "run")
+    config = make_config(Path(work), model, store, "run", uri=uri)
     config.source.path = Path(docs_dir)
     baseline = status_mb("VmHWM")
     started = time.perf_counter()
@@ -137,7 +141,37 @@ def memory_child(docs_dir: str, store: str, work: str) -> None:
                       "exit_code": report.exit_code, "documents": report.documents, "chunks": report.chunks}))
 
 
-def measure_memory(sizes: list[int]) -> list[dict]:
+class MilvusLiteServer:
+    """A `milvus-lite server` process on 127.0.0.1 (the store in another process)."""
+
+    def __init__(self, data_dir: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        binary = Path(sys.executable).parent / "milvus-lite"
+        self.log = open(data_dir.parent / "milvus-lite.log", "ab")
+        self.process = subprocess.Popen(
+            [str(binary), "server", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError(f"milvus-lite server did not start; see {self.log.name}")
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
+
+
+def measure_memory(sizes: list[int], stores: list[str]) -> list[dict]:
     from connector.testing import make_model
 
     if not (CACHE / "model-tiny" / "config.json").exists():
@@ -147,11 +181,17 @@ def measure_memory(sizes: list[int]) -> list[dict]:
         work = Path(tempfile.mkdtemp(prefix="pipeline-mem-"))
         try:
             write_corpus(work / "docs", docs)
-            for store in STORES:
+            for store in stores:
                 run_dir = work / store
                 run_dir.mkdir()
-                out = subprocess.run([sys.executable, __file__, "--memory-child", str(work / "docs"), store, str(run_dir)],
-                                     check=True, capture_output=True, text=True, cwd=ROOT)
+                server = MilvusLiteServer(run_dir / "server-data") if store == "milvus-server" else None
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--memory-child", str(work / "docs"), store,
+                                          str(run_dir), server.uri if server else ""],
+                                         check=True, capture_output=True, text=True, cwd=ROOT)
+                finally:
+                    if server:
+                        server.stop()
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 assert row["exit_code"] == 0 and row["documents"]["new"] == docs, row
                 rows.append({"docs": docs, "store": store, **row})
@@ -183,8 +223,11 @@ def render(wall: dict, memory: list[dict], command: str) -> str:
         lines.append(f"| {name} | {min(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} | {min(values) / enc:.3f} |")
     lines += [
         "",
-        "Peak memory of a sync from scratch (a fresh process per run, tiny model, VmHWM of /proc/self/status), as the corpus grows. "
-        "Target: 2 000 vs 20 000 documents < 100 MB apart.",
+        "Peak memory of a sync from scratch (a fresh process per run, tiny model, VmHWM of /proc/self/status), as the "
+        "corpus grows. Target: 2 000 vs 20 000 documents < 100 MB apart. `milvus-server` writes to a `milvus-lite "
+        "server` process on 127.0.0.1, so the figure is the connector's own; the embedded stores (Qdrant local mode, "
+        "Milvus Lite) keep the collection inside the syncing process, so their figure includes the store's copy "
+        "of every point.",
         "",
         "| store | documents | chunks | seconds | peak RSS MB | peak before the sync MB |",
         "|---|---|---|---|---|---|",
@@ -210,20 +253,19 @@ def render(wall: dict, memory: list[dict], command: str) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--memory-child":
+    if len(sys.argv) == 6 and sys.argv[1] == "--memory-child":
         memory_child(*sys.argv[2:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=400, help="documents for the wall-time runs")
     parser.add_argument("--memory-docs", type=int, nargs="*", default=[2000, 20000])
+    parser.add_argument("--memory-stores", nargs="*", default=list(MEMORY_STORES), choices=MEMORY_STORES)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     wall = measure_wall(args.docs)
     print(json.dumps(wall, indent=1), flush=True)
-    memory = measure_memory(args.memory_docs)
-    command = ".venv/bin/python benchmarks/pipeline_sync.py" + (
-        "" if args.docs == 400 and args.memory_docs == [2000, 20000]
-        else f" --docs {args.docs} --memory-docs {' '.join(map(str, args.memory_docs))}")
+    memory = measure_memory(args.memory_docs, args.memory_stores)
+    command = " ".join([".venv/bin/python benchmarks/pipeline_sync.py", *sys.argv[1:]])
     section = render(wall, memory, command)
     print(section)
     if not args.no_write:
