@@ -616,6 +616,8 @@ def vector_identity(encoder: Encoder) -> dict:
         identity["backend"] = fp["backend"]
     if fp.get("quantize", "none") != "none":
         identity["quantize"] = fp["quantize"]
+    if fp.get("graph") is not None:  # the ONNX graph recipe (fused or not): int8 vectors depend on it
+        identity["graph"] = fp["graph"]
     return identity
 
 

@@ -97,7 +97,7 @@ def test_int8_is_close_to_torch(int8_encoder, fp32_encoder, torch_vectors):
 
 def test_export_is_cached_per_model_content(tiny_model_dir, cache_dir, fp32_encoder, int8_encoder):
     fp32_encoder.prepare(), int8_encoder.prepare()
-    key = fp32_encoder.fingerprint["content_sha256"][:16]
+    key = f"{fp32_encoder.fingerprint['content_sha256'][:16]}-g{onnx_backend.GRAPH_VERSION}"
     assert fp32_encoder.export_dir == int8_encoder.export_dir == cache_dir / key
     assert fp32_encoder.model_path == cache_dir / key / "model.onnx"
     assert int8_encoder.model_path == cache_dir / key / "model.int8.onnx"
@@ -115,13 +115,29 @@ def test_export_is_cached_per_model_content(tiny_model_dir, cache_dir, fp32_enco
 
 
 def test_fingerprints_and_vector_identity(tiny_encoder, fp32_encoder, int8_encoder):
-    assert fp32_encoder.fingerprint == {**tiny_encoder.fingerprint, "backend": "onnx", "quantize": "none"}
+    assert fp32_encoder.fingerprint == {**tiny_encoder.fingerprint, "backend": "onnx", "quantize": "none",
+                                        "graph": onnx_backend.GRAPH_VERSION}
     assert int8_encoder.fingerprint["quantize"] == "int8"
     # torch keeps its identity (stored vectors stay valid); onnx and int8 get their own
     torch_id = vector_identity(tiny_encoder)
     assert set(torch_id) == {"content_sha256", "revision"}
-    assert vector_identity(fp32_encoder) == {**torch_id, "backend": "onnx"}
-    assert vector_identity(int8_encoder) == {**torch_id, "backend": "onnx", "quantize": "int8"}
+    graph = onnx_backend.GRAPH_VERSION
+    assert vector_identity(fp32_encoder) == {**torch_id, "backend": "onnx", "graph": graph}
+    assert vector_identity(int8_encoder) == {**torch_id, "backend": "onnx", "quantize": "int8", "graph": graph}
+
+
+def test_the_cached_graphs_are_fused(fp32_encoder, int8_encoder, tiny_model_dir):
+    import json
+    from collections import Counter
+
+    import onnx
+
+    layers = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    for encoder, attention in ((fp32_encoder, "Attention"), (int8_encoder, "QAttention")):
+        encoder.prepare()
+        ops = Counter(n.op_type for n in onnx.load(str(encoder.model_path), load_external_data=False).graph.node)
+        assert ops[attention] == layers, ops  # every attention block is one fused node
+        assert ops["Softmax"] == 0 and ops["SkipLayerNormalization"] >= layers, ops
 
 
 def test_quantize_needs_the_onnx_backend(tmp_path):

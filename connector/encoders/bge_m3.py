@@ -91,6 +91,7 @@ class BGEM3Encoder(Encoder):
         self._tokenizer, config = _load_tokenizer_and_config(self.folder)
         self._weights: tuple | None = None  # (model, sparse head), loaded on the first encode()
         self.dimension = int(config.hidden_size)
+        self.num_heads = int(config.num_attention_heads)
 
         usable_positions = config.max_position_embeddings - config.pad_token_id - 1
         if max_length > usable_positions:

@@ -40,11 +40,20 @@ import numpy as np
 from connector.encoders.bge_m3 import BGEM3Encoder, _load_weights, bge_m3_outputs, physical_cores
 from connector.errors import ConfigError, MissingExtraError, ModelLoadError
 
+log = logging.getLogger("connector.onnx")
+
 #: Opset of the exported graph.
 OPSET = 18
 
-#: Arguments of onnxruntime.quantization.quantize_dynamic for quantize="int8".
-INT8_SETTINGS = {"per_channel": True, "reduce_range": False, "op_types_to_quantize": ["MatMul", "Gather"]}
+#: Arguments of onnxruntime.quantization.quantize_dynamic for quantize="int8". "Attention" makes the
+#: fused attention's Q/K/V GEMM int8 too (QAttention); MatMulConstBOnly keeps activation x
+#: activation products (an unfused graph's attention scores) in fp32.
+INT8_SETTINGS = {"per_channel": True, "reduce_range": False,
+                 "op_types_to_quantize": ["MatMul", "Gather", "Attention"], "extra_options": {"MatMulConstBOnly": True}}
+
+#: Version of the graph recipe (2: attention and bias/GELU/LayerNorm fused, onnx_fusion.py). Part of
+#: the export folder's name and of the fingerprint: another recipe gives (slightly) other vectors.
+GRAPH_VERSION = 2
 
 #: Number of exports this process ran (tests check that the cache is used).
 export_count = 0
@@ -88,8 +97,8 @@ class OnnxEncoder(BGEM3Encoder):
         super().__init__(model, max_length=max_length, batch_size=batch_size, revision=revision, threads=threads)
         self.quantize = quantize
         self.threads = threads or physical_cores()
-        self.export_dir = Path(cache_dir) / self._fingerprint["content_sha256"][:16]
-        self._fingerprint.update(backend="onnx", quantize=quantize)
+        self.export_dir = Path(cache_dir) / f"{self._fingerprint['content_sha256'][:16]}-g{GRAPH_VERSION}"
+        self._fingerprint.update(backend="onnx", quantize=quantize, graph=GRAPH_VERSION)
         self._session = None
 
     @classmethod
@@ -116,7 +125,7 @@ class OnnxEncoder(BGEM3Encoder):
         if self._session is None:
             fp32 = self.export_dir / "model.onnx"
             if not fp32.is_file():
-                export_onnx(self.folder, self.dimension, fp32)
+                export_fused(self.folder, self.dimension, self.num_heads, fp32)
             if self.quantize == "int8" and not self.model_path.is_file():
                 quantize_int8(fp32, self.model_path)
             self._session = _open_session(self.model_path, self.threads)
@@ -146,6 +155,27 @@ def _graph_module(folder: Path, hidden_size: int):
             return bge_m3_outputs(self.model, self.sparse_linear, input_ids, attention_mask)
 
     return BGEM3Graph().eval()
+
+
+def export_fused(folder: Path, hidden_size: int, num_heads: int, target: Path) -> Path:
+    """Export the model (`export_onnx`), then fuse the graph (`onnx_fusion.fuse_graph`) into
+    `target` (+ `target`.data), atomically. When the export does not have the expected pattern,
+    the unfused graph is kept (same vectors, slower) and a warning says so."""
+    from connector.encoders.onnx_fusion import FusionError, fuse_graph
+
+    with _staging(target) as tmp:
+        raw = export_onnx(folder, hidden_size, tmp / "unfused" / target.name)
+        try:
+            stats = fuse_graph(raw, tmp / target.name, num_heads, hidden_size)
+            log.info("fused the ONNX graph: %s", stats)
+        except FusionError as err:
+            log.warning("the ONNX graph stays unfused (slower, same vectors): %s", err)
+            for path in raw.parent.iterdir():
+                os.replace(path, tmp / path.name)
+        except Exception as err:
+            raise ModelLoadError(f"could not fuse the ONNX graph of {folder} ({type(err).__name__}: {err})") from err
+        shutil.rmtree(raw.parent, ignore_errors=True)
+    return target
 
 
 def export_onnx(folder: Path, hidden_size: int, target: Path) -> Path:
