@@ -50,7 +50,7 @@ from connector.sources.base import Source
 
 log = logging.getLogger("connector.sync")
 
-WINDOW_CHUNKS = 256  # chunks gathered before encoding; bounds memory, keeps batches full
+WINDOW_CHUNKS = 1024  # chunks gathered before encoding; bounds memory, gives the encoder texts to sort by length
 QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
