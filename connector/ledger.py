@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     chunk_key TEXT NOT NULL,
     PRIMARY KEY (doc_id, chunk_index)
 );
+-- mark_in_flight looks chunks up by point id, once per point written: without this index each
+-- lookup scanned the table, and a 20 000-document sync took 30x the time of a 2 000-document one
+CREATE INDEX IF NOT EXISTS chunks_by_point_id ON chunks(point_id);
 CREATE TABLE IF NOT EXISTS pending_deletes (point_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,6 +55,7 @@ CREATE TABLE IF NOT EXISTS dead_letter_docs (
     point_count INTEGER NOT NULL,
     PRIMARY KEY (letter_id, doc_id)
 );
+CREATE INDEX IF NOT EXISTS dead_letter_docs_by_doc_id ON dead_letter_docs(doc_id);
 CREATE TABLE IF NOT EXISTS failed_documents (
     doc_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
