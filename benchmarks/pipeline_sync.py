@@ -10,6 +10,8 @@
    in ONE `encoder.encode()` call (sorted by length over the whole set: the encoder's best case).
    Each is run twice, alternating; the best of each is kept. Target: pipelined sync <= 1.1 x the
    encoder alone.
+   Then the small shape into a milvus-lite server behind a TCP proxy that delays each message by
+   --delay-ms each way: a store across a network, where the write stage waits rather than computes.
 2. Peak memory: a fresh subprocess per corpus size and store syncs N documents from scratch (tiny model, so
    that 20 000 documents take minutes, not hours: the stages' buffers do not depend on the model)
    and reports its own peak RSS (VmHWM). Target: 2 000 vs 20 000 documents < 100 MB apart.
@@ -117,6 +119,42 @@ def measure_wall(docs: int, shape: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def measure_remote(docs: int, delay_ms: float) -> dict:
+    """The small shape into a milvus-lite server behind a LatencyProxy (a store `delay_ms` away
+    each way): pipelined against one after the other. Here the write stage mostly waits on the
+    network, which is what the stages overlap with encoding."""
+    from encode_throughput import ensure_model
+    from latency_proxy import LatencyProxy
+
+    from connector.pipeline import make_encoder, run_sync
+
+    model = ensure_model("small")
+    work = Path(tempfile.mkdtemp(prefix="pipeline-remote-"))
+    server = None
+    try:
+        write_corpus(work / "docs", docs)
+        server = MilvusLiteServer(work / "server-data")
+        with LatencyProxy("127.0.0.1", server.port, delay_ms / 1000) as proxy:
+            encoder = make_encoder(make_config(work, model, "qdrant", "warm"))
+            encoder.encode(["warm-up: loads the weights", "a second text"])
+            rows: dict[str, list[float]] = {}
+            for attempt in range(2):
+                for pipelined in (True, False):
+                    name = f"{'staged' if pipelined else 'inline'}-{attempt}"
+                    config = make_config(work, model, "milvus-server", name, uri=f"http://127.0.0.1:{proxy.port}")
+                    config.sink.collection = f"kb_{name.replace('-', '_')}"
+                    started = time.perf_counter()
+                    report = run_sync(config, encoder=encoder, pipelined=pipelined)
+                    rows.setdefault("pipelined" if pipelined else "stages one after the other", []).append(
+                        time.perf_counter() - started)
+                    assert report.exit_code == 0, report.to_json()
+        return {"docs": docs, "delay_ms": delay_ms, "chunks": report.chunks["upserted"], "seconds": rows}
+    finally:
+        if server:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------- memory
 def status_mb(key: str) -> float:
     """A memory figure of this process from /proc/self/status, in MB. (Not ru_maxrss: Linux keeps
@@ -208,7 +246,7 @@ SHAPE_NAMES = {"small": "the `--shape small` model (6 layers, hidden 384, vocab 
                "full": "a model of bge-m3's exact shape (24 layers, hidden 1024, vocab 250002)"}
 
 
-def render(walls: list[dict], memory: list[dict], command: str) -> str:
+def render(walls: list[dict], remote: dict | None, memory: list[dict], command: str) -> str:
     lines = [
         START,
         "## Pipelined sync",
@@ -227,6 +265,15 @@ def render(walls: list[dict], memory: list[dict], command: str) -> str:
         for name, values in wall["seconds"].items():
             lines.append(f"| {name} | {min(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
                          f"{min(values) / enc:.3f} |")
+    if remote:
+        best = {name: min(values) for name, values in remote["seconds"].items()}
+        lines += ["", f"A store across a network: the small shape, {remote['docs']} documents ({remote['chunks']} "
+                      f"chunks) into a milvus-lite server behind a TCP proxy that delays every message "
+                      f"{remote['delay_ms']:.0f} ms each way (benchmarks/latency_proxy.py). Best of 2 alternating runs.",
+                  "", "| run | seconds (best of 2) | all runs | x pipelined |", "|---|---|---|---|"]
+        for name, values in remote["seconds"].items():
+            lines.append(f"| {name} | {min(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
+                         f"{min(values) / best['pipelined']:.3f} |")
     lines += [
         "",
         "Peak memory of a sync from scratch (a fresh process per run, tiny model, VmHWM of /proc/self/status), as the "
@@ -265,15 +312,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=400, help="documents for the wall-time runs, small shape")
     parser.add_argument("--full-docs", type=int, default=40, help="documents for the wall-time runs, bge-m3's shape")
+    parser.add_argument("--delay-ms", type=float, default=25, help="the remote store's delay each way (0: skip)")
     parser.add_argument("--memory-docs", type=int, nargs="*", default=[2000, 20000])
     parser.add_argument("--memory-stores", nargs="*", default=list(MEMORY_STORES), choices=MEMORY_STORES)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     walls = [measure_wall(args.docs, "small")] + ([measure_wall(args.full_docs, "full")] if args.full_docs else [])
     print(json.dumps(walls, indent=1), flush=True)
+    remote = measure_remote(args.docs, args.delay_ms) if args.delay_ms else None
+    print(json.dumps(remote, indent=1), flush=True)
     memory = measure_memory(args.memory_docs, args.memory_stores)
     command = " ".join([".venv/bin/python benchmarks/pipeline_sync.py", *sys.argv[1:]])
-    section = render(walls, memory, command)
+    section = render(walls, remote, memory, command)
     print(section)
     if not args.no_write:
         write_section(RESULTS, START, END, section + "\n")
