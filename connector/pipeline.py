@@ -52,6 +52,7 @@ log = logging.getLogger("connector.sync")
 
 WINDOW_CHUNKS = 1024  # chunks gathered before encoding; bounds memory, gives the encoder texts to sort by length
 QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
+ENCODE_SLICE = 128  # chunks per encoder call: a cancelled sync waits for at most one
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
 
@@ -221,6 +222,7 @@ class SyncRun:
         self.progress = progress
         self.pipelined = pipelined  # False: the same stages one after the other (a baseline, and for debugging)
         self._encode_lock = threading.Lock()
+        self._cancel = threading.Event()  # set when the write stage stops early: the others stop too
         self.collection_ready = False
         self._dry_run_shas: set[str] = set()
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
@@ -303,8 +305,12 @@ class SyncRun:
         try:
             windows = stage(self._windows(items, reader, seen, failed_origins, report), "plan")
             with closing(stage(self._parts(windows), "encode")) as parts:
-                for part in parts:
-                    self._write(part, report)
+                try:
+                    for part in parts:
+                        self._write(part, report)
+                except BaseException:
+                    self._cancel.set()  # the other stages stop at their next document / slice of chunks
+                    raise
         finally:
             reader.close()
 
@@ -330,6 +336,8 @@ class SyncRun:
         """Plan every document; yield them in windows of about WINDOW_CHUNKS chunks to write."""
         window = Window()
         for item in self._progress(items):
+            if self._cancel.is_set():
+                return
             report.documents["seen"] += 1
             seen.add(item.doc_id)
             if isinstance(item, FailedDocument):
@@ -392,7 +400,9 @@ class SyncRun:
                 work = [(n, i) for n, plan in enumerate(window.plans) for i in plan.write]
                 for start in range(0, max(len(work), 1), WINDOW_CHUNKS):
                     part = work[start : start + WINDOW_CHUNKS]
-                    vectors, encoded = self._vectors_for([window.plans[n].chunks[i] for n, i in part])
+                    vectors, encoded = self._vectors_in_slices([window.plans[n].chunks[i] for n, i in part])
+                    if self._cancel.is_set():
+                        return
                     points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
                                               window.plans[n].payloads[i])) for n, i in part]
                     yield Part(window, points, encoded, len(vectors) - encoded)
@@ -469,6 +479,21 @@ class SyncRun:
                                     "kind": "store"})
             self.ledger.record_failure(plan.doc.doc_id, reason)
         report.chunks["failed"] += points_total
+
+    def _vectors_in_slices(self, chunks: list[Chunk]) -> tuple[dict, int]:
+        """`_vectors_for` in slices of ENCODE_SLICE chunks of similar length (sorted by length
+        first, so the encoder's batches stay full and unpadded), stopping early when the sync
+        is cancelled: a stopped sync waits for one slice, not a whole part."""
+        by_length = sorted(chunks, key=lambda c: len(c.text))
+        vectors: dict = {}
+        encoded = 0
+        for start in range(0, len(by_length), ENCODE_SLICE):
+            if self._cancel.is_set():
+                break
+            found, n = self._vectors_for(by_length[start : start + ENCODE_SLICE])
+            vectors.update(found)
+            encoded += n
+        return vectors, encoded
 
     def _vectors_for(self, chunks: list[Chunk]) -> tuple[dict, int]:
         """Vectors by chunk sha256, from the embedding cache, the rest encoded (and cached); and
@@ -616,7 +641,9 @@ def vector_identity(encoder: Encoder) -> dict:
         identity["backend"] = fp["backend"]
     if fp.get("quantize", "none") != "none":
         identity["quantize"] = fp["quantize"]
-    if fp.get("graph") is not None:  # the ONNX graph recipe (fused or not): int8 vectors depend on it
+    # int8 vectors depend on the ONNX graph recipe (fused attention is quantized too); fp32 ones
+    # agree to ~1e-6 whatever the recipe, so their identity (cache, fitted projections) is kept
+    if fp.get("quantize", "none") != "none" and fp.get("graph") is not None:
         identity["graph"] = fp["graph"]
     return identity
 

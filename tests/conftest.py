@@ -19,3 +19,14 @@ def tiny_encoder(tiny_model_dir):
     from connector.encoders.bge_m3 import BGEM3Encoder
 
     return BGEM3Encoder(str(tiny_model_dir), max_length=512, batch_size=4)
+
+
+@pytest.fixture
+def plain_batches(monkeypatch):
+    """Encoders batch texts as plain length-sorted batches (no padding limit), so that tests of
+    padded batches really pad: with the 2% limit most test texts would go through alone."""
+    import functools
+
+    from connector.encoders import bge_m3
+
+    monkeypatch.setattr(bge_m3, "length_batches", functools.partial(bge_m3.length_batches, max_padding=1.0))

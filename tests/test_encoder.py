@@ -68,11 +68,14 @@ def wide_model_dir(tmp_path_factory):
     )
 
 
-def test_matches_independent_reference_across_padded_batches(tiny_encoder, reference):
+def test_matches_independent_reference_across_padded_batches(tiny_encoder, reference, plain_batches):
     lengths = [len(tiny_encoder.tokenizer(t, truncation=True, max_length=512)["input_ids"]) for t in TEXTS]
     assert max(lengths) == 512  # truncation happens
     assert len(set(lengths)) == len(TEXTS)  # every batch of 4 needs padding
     assert len(TEXTS) > 2 * tiny_encoder.batch_size  # several batches
+    from connector.encoders import bge_m3
+
+    assert all(len(b) > 1 for b in bge_m3.length_batches(lengths, tiny_encoder.batch_size)[:-1])  # padded batches
 
     results = tiny_encoder.encode(TEXTS)
 

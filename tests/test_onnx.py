@@ -51,7 +51,7 @@ def top_ids(sparse, k: int = 10) -> set[int]:
     return set(sparse.indices[np.argsort(-sparse.values, kind="stable")[:k]].tolist())
 
 
-def test_fp32_matches_torch(fp32_encoder, torch_vectors):
+def test_fp32_matches_torch(fp32_encoder, torch_vectors, plain_batches):
     lengths = [len(fp32_encoder.tokenizer(t, truncation=True, max_length=512)["input_ids"]) for t in TEXTS]
     assert max(lengths) == 512 and min(lengths) == 2 and len(set(lengths)) == len(TEXTS)
 
@@ -74,7 +74,7 @@ def test_single_shortest_text_runs(fp32_encoder, tiny_encoder):
     assert float(vec.dense @ ref.dense) >= 0.9999
 
 
-def test_int8_is_close_to_torch(int8_encoder, fp32_encoder, torch_vectors):
+def test_int8_is_close_to_torch(int8_encoder, fp32_encoder, torch_vectors, plain_batches):
     got = int8_encoder.encode(TEXTS)
 
     cosines = np.array([float(v.dense @ r.dense) for v, r in zip(got, torch_vectors)])
@@ -122,7 +122,7 @@ def test_fingerprints_and_vector_identity(tiny_encoder, fp32_encoder, int8_encod
     torch_id = vector_identity(tiny_encoder)
     assert set(torch_id) == {"content_sha256", "revision"}
     graph = onnx_backend.GRAPH_VERSION
-    assert vector_identity(fp32_encoder) == {**torch_id, "backend": "onnx", "graph": graph}
+    assert vector_identity(fp32_encoder) == {**torch_id, "backend": "onnx"}
     assert vector_identity(int8_encoder) == {**torch_id, "backend": "onnx", "quantize": "int8", "graph": graph}
 
 
@@ -193,3 +193,35 @@ def test_sync_through_the_cli_with_onnx_int8(tmp_path, tiny_model_dir):
     with make_sink(parse_config(config, tmp_path).sink) as sink:
         assert sink.count() == first["chunks"]["upserted"]
     assert sync()["documents"]["unchanged"] == 2
+
+
+@pytest.mark.parametrize("failure", ["raises", "wrong outputs"])
+def test_a_fusion_that_fails_or_changes_the_outputs_keeps_the_unfused_graph(tmp_path, tiny_model_dir, tiny_encoder,
+                                                                            monkeypatch, failure):
+    from collections import Counter
+
+    import onnx
+
+    from connector.encoders import onnx_fusion
+
+    real_fuse = onnx_fusion.fuse_graph
+
+    def broken_fuse(source, target, num_heads, hidden_size):
+        if failure == "raises":
+            raise onnx_fusion.FusionError("fused 0 attention blocks of 2")
+        stats = real_fuse(source, target, num_heads, hidden_size)
+        model = onnx.load(str(target))  # corrupt it: scale the attention so outputs change
+        for node in model.graph.node:
+            if node.op_type == "Attention":
+                next(a for a in node.attribute if a.name == "scale").f *= 3
+        onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=target.name + ".data")
+        return stats
+
+    monkeypatch.setattr(onnx_fusion, "fuse_graph", broken_fuse)
+    encoder = OnnxEncoder(str(tiny_model_dir), cache_dir=tmp_path, max_length=512, batch_size=4)
+    [vec] = encoder.encode(["Das Gerät startet nicht."])
+    [ref] = tiny_encoder.encode(["Das Gerät startet nicht."])
+    assert float(vec.dense @ ref.dense) >= 0.9999
+    ops = Counter(n.op_type for n in onnx.load(str(encoder.model_path), load_external_data=False).graph.node)
+    assert ops["Attention"] == 0 and ops["Softmax"] > 0, ops
