@@ -18,7 +18,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from common import cpu_model, write_section  # benchmarks/common.py
+from common import cpu_model, publish  # benchmarks/common.py
 from encode_throughput import BATCH_SIZE, MAX_LENGTH, RESULTS, TEXTS, build_texts, ensure_model
 
 START, END = "<!-- batching:start -->", "<!-- batching:end -->"
@@ -71,9 +71,7 @@ def main() -> int:
               f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): "
               "`.venv/bin/python benchmarks/batching.py`", END]
     section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(RESULTS, START, END, section + "\n")
+    publish(RESULTS, START, END, section, write=not args.no_write)
     return 0
 
 

@@ -32,3 +32,10 @@ def write_section(path: Path, start: str, end: str, section: str) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def publish(path: Path, start: str, end: str, section: str, write: bool) -> None:
+    """Print a benchmark's section and, if `write`, put it into the results file."""
+    print(section)
+    if write:
+        write_section(path, start, end, section + "\n")

@@ -35,7 +35,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import cpu_model, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
+from common import cpu_model, publish  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -324,9 +324,7 @@ def main() -> int:
     memory = measure_memory(args.memory_docs, args.memory_stores)
     command = " ".join([".venv/bin/python benchmarks/pipeline_sync.py", *sys.argv[1:]])
     section = render(walls, remote, memory, command)
-    print(section)
-    if not args.no_write:
-        write_section(RESULTS, START, END, section + "\n")
+    publish(RESULTS, START, END, section, write=not args.no_write)
     return 0
 
 

@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
+from common import publish  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -116,9 +116,7 @@ def main() -> int:
         f"`.venv/bin/python benchmarks/sync_costs.py --docs {args.docs}`",
         END,
     ])
-    print(section)
-    if not args.no_write:
-        write_section(RESULTS, START, END, section + "\n")
+    publish(RESULTS, START, END, section, write=not args.no_write)
     return 0
 
 
