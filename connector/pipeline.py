@@ -52,7 +52,6 @@ log = logging.getLogger("connector.sync")
 
 WINDOW_CHUNKS = 1024  # chunks gathered before encoding; bounds memory, gives the encoder texts to sort by length
 QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
-ENCODE_SLICE = 128  # chunks per encoder call: a cancelled sync waits for at most one
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
 
@@ -309,7 +308,7 @@ class SyncRun:
                     for part in parts:
                         self._write(part, report)
                 except BaseException:
-                    self._cancel.set()  # the other stages stop at their next document / slice of chunks
+                    self._cancel.set()  # the other stages stop at their next document / part
                     raise
         finally:
             reader.close()
@@ -399,10 +398,10 @@ class SyncRun:
             for window in windows:
                 work = [(n, i) for n, plan in enumerate(window.plans) for i in plan.write]
                 for start in range(0, max(len(work), 1), WINDOW_CHUNKS):
-                    part = work[start : start + WINDOW_CHUNKS]
-                    vectors, encoded = self._vectors_in_slices([window.plans[n].chunks[i] for n, i in part])
-                    if self._cancel.is_set():
+                    if self._cancel.is_set():  # the write stage stopped: encode nothing more
                         return
+                    part = work[start : start + WINDOW_CHUNKS]
+                    vectors, encoded = self._vectors_for([window.plans[n].chunks[i] for n, i in part])
                     points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
                                               window.plans[n].payloads[i])) for n, i in part]
                     yield Part(window, points, encoded, len(vectors) - encoded)
@@ -479,21 +478,6 @@ class SyncRun:
                                     "kind": "store"})
             self.ledger.record_failure(plan.doc.doc_id, reason)
         report.chunks["failed"] += points_total
-
-    def _vectors_in_slices(self, chunks: list[Chunk]) -> tuple[dict, int]:
-        """`_vectors_for` in slices of ENCODE_SLICE chunks of similar length (sorted by length
-        first, so the encoder's batches stay full and unpadded), stopping early when the sync
-        is cancelled: a stopped sync waits for one slice, not a whole part."""
-        by_length = sorted(chunks, key=lambda c: len(c.text))
-        vectors: dict = {}
-        encoded = 0
-        for start in range(0, len(by_length), ENCODE_SLICE):
-            if self._cancel.is_set():
-                break
-            found, n = self._vectors_for(by_length[start : start + ENCODE_SLICE])
-            vectors.update(found)
-            encoded += n
-        return vectors, encoded
 
     def _vectors_for(self, chunks: list[Chunk]) -> tuple[dict, int]:
         """Vectors by chunk sha256, from the embedding cache, the rest encoded (and cached); and

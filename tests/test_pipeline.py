@@ -187,3 +187,21 @@ def test_an_error_in_the_read_stage_ends_the_sync_and_what_was_committed_is_in_t
     report = run_sync(config, encoder=tiny_encoder)
     assert report.documents["unchanged"] == len(committed) and report.documents["new"] == DOCS - len(committed)
     assert verify(config).ok
+
+
+def test_a_stopped_sync_stops_encoding_too(tmp_path, tiny_model_dir, tiny_encoder, small_windows, monkeypatch):
+    from connector.errors import TerminalError
+
+    encoder = CountingEncoder(tiny_encoder)
+
+    def refuse(self, points):
+        raise TerminalError("the store refuses every write")
+
+    monkeypatch.setattr(QdrantSink, "upsert", refuse)
+    config = make_config(tmp_path, tiny_model_dir, "run", write_corpus(tmp_path / "docs", docs=400))
+    config.on_error = "stop"
+    report = run_sync(config, encoder=encoder)  # type: ignore[arg-type]
+    assert report.stopped and report.exit_code == 3
+    # 400 documents make ~100 windows; after the stop only the parts already under way are encoded
+    assert encoder.calls <= 8, encoder.calls
+    assert not any(t.name.startswith("connector-") and t.is_alive() for t in threading.enumerate())
