@@ -9,16 +9,21 @@ batches, lexical weights). The forward pass is ONE exported graph:
 
 The dense vector is L2-normalised after the graph, in numpy.
 
-The export is cached: `cache_dir/<content_sha256[:16]>/model.onnx` (+ `model.onnx.data`, the
+The export is cached: `cache_dir/<content_sha256[:16]>-g<GRAPH_VERSION>/model.onnx` (+ `model.onnx.data`, the
 weights in ONNX's external data format, so bge-m3's 2.2 GB export loads too) and, for
 `quantize="int8"`, `model.int8.onnx` (+ `model.int8.onnx.data`) next to it. The key is the
 model's content hash from the fingerprint, so another model or new weights get their own
 folder. Files are written in a temporary folder and renamed into place (the .onnx file last),
 so a crash never leaves a half-written export that a later run would load.
 
-int8 is onnxruntime's dynamic quantization (`quantize_dynamic`): weights of MatMul and Gather
-(the embeddings) as signed int8, per output channel (`per_channel=True`, better quality than
-per tensor at the same speed), activations quantized per batch at run time (uint8).
+The exported graph is fused before it is cached (`onnx_fusion.py`: attention, bias + GELU,
+residual + LayerNorm), and kept only if it gives the export's outputs; otherwise the unfused
+export is cached, with a warning.
+
+int8 is onnxruntime's dynamic quantization (`quantize_dynamic`) of the fused graph: weights of
+MatMul, Gather (the embeddings) and the fused Attention's Q/K/V as signed int8, per output channel
+(`per_channel=True`, better quality than per tensor at the same speed), activations quantized per
+batch at run time (uint8).
 `reduce_range` stays off. int8 vectors differ a little from fp32 ones, so the fingerprint
 (and the sync's vector identity) carries `backend` and `quantize`.
 """
