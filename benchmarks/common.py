@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_model() -> str:
@@ -15,6 +18,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def display_python() -> str:
+    """The running interpreter, relative to the repository root where it is inside it (for the
+    command line a results section quotes)."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(ROOT))
+    except ValueError:
+        return str(exe)
 
 
 def write_section(path: Path, start: str, end: str, section: str) -> None:

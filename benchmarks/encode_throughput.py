@@ -55,7 +55,7 @@ What is measured
 
 from __future__ import annotations
 
-from common import cpu_model, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
+from common import cpu_model, display_python, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
 import argparse
 import datetime as dt
 import hashlib
@@ -636,13 +636,6 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
     return "\n".join(lines) + "\n"
 
 
-
-def display_python() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(ROOT))
-    except ValueError:
-        return str(exe)
 
 
 # ---------------------------------------------------------------------------------------------- main

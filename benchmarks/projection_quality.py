@@ -54,7 +54,7 @@ What is measured
 
 from __future__ import annotations
 
-from common import cpu_model, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
+from common import cpu_model, display_python, write_section  # benchmarks/common.py (this folder is on sys.path when run as a script)
 import argparse
 import datetime as dt
 import glob
@@ -358,13 +358,6 @@ def main() -> int:
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
-
-def display_python() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(ROOT))
-    except ValueError:
-        return str(exe)
 
 
 def _f(value, fmt: str) -> str:

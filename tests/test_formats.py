@@ -230,12 +230,17 @@ def test_corrupt_pdf(tmp_path, data):
     assert "damaged PDF" in failed(only(tmp_path), "corrupt").reason
 
 
-def test_pdf_with_a_user_password_is_encrypted(tmp_path):
-    writer = pypdf_writer(minimal_pdf(["secret"]))
-    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
+def encrypted_pdf(text: str, user_password: str) -> bytes:
+    """A one-page PDF encrypted with an owner password and `user_password` ("" opens without one)."""
+    writer = pypdf_writer(minimal_pdf([text]))
+    writer.encrypt(user_password=user_password, owner_password="owner", algorithm="RC4-128")
     out = io.BytesIO()
     writer.write(out)
-    write(tmp_path / "locked.pdf", out.getvalue())
+    return out.getvalue()
+
+
+def test_pdf_with_a_user_password_is_encrypted(tmp_path):
+    write(tmp_path / "locked.pdf", encrypted_pdf("secret", user_password="secret"))
     write(tmp_path / "stub.pdf", minimal_pdf(["secret"], encrypt_stub=True))
     items = read_all(tmp_path)
     assert "password" in failed(items["locked.pdf"], "encrypted").reason
@@ -243,11 +248,7 @@ def test_pdf_with_a_user_password_is_encrypted(tmp_path):
 
 
 def test_pdf_with_only_an_owner_password_is_read(tmp_path):
-    writer = pypdf_writer(minimal_pdf(["open to all"]))
-    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
-    out = io.BytesIO()
-    writer.write(out)
-    write(tmp_path / "owner.pdf", out.getvalue())
+    write(tmp_path / "owner.pdf", encrypted_pdf("open to all", user_password=""))
     assert only(tmp_path).text == "open to all"
 
 
