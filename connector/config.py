@@ -182,6 +182,14 @@ class RetryConfig(Strict):
     max_wait: float = Field(30.0, ge=0, description="Longest single wait, in seconds.")
     jitter: float = Field(0.5, ge=0, description="Up to this many seconds added at random to each wait.")
     max_total_seconds: float = Field(120.0, gt=0, description="Give up once this much time has passed.")
+    open_after_failures: int = Field(
+        3, ge=1, description="A sync treats the store as down after this many calls in a row failed every retry: "
+        "writes pause (encoding goes on) and the store is probed until it answers.",
+    )
+    outage_budget_seconds: float = Field(
+        300.0, gt=0, description="A sync whose store stays down this long stops (exit 3); what it encoded is "
+        "cached, and the next sync writes it without encoding it again.",
+    )
 
 
 class NormalizeStepConfig(PreprocessConfig):

@@ -62,3 +62,7 @@ class SchemaMismatchError(TerminalError):
     """An existing collection does not match the layout the config asks for."""
 
     exit_code = 2
+
+
+class StoreUnreachableError(ConnectorError):
+    """The store does not answer when a command starts; nothing has been read or written."""

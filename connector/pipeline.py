@@ -22,6 +22,15 @@ Crash safety, in the order of writes:
   4. the store deletes the stale points, and the ledger drops them from the queue.
 A crash between any two steps leaves a state the next run converges from: it first deletes
 what is queued, then rewrites every document that is not committed as it is in the source.
+
+When the store is down (connector.retry.CircuitBreaker): before anything is read, the store must
+answer and the collection match the layout. A batch that fails every retry with a transient
+error sets its documents aside (spilled to a temporary file, see DeferredPlans), and once a few
+calls in a row failed the circuit opens: no more store calls, but reading and encoding go on
+(the vectors land in the embedding cache). The write stage probes the store at growing
+intervals; when it answers, the documents set aside are written (vectors from the cache). A store
+down longer than retry.outage_budget_seconds stops the sync; the next sync writes what this one
+encoded without encoding it again.
 """
 
 from __future__ import annotations
@@ -29,8 +38,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import sys
+import tempfile
 import threading
+import time
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -39,19 +51,21 @@ from urllib.parse import urlsplit, urlunsplit
 from connector.config import SyncConfig
 from connector.encoders.base import Encoder
 from connector.encoders.cache import EmbeddingCache
-from connector.errors import StoreError, TransientError
+from connector.errors import StoreError, StoreUnreachableError, TransientError
 from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.preprocess.chunking import Chunker
 from connector.preprocess.factory import make_preprocessor
 from connector.records import Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
-from connector.stages import background
+from connector.retry import CircuitBreaker
+from connector.stages import TICK, background
 from connector.sources.base import Source
 
 log = logging.getLogger("connector.sync")
 
 WINDOW_CHUNKS = 1024  # chunks gathered before encoding; bounds memory, gives the encoder texts to sort by length
 QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
+TICK_SECONDS = 1.0  # while waiting for the encoder, the write stage checks a store that is down this often
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
 
@@ -130,8 +144,10 @@ class SyncReport:
     failures: list = field(default_factory=list)  # [{doc_id, reason, dead_letter?}]
     errors: list = field(default_factory=list)  # problems not tied to one document: [{operation, reason, ...}]
     warnings: list = field(default_factory=list)  # things the run noticed and repaired by itself
-    stopped: bool = False  # on_error: stop ended the sync early
+    stopped: bool = False  # on_error: stop, or a store down too long, ended the sync early
     changes: list = field(default_factory=list)  # dry run only: [{doc_id, action, ...}]
+    outages: list = field(default_factory=list)  # store outages: [{started, ended (None: still down), probes}]
+    not_written: int = 0  # documents set aside while the store was down and never written (outage too long)
 
     ignore_kinds: tuple = ()  # failure kinds the config ignores (still reported, exit code 0)
 
@@ -142,7 +158,8 @@ class SyncReport:
 
     def to_json(self) -> dict:
         out = {"dry_run": self.dry_run, "documents": self.documents, "chunks": self.chunks,
-               "failures": self.failures, "errors": self.errors, "warnings": self.warnings, "stopped": self.stopped}
+               "failures": self.failures, "errors": self.errors, "warnings": self.warnings, "stopped": self.stopped,
+               "outages": self.outages, "documents_not_written": self.not_written}
         if self.dry_run:
             out["changes"] = self.changes
         return out
@@ -180,7 +197,7 @@ class Window:
     chunks: int = 0  # chunks to write
     # kept by the write stage
     remaining: list[int] | None = None  # per plan, points not yet confirmed by the store
-    failed_plans: set[int] = field(default_factory=set)  # plans with a dead letter: skip their other points
+    set_aside: set[int] = field(default_factory=set)  # plans dead-lettered or deferred: skip their other points
 
 
 @dataclass
@@ -194,7 +211,46 @@ class Part:
 
 
 class _StopSync(Exception):
-    """on_error: stop — a batch failed for good; end the sync after recording it."""
+    """on_error: stop (a batch failed for good), or a store down longer than the outage budget:
+    end the sync after recording why."""
+
+
+class DeferredPlans:
+    """Documents whose write waits for the store to come back, spilled to a temporary file in the
+    state dir (deleted on close), so that a long outage holds no texts in memory. Their vectors
+    are in the embedding cache."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._file = None
+        self.count = 0
+
+    def add(self, plan: "DocPlan") -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self.folder, prefix="deferred-")
+        pickle.dump(plan, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.count += 1
+
+    def take(self) -> Iterator["DocPlan"]:
+        """Every plan added so far, oldest first; plans added meanwhile wait for the next take()."""
+        spill, self._file, self.count = self._file, None, 0
+        if spill is None:
+            return
+        with spill:
+            spill.seek(0)
+            while True:
+                try:
+                    yield pickle.load(spill)
+                except EOFError:
+                    return
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class SyncRun:
@@ -223,6 +279,9 @@ class SyncRun:
         self._encode_lock = threading.Lock()
         self._cancel = threading.Event()  # set when the write stage stops early: the others stop too
         self.collection_ready = False
+        self.breaker: CircuitBreaker | None = None  # while the sync writes (see the module doc)
+        self._deferred = DeferredPlans(config.state_dir)
+        self._deletes_waiting = False  # deletes left queued while the store was down
         self._dry_run_shas: set[str] = set()
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
 
@@ -256,6 +315,7 @@ class SyncRun:
         return self._cache
 
     def ensure_collection(self) -> bool:
+        self.encoder  # noqa: B018 - the model's dimension and the projection
         k = self.projection.k if self.projection else None
         created = self.sink.ensure_collection(self.encoder.dimension, k)
         if self.projection:  # recorded with the collection: queries must use the same matrix
@@ -264,6 +324,9 @@ class SyncRun:
         return created
 
     def close(self) -> None:
+        self._deferred.close()
+        if self.breaker is not None and self.sink.retry is not None:
+            self.sink.retry.breaker = None
         if self._cache is not None:
             self._cache.close()
         if self._chunk_bar is not None:
@@ -274,8 +337,9 @@ class SyncRun:
         report = SyncReport(dry_run=dry_run, ignore_kinds=tuple(self.config.ignore_failures))
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
-            self._check_store_has_ledger(report)
+            self._preflight(report)
             self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
+            self._watch_store()
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
         try:
@@ -284,8 +348,11 @@ class SyncRun:
             else:
                 self._sync(items, seen, failed_origins, report)
         except _StopSync:
-            report.stopped = True  # on_error: stop; the rest waits for the next run, nothing is pruned
+            report.stopped = True  # the rest waits for the next run, nothing is pruned
             return report
+        finally:
+            if self.breaker is not None:
+                report.outages = self.breaker.outages
         if prune:
             self._prune(seen, failed_origins, report, dry_run)
         if dry_run:
@@ -294,19 +361,46 @@ class SyncRun:
             report.chunks["cached"] = len(self._dry_run_shas) - to_encode
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
+            if self._deletes_waiting:  # left queued while the store was down
+                self._delete(self.ledger.pending_deletes(), report, last=True)
         return report
+
+    def _preflight(self, report: SyncReport) -> None:
+        """Before anything is read or encoded: the store answers, the collection exists (created if
+        missing) with the configured layout, and still holds what the ledger lists."""
+        try:
+            self._check_store_has_ledger(report)
+            self.ensure_collection()
+        except TransientError as err:
+            raise StoreUnreachableError(
+                f"cannot reach the store {sink_target(self.config)}: {err} Nothing was read, encoded or written: "
+                "start the store (or correct the sink's address) and run the sync again."
+            ) from err
+
+    def _watch_store(self) -> None:
+        """From here on a store outage pauses the writes instead of failing them (see the module doc)."""
+        if self.sink.retry is None:
+            return
+        c = self.config.retry
+        self.breaker = CircuitBreaker(c.open_after_failures, c.outage_budget_seconds, max_interval=max(c.max_wait, 1.0))
+        self.sink.retry.breaker = self.breaker
 
     def _sync(self, items, seen: set[str], failed_origins: set[str], report: SyncReport) -> None:
         """The three stages (see the module doc); inline, one after the other, when not pipelined."""
-        stage = (lambda it, name: background(it, QUEUE_DEPTH, name)) if self.pipelined else (lambda it, name: iter(it))
+        def stage(items, name, tick=None):
+            return background(items, QUEUE_DEPTH, name, tick) if self.pipelined else iter(items)
+
         self.encoder  # noqa: B018 - built here, not by the first stage to need it (the stages are threads)
         reader = self.ledger.reader()  # the plan stage's own connection (SQLite connections are per thread)
         try:
             windows = stage(self._windows(items, reader, seen, failed_origins, report), "plan")
-            with closing(stage(self._parts(windows), "encode")) as parts:
+            with closing(stage(self._parts(windows), "encode", tick=TICK_SECONDS)) as parts:
                 try:
                     for part in parts:
-                        self._write(part, report)
+                        self._resume_writes(report)
+                        if part is not TICK:
+                            self._write(part, report)
+                    self._drain_deferred(report)
                 except BaseException:
                     self._cancel.set()  # the other stages stop at their next document / part
                     raise
@@ -407,10 +501,10 @@ class SyncRun:
                     yield Part(window, points, encoded, len(vectors) - encoded)
 
     # ---- stage 3: write ----------------------------------------------------------------------
-    def _write(self, part: Part, report: SyncReport) -> None:
+    def _write(self, part: Part, report: SyncReport, final: bool = False) -> None:
         """Upsert a part batch by batch; commit each document once the store confirmed all its
-        points. A batch that fails after the retries becomes a dead letter with every point of
-        the documents it touched; their later points are skipped."""
+        points. A document whose write failed for good becomes a dead letter with all its points,
+        one whose write waits for the store is deferred; either way its later points are skipped."""
         window = part.window
         report.chunks["encoded"] += part.encoded
         report.chunks["cached"] += part.cached
@@ -421,29 +515,121 @@ class SyncRun:
                 self.ensure_collection()
             window.remaining = [len(plan.write) for plan in window.plans]
             self._commit([plan for n, plan in enumerate(window.plans) if window.remaining[n] == 0], report)
-        queue = [(n, p) for n, p in part.points if n not in window.failed_plans]
+        queue = [(n, p) for n, p in part.points if n not in window.set_aside]
         while queue:
+            if self.breaker is not None and self.breaker.is_open:  # the store is down: no calls until a probe says so
+                self._defer(window, {n for n, _ in queue})
+                return
             batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
-            self.ledger.mark_in_flight((window.plans[n].doc.doc_id, p.id) for n, p in batch)
-            try:
-                self.sink.upsert([p for _, p in batch])
-            except StoreError as err:
-                docs = sorted({n for n, _ in batch})
-                window.failed_plans.update(docs)
-                queue = [(n, p) for n, p in queue if n not in window.failed_plans]
-                self._dead_letter([window.plans[n] for n in docs], err, report)
-                if self.config.on_error == "stop":
-                    raise _StopSync() from err
+            self._write_batch(window, batch, report, final)
+            queue = [(n, p) for n, p in queue if n not in window.set_aside]
+
+    def _write_batch(self, window: Window, batch: list[tuple[int, Point]], report: SyncReport, final: bool) -> None:
+        """One upsert. A transient failure defers the batch's documents (during the last pass, with
+        the store answering, they become dead letters). A terminal one is split by document in halves,
+        down to the one bad document: only that one becomes a dead letter."""
+        self.ledger.mark_in_flight((window.plans[n].doc.doc_id, p.id) for n, p in batch)
+        try:
+            self.sink.upsert([p for _, p in batch])
+        except TransientError as err:
+            docs = {n for n, _ in batch}
+            if self.breaker is None or (final and not self.breaker.is_open):
+                self._give_up(window, docs, err, report)
+            else:
+                self._defer(window, docs)
+            return
+        except StoreError as err:
+            docs = sorted({n for n, _ in batch})
+            if len(docs) == 1:
+                self._give_up(window, set(docs), err, report)
+                return
+            log.warning("the store refused a batch of %d documents (%s): writing it in halves to find the one "
+                        "that causes it", len(docs), err)
+            first = set(docs[: len(docs) // 2])
+            for half in ([(n, p) for n, p in batch if n in first], [(n, p) for n, p in batch if n not in first]):
+                half = [(n, p) for n, p in half if n not in window.set_aside]
+                if half:
+                    self._write_batch(window, half, report, final)
+            return
+        report.chunks["upserted"] += len(batch)
+        if self._chunk_bar is not None:
+            self._chunk_bar.update(len(batch))
+        done = []
+        for n, _ in batch:
+            window.remaining[n] -= 1
+            if window.remaining[n] == 0:
+                done.append(window.plans[n])
+        self._commit(done, report)
+
+    def _give_up(self, window: Window, docs: set[int], err: StoreError, report: SyncReport) -> None:
+        window.set_aside.update(docs)
+        self._dead_letter([window.plans[n] for n in sorted(docs)], err, report)
+        if self.config.on_error == "stop":
+            raise _StopSync() from err
+
+    def _defer(self, window: Window, docs: set[int]) -> None:
+        for n in sorted(docs - window.set_aside):
+            window.set_aside.add(n)
+            self._deferred.add(window.plans[n])
+
+    def _resume_writes(self, report: SyncReport) -> None:
+        """Between parts (and every TICK_SECONDS while the encoder works): probe a store that is
+        down when a probe is due, stop the sync when it has been down too long, and write the
+        deferred documents once it answers."""
+        breaker = self.breaker
+        if breaker is not None and breaker.is_open:
+            if breaker.budget_spent():
+                raise self._outage_stop(report)
+            if not (breaker.probe_due() and breaker.probe(self.sink.probe)):
+                return
+        if len(self._deferred):
+            self._write_deferred(report, final=False)
+
+    def _drain_deferred(self, report: SyncReport) -> None:
+        """After the last part: write every deferred document, waiting for the store while it is
+        down, until the outage budget is spent."""
+        while len(self._deferred):
+            breaker = self.breaker
+            if breaker.is_open:
+                if breaker.budget_spent():
+                    raise self._outage_stop(report)
+                time.sleep(min(breaker.seconds_to_next_probe(), TICK_SECONDS))
+                if breaker.probe_due():
+                    breaker.probe(self.sink.probe)
                 continue
-            report.chunks["upserted"] += len(batch)
-            if self._chunk_bar is not None:
-                self._chunk_bar.update(len(batch))
-            done = []
-            for n, _ in batch:
-                window.remaining[n] -= 1
-                if window.remaining[n] == 0:
-                    done.append(window.plans[n])
-            self._commit(done, report)
+            self._write_deferred(report, final=True)
+
+    def _write_deferred(self, report: SyncReport, final: bool) -> None:
+        """Write the deferred documents, WINDOW_CHUNKS points at a time, vectors from the cache."""
+        plans: list[DocPlan] = []
+        for plan in self._deferred.take():
+            plans.append(plan)
+            if sum(len(p.write) for p in plans) >= WINDOW_CHUNKS:
+                self._write_plans(plans, report, final)
+                plans = []
+        if plans:
+            self._write_plans(plans, report, final)
+
+    def _write_plans(self, plans: list[DocPlan], report: SyncReport, final: bool) -> None:
+        window = Window(plans=plans)
+        work = [(n, i) for n, plan in enumerate(plans) for i in plan.write]
+        vectors, encoded = self._vectors_for([plans[n].chunks[i] for n, i in work])
+        points = [(n, self._point(plans[n].ids[i], vectors[plans[n].chunks[i].sha256], plans[n].payloads[i]))
+                  for n, i in work]
+        self._write(Part(window, points, encoded, 0), report, final)
+
+    def _outage_stop(self, report: SyncReport) -> _StopSync:
+        breaker = self.breaker
+        report.not_written = len(self._deferred)
+        since = breaker.outages[-1]["started"][11:19]
+        message = (
+            f"store unreachable since {since} UTC ({breaker.seconds_down():.0f} s in this run, longer than "
+            f"retry.outage_budget_seconds); {report.not_written} document(s) not written; the vectors encoded so "
+            "far are cached: run `connector sync` again when the store is back"
+        )
+        log.error(message)
+        report.errors.append({"operation": "write", "reason": message, "documents_not_written": report.not_written})
+        return _StopSync(message)
 
     def _point(self, pid: str, vectors, payload: dict) -> Point:
         p = self.projection
@@ -493,18 +679,29 @@ class SyncRun:
                 found.update(encoded)
         return found, len(missing)
 
-    def _delete(self, ids: list[str], report: SyncReport) -> None:
-        """Delete points the ledger already queued; on failure they stay queued for the next run."""
+    def _delete(self, ids: list[str], report: SyncReport, last: bool = False) -> None:
+        """Delete points the ledger already queued; on failure they stay queued for the next run
+        (while the store is down, for the end of this one: `last`)."""
         if not ids:
             return
         try:
             self.sink.delete(ids)
+        except TransientError as err:
+            if self.breaker is not None and not last:
+                self._deletes_waiting = True
+                return
+            self._delete_failed(ids, err, report)
+            return
         except StoreError as err:
-            report.errors.append({"operation": "delete", "points": len(ids), "reason": str(err),
-                                  "note": "kept in the ledger's pending deletes; the next sync or retry deletes them"})
+            self._delete_failed(ids, err, report)
             return
         self.ledger.deletes_done(ids)
         report.chunks["deleted"] += len(ids)
+
+    @staticmethod
+    def _delete_failed(ids: list[str], err: StoreError, report: SyncReport) -> None:
+        report.errors.append({"operation": "delete", "points": len(ids), "reason": str(err),
+                              "note": "kept in the ledger's pending deletes; the next sync or retry deletes them"})
 
     def _prune(self, seen: set[str], failed_origins: set[str], report: SyncReport, dry_run: bool) -> None:
         known = self.ledger.doc_origins()

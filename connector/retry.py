@@ -1,14 +1,20 @@
-"""The one retry policy (tenacity) for every store call.
+"""The one retry policy (tenacity) for every store call, and the circuit breaker a sync puts in front of it.
 
 Only TransientError is retried: exponential backoff with jitter, bounded by the number of
 attempts and by the total time. The sleep function is injectable, so tests check the
 schedule without waiting. Each retry is logged with the attempt number and the wait.
+
+A sync also gives the policy a CircuitBreaker: once a few calls in a row have failed every
+retry, the store is treated as down and calls fail at once (CircuitOpenError) instead of each
+spending a whole retry schedule; the sync probes the store now and then and resumes its writes
+when a probe succeeds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
 import tenacity
@@ -27,19 +33,20 @@ class RetryPolicy:
 
         self.config = config or RetryConfig()
         self.sleep = sleep
+        self.breaker: CircuitBreaker | None = None  # set by a sync for the time it runs
 
-    def _retrying(self, operation: str) -> tenacity.Retrying:
+    def _retrying(self, operation: str, attempts: int) -> tenacity.Retrying:
         c = self.config
 
         def log_wait(state: tenacity.RetryCallState) -> None:
             log.warning(
                 "%s failed (attempt %d of %d), retrying in %.2fs: %s",
-                operation, state.attempt_number, c.attempts, state.next_action.sleep, state.outcome.exception(),
+                operation, state.attempt_number, attempts, state.next_action.sleep, state.outcome.exception(),
             )
 
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(c.attempts) | tenacity.stop_after_delay(c.max_total_seconds),
+            stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(c.max_total_seconds),
             wait=tenacity.wait_exponential_jitter(
                 multiplier=c.initial_wait, max=c.max_wait, exp_base=c.multiplier, jitter=c.jitter
             ),
@@ -50,10 +57,114 @@ class RetryPolicy:
 
     def call(self, operation: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run `fn`; retry it on TransientError; re-raise the last error when the policy gives up,
-        with the number of attempts made in its `attempts` attribute."""
-        retrying = self._retrying(operation)
+        with the number of attempts made in its `attempts` attribute. With a breaker: nothing is
+        tried while it is open, and a call after a failed one is tried once, not retried."""
+        breaker = self.breaker
+        if breaker is not None and breaker.is_open:
+            raise CircuitOpenError(f"{operation} was not tried: {breaker.describe()}")
+        attempts = 1 if breaker is not None and breaker.failures else self.config.attempts
+        retrying = self._retrying(operation, attempts)
         try:
-            return retrying(fn, *args, **kwargs)
+            result = retrying(fn, *args, **kwargs)
         except Exception as err:
             err.attempts = retrying.statistics.get("attempt_number", 1)
+            if breaker is not None:
+                breaker.failed() if isinstance(err, TransientError) else breaker.succeeded()
             raise
+        if breaker is not None:
+            breaker.succeeded()
+        return result
+
+
+class CircuitOpenError(TransientError):
+    """The store is treated as down (the circuit is open): the call was not made."""
+
+
+def wall_clock() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class CircuitBreaker:
+    """Tracks whether a store is reachable, for a sync that must not spend a retry schedule per batch
+    while the store is down.
+
+    closed  calls go through the retry policy. Once one has failed every retry, the next calls are
+            tried once each; after `threshold` failed calls in a row the circuit opens.
+    open    calls fail at once with CircuitOpenError. The caller probes the store with one small
+            request when `probe_due()`: after 1 s, then 2, 4, ... up to `max_interval` seconds.
+            A successful probe (or call) closes the circuit.
+    `budget_spent()` says when the store has been down longer than `budget` seconds in this run.
+    `clock` is injectable, so tests walk through the states without waiting.
+    """
+
+    def __init__(self, threshold: int = 3, budget: float = 300.0, first_interval: float = 1.0,
+                 max_interval: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.threshold = threshold
+        self.budget = budget
+        self.first_interval = first_interval
+        self.max_interval = max_interval
+        self.clock = clock
+        self.failures = 0  # calls in a row that failed every retry
+        self.outages: list[dict] = []  # {"started", "ended" (None while open), "probes"}: for reports
+        self._opened_at: float | None = None
+        self._interval = first_interval
+        self._next_probe = 0.0
+        self._spent_before = 0.0  # seconds of earlier outages of this run
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    def failed(self) -> None:
+        """A call failed every retry with a transient error."""
+        self.failures += 1
+        if not self.is_open and self.failures >= self.threshold:
+            self._opened_at = self.clock()
+            self._interval = self.first_interval
+            self._next_probe = self._opened_at + self._interval
+            self.outages.append({"started": wall_clock(), "ended": None, "probes": 0})
+            log.warning("the store failed %d calls in a row: writes pause, encoding goes on; probing it in %.0fs",
+                        self.failures, self._interval)
+
+    def succeeded(self) -> None:
+        """The store answered (even with an error that is not transient)."""
+        self.failures = 0
+        if self.is_open:
+            self._spent_before += self.clock() - self._opened_at
+            self._opened_at = None
+            self.outages[-1]["ended"] = wall_clock()
+            log.warning("the store answers again: writes resume")
+
+    def probe_due(self) -> bool:
+        return self.is_open and self.clock() >= self._next_probe
+
+    def seconds_to_next_probe(self) -> float:
+        return max(0.0, self._next_probe - self.clock()) if self.is_open else 0.0
+
+    def probe(self, request: Callable[[], object]) -> bool:
+        """Send one small request (no retries); close the circuit if it succeeds."""
+        self.outages[-1]["probes"] += 1
+        try:
+            request()
+        except TransientError as err:
+            self._interval = min(self._interval * 2, self.max_interval)
+            self._next_probe = self.clock() + self._interval
+            log.info("store probe failed, next in %.0fs: %s", self._interval, err)
+            return False
+        except Exception:  # noqa: BLE001 - any answer means the store is there again
+            pass
+        self.succeeded()
+        return True
+
+    def seconds_down(self) -> float:
+        """Seconds the store has been down in this run, the current outage included."""
+        current = self.clock() - self._opened_at if self.is_open else 0.0
+        return self._spent_before + current
+
+    def budget_spent(self) -> bool:
+        return self.is_open and self.seconds_down() >= self.budget
+
+    def describe(self) -> str:
+        if not self.is_open:
+            return "the store answers"
+        return f"the store is unreachable since {self.outages[-1]['started']} (circuit open)"

@@ -13,6 +13,10 @@ An exception in a stage is raised in its consumer, where the item would have arr
 consumer stops early (an exception of its own, `break`, Ctrl-C), the stage is told to stop: it
 finishes the item it is working on, closes its source iterator (so an upstream stage stops too)
 and ends; nothing it produced after that is used.
+
+With `tick=SECONDS` the consumer also receives TICK whenever no item arrived for that long, so
+that it can do its own periodic work (the sync's write stage probes a store that is down)
+while it waits for a slow producer.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 _DONE = object()
+TICK = object()  # see `tick` in the module doc
 _POLL_S = 0.1  # how often a blocked stage checks whether its consumer has gone
 
 
@@ -32,7 +37,7 @@ class _Failed:
         self.error = error
 
 
-def background(items: Iterable[T], maxsize: int = 2, name: str = "stage") -> Iterator[T]:
+def background(items: Iterable[T], maxsize: int = 2, name: str = "stage", tick: float | None = None) -> Iterator[T]:
     """Iterate `items` in a daemon thread, `maxsize` items ahead of the caller (see the module doc)."""
     if maxsize < 1:
         raise ValueError(f"maxsize must be at least 1, not {maxsize}")
@@ -64,13 +69,17 @@ def background(items: Iterable[T], maxsize: int = 2, name: str = "stage") -> Ite
 
     thread = threading.Thread(target=work, name=f"connector-{name}", daemon=True)
     thread.start()
-    return _consume(out, stop, thread)
+    return _consume(out, stop, thread, tick)
 
 
-def _consume(out: queue.Queue, stop: threading.Event, thread: threading.Thread) -> Iterator:
+def _consume(out: queue.Queue, stop: threading.Event, thread: threading.Thread, tick: float | None) -> Iterator:
     try:
         while True:
-            item = out.get()
+            try:
+                item = out.get(timeout=tick)
+            except queue.Empty:
+                yield TICK
+                continue
             if item is _DONE:
                 return
             if isinstance(item, _Failed):

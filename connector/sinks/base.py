@@ -135,6 +135,10 @@ class Sink(ABC):
     def count(self) -> int:
         return self._call("count", self._count)
 
+    def probe(self) -> None:
+        """One small request, tried once (no retries): raises TransientError while the store is down."""
+        self._count()
+
     def drop(self) -> None:
         """Delete the whole collection (tests and `schema --recreate`)."""
         self._call("drop", self._drop)
