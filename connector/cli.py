@@ -72,9 +72,11 @@ def cli():
 @click.option("--prune", is_flag=True, help="Delete the points of documents that are gone from the source.")
 @click.option("--dry-run", is_flag=True, help="Show what would change; encode and write nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option("--take-over", is_flag=True,
+              help="Write the collection even though another state dir owns it (that one must no longer write it).")
 @json_option
 @click.pass_context
-def sync(ctx, config_path, prune, dry_run, progress):
+def sync(ctx, config_path, prune, dry_run, progress, take_over):
     """Sync the source into the store: encode and write only what changed.
 
     \b
@@ -86,7 +88,7 @@ def sync(ctx, config_path, prune, dry_run, progress):
     config = load_config(config_path)
     if progress is None:
         progress = sys.stderr.isatty()
-    report = run_sync(config, prune=prune, dry_run=dry_run, progress=progress)
+    report = run_sync(config, prune=prune, dry_run=dry_run, progress=progress, take_over=take_over)
     emit(ctx, report.to_json(), _sync_text(report))
     ctx.exit(report.exit_code)
 
@@ -107,6 +109,10 @@ def _sync_text(report) -> str:
                         if "chunks_to_upsert" in change else f"  (-{change['chunks_to_delete']} chunks)"))
     for f in report.failures:
         lines.append(f"  FAILED {f['doc_id']}: {f['reason']}")
+    for e in report.errors:
+        lines.append(f"  ERROR ({e['operation']}): {e['reason']}")
+    for o in report.outages:
+        lines.append(f"  store down from {o['started']} to {o['ended'] or '(still down)'}, {o['probes']} probe(s)")
     return "\n".join(lines)
 
 
@@ -378,7 +384,9 @@ def verify(ctx, config_path, repair):
     lines = [f"ledger points: {final['ledger_points']}, store points: {final['store_points']}",
              f"missing from the store: {len(final['missing'])}, unknown to the ledger: {len(final['orphans'])}, "
              f"stale payloads: {len(final['mismatched'])}, documents with stale counts: {len(final['stale_counts'])}",
-             f"dead letters: {final['dead_letters']}, pending deletes: {final['pending_deletes']}",
+             f"dead letters: {final['dead_letters']}, pending deletes: {final['pending_deletes']}"
+             + (f", points of other state dirs (shared collection): {final['foreign_points']}"
+                if final["foreign_points"] else ""),
              "OK: the store matches the ledger" if report.ok else "MISMATCH (run `connector verify --repair`)"]
     if report.repaired:
         lines.insert(0, f"repaired: {report.repaired['orphans_deleted']} orphan(s) deleted, "

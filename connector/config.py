@@ -128,6 +128,10 @@ class QdrantSinkConfig(Strict):
     api_key_env: Optional[str] = Field(None, description="Environment variable holding the API key.")
     batch_size: int = Field(64, ge=1, description="Points per upsert call.")
     timeout: float = Field(30.0, gt=0)
+    shared: bool = Field(
+        False, description="Let several state dirs (configs) write this collection. Each keeps to its own points "
+        "(`verify --repair` never deletes a point its ledger does not know); their doc_ids must not overlap.",
+    )
 
     @model_validator(mode="after")
     def _path_or_url(self) -> "QdrantSinkConfig":
@@ -145,6 +149,10 @@ class MilvusSinkConfig(Strict):
     token_env: Optional[str] = Field(None, description="Environment variable holding the token.")
     batch_size: int = Field(64, ge=1, description="Points per upsert call.")
     timeout: float = Field(30.0, gt=0)
+    shared: bool = Field(
+        False, description="Let several state dirs (configs) write this collection. Each keeps to its own points "
+        "(`verify --repair` never deletes a point its ledger does not know); their doc_ids must not overlap.",
+    )
 
     @property
     def is_server(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from dataclasses import asdict, astuple, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,6 +156,15 @@ class Ledger:
                 f"state_dir {self.path.parent} belongs to {row[0]}, but the config now targets {target}. "
                 "Give each target collection its own state_dir (or delete the old state_dir to start over)."
             )
+
+    def owner_id(self) -> str:
+        """This state dir's id, recorded in the collections it writes (see connector.ownership)."""
+        owner = self.get_meta("owner")
+        if owner is None:
+            owner = str(uuid.uuid4())
+            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('owner', ?)", (owner,))
+            owner = self.get_meta("owner")
+        return owner
 
     # ---- reads ------------------------------------------------------------------------------
     def document(self, doc_id: str) -> LedgerDoc | None:

@@ -53,6 +53,7 @@ from connector.encoders.base import Encoder
 from connector.encoders.cache import EmbeddingCache
 from connector.errors import StoreError, StoreUnreachableError, TransientError
 from connector.ledger import DocCommit, Ledger, LedgerChunk
+from connector.ownership import claim
 from connector.preprocess.chunking import Chunker
 from connector.preprocess.factory import make_preprocessor
 from connector.records import Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
@@ -265,6 +266,7 @@ class SyncRun:
         encoder_factory: Callable[[], Encoder],
         progress: bool = False,
         pipelined: bool = True,
+        take_over: bool = False,
     ):
         self.config = config
         self.source = source
@@ -276,6 +278,7 @@ class SyncRun:
         self.normalize = make_preprocessor(config)
         self.progress = progress
         self.pipelined = pipelined  # False: the same stages one after the other (a baseline, and for debugging)
+        self.take_over = take_over  # claim the collection even if another state dir owns it
         self._encode_lock = threading.Lock()
         self._cancel = threading.Event()  # set when the write stage stops early: the others stop too
         self.collection_ready = False
@@ -371,6 +374,7 @@ class SyncRun:
         try:
             self._check_store_has_ledger(report)
             self.ensure_collection()
+            claim(self.sink, self.ledger, shared_collection(self.config), self.take_over)
         except TransientError as err:
             raise StoreUnreachableError(
                 f"cannot reach the store {sink_target(self.config)}: {err} Nothing was read, encoded or written: "
@@ -433,25 +437,26 @@ class SyncRun:
                 return
             report.documents["seen"] += 1
             seen.add(item.doc_id)
+            if isinstance(item, Document):
+                item = self._plan(item, reader)  # a DocPlan, a FailedDocument, or None when unchanged
+            if item is None:
+                report.documents["unchanged"] += 1
+                continue
             if isinstance(item, FailedDocument):
                 window.failed.append(item)
                 if item.origin:
                     failed_origins.add(item.origin)
             else:
-                plan = self._plan(item, reader)
-                if plan is None:
-                    report.documents["unchanged"] += 1
-                    continue
-                report.documents[plan.action] += 1
-                window.plans.append(plan)
-                window.chunks += len(plan.write)
+                report.documents[item.action] += 1
+                window.plans.append(item)
+                window.chunks += len(item.write)
             if window.chunks >= WINDOW_CHUNKS or len(window.failed) >= WINDOW_CHUNKS:
                 yield window
                 window = Window()
         if window.plans or window.failed:
             yield window
 
-    def _plan(self, doc: Document, reader: Ledger) -> DocPlan | None:
+    def _plan(self, doc: Document, reader: Ledger) -> DocPlan | FailedDocument | None:
         content_hash = document_hash(doc)
         known = reader.document(doc.doc_id)
         self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
@@ -460,6 +465,10 @@ class SyncRun:
         text, spans = self._clean(doc)
         chunks = self.chunker.split(doc.doc_id, text)
         payloads = [chunk_payload(c, chunk_metadata(doc.metadata, spans, c)) for c in chunks]
+        for payload in payloads:
+            problem = self.sink.layout.oversized(payload)
+            if problem:  # fails alone, before it is encoded, instead of spoiling the batch it would be written in
+                return FailedDocument(doc.doc_id, problem, origin=doc.metadata.get("path"), kind="too_large")
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
@@ -748,6 +757,11 @@ class SyncRun:
         return tqdm(items, desc="read", unit="doc", file=sys.stderr, position=0)
 
 
+def shared_collection(config: SyncConfig) -> bool:
+    """Does the config let several state dirs write its collection (`sink.shared`)?"""
+    return bool(getattr(config.sink, "shared", False))
+
+
 def collection_layout(config: SyncConfig):
     """The layout of the config's collection: with a legacy vector when projection.output asks for one."""
     from connector.schemas_layout import load_layout
@@ -844,15 +858,16 @@ def make_encoder(config: SyncConfig) -> Encoder:
 
 
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
-             encoder: Encoder | None = None, sleep=None, pipelined: bool = True) -> SyncReport:
+             encoder: Encoder | None = None, sleep=None, pipelined: bool = True, take_over: bool = False) -> SyncReport:
     """Sync the config's source into its sink; the library entry point behind `connector sync`.
-    `pipelined=False` runs the stages one after the other in this thread (same result, slower)."""
+    `pipelined=False` runs the stages one after the other in this thread (same result, slower);
+    `take_over` claims a collection that another state dir owns (see connector.ownership)."""
     from connector.sources.factory import make_source
 
     source = make_source(config.source)
     with open_state(config, sleep=sleep, dry_run=dry_run) as (ledger, sink):
         run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
-                      progress=progress, pipelined=pipelined)
+                      progress=progress, pipelined=pipelined, take_over=take_over)
         try:
             return run.run(prune=prune, dry_run=dry_run)
         finally:

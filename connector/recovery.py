@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from connector.config import SyncConfig
 from connector.errors import ConnectorError, StoreError
-from connector.pipeline import chunk_key, error_kind, open_state, store_lost
+from connector.ownership import claim
+from connector.pipeline import chunk_key, error_kind, open_state, shared_collection, store_lost
 from connector.records import points_from_bytes
 
 
@@ -42,6 +43,10 @@ def retry_dead_letters(config: SyncConfig, ids: list[int] | None = None, limit: 
         if lost:
             raise ConnectorError(f"{lost}; run `connector sync` first: it rewrites every document from the "
                                  "source (from the embedding cache, without re-encoding) and drops the dead letters")
+        try:
+            claim(sink, ledger, shared_collection(config))
+        except StoreError:
+            pass  # unreachable (every letter fails below and stays) or not created yet (the letter creates it)
         report.points_deleted += _delete_pending(ledger, sink, ledger.pending_deletes(), report)
         for letter in ledger.dead_letters(ids=ids, limit=limit):
             report.letters["retried"] += 1
@@ -92,6 +97,7 @@ class VerifyReport:
     stale_counts: list = field(default_factory=list)  # [{doc_id, ledger, store}]
     dead_letters: int = 0
     pending_deletes: int = 0
+    foreign: int = 0  # shared collection: points of other state dirs (never orphans, never deleted)
     repaired: dict | None = None
 
     @property
@@ -104,7 +110,7 @@ class VerifyReport:
         return {"ok": self.ok, "ledger_points": self.ledger_points, "store_points": self.store_points,
                 "missing": self.missing, "orphans": self.orphans, "mismatched": self.mismatched,
                 "stale_counts": self.stale_counts, "dead_letters": self.dead_letters,
-                "pending_deletes": self.pending_deletes, "repaired": self.repaired}
+                "pending_deletes": self.pending_deletes, "foreign_points": self.foreign, "repaired": self.repaired}
 
 
 def verify(config: SyncConfig, sleep=None) -> VerifyReport:
@@ -118,7 +124,11 @@ def verify(config: SyncConfig, sleep=None) -> VerifyReport:
         stored = sink.all_ids() if sink.describe() is not None else set()
         report.ledger_points, report.store_points = len(expected), len(stored)
         report.missing = [{"id": pid, "doc_id": expected[pid][0]} for pid in sorted(set(expected) - stored)]
-        for point in _retrieve_all(sink, sorted(stored - set(expected))):
+        unknown = stored - set(expected)
+        if shared_collection(config):  # other state dirs' points; ours are only those its ledger queued
+            ours = unknown & set(ledger.pending_deletes())
+            report.foreign, unknown = len(unknown - ours), ours
+        for point in _retrieve_all(sink, sorted(unknown)):
             report.orphans.append({"id": point.id, "doc_id": point.payload.get("doc_id")})
         for point in _retrieve_all(sink, sorted(set(expected) & stored)):
             doc_id, key, fingerprint = expected[point.id]
@@ -154,6 +164,7 @@ def repair(config: SyncConfig, found: VerifyReport, sleep=None, encoder=None) ->
     rewrite = [p["id"] for p in found.missing + found.mismatched]
     orphans = [p["id"] for p in found.orphans]
     with open_state(config, sleep=sleep) as (ledger, sink):
+        claim(sink, ledger, shared_collection(config))  # never delete another state dir's points
         if orphans:
             sink.delete(orphans)
             ledger.deletes_done(orphans)

@@ -58,6 +58,19 @@ class Layout:
             out[spec.name] = int(size)
         return out
 
+    def oversized(self, payload: dict) -> str | None:
+        """Why `payload` cannot be stored (a text field longer than its max_length, counted in UTF-8
+        bytes as Milvus counts VARCHAR), or None. Checked before writing, on every backend, so that
+        one long value fails its document alone instead of the batch it would be written in."""
+        for field in self.fields:
+            value = payload.get(field.name)
+            if field.max_length and isinstance(value, str):
+                size = len(value.encode("utf-8", "surrogatepass"))
+                if size > field.max_length:
+                    return (f"payload field '{field.name}' is {size} bytes (UTF-8), over the limit of "
+                            f"{field.max_length} (max_length in the '{self.name}' layout)")
+        return None
+
     def check(self, info: "CollectionInfo", sizes: dict[str, int]) -> None:
         """Raise SchemaMismatchError naming every difference between `info` and this layout."""
         problems = []

@@ -33,14 +33,14 @@ def write_corpus(root: Path) -> None:
         (root / f"doc-{n:02d}.md").write_text("\n\n".join(paragraphs), encoding="utf-8")
 
 
-def make_config(tmp_path: Path, model: Path, sink: dict, **extra) -> Path:
+def make_config(tmp_path: Path, model: Path, sink: dict, sink_batch_size: int = 4, **extra) -> Path:
     write_corpus(tmp_path / "docs")
     config = {
         "source": {"type": "files", "path": "./docs"},
         "chunking": {"max_tokens": 16, "overlap_tokens": 2},
         "encoder": {"model": str(model), "max_length": 512, "batch_size": 8},
-        "sink": {**sink, "collection": "kb", "batch_size": 4},
-        "retry": {"attempts": 2, "initial_wait": 0.01, "max_wait": 0.02, "jitter": 0},
+        "sink": {**sink, "collection": "kb", "batch_size": sink_batch_size},
+        "retry": {"attempts": 2, "initial_wait": 0.01, "max_wait": 0.02, "jitter": 0, "outage_budget_seconds": 5},
         "state_dir": "./state",
         **extra,
     }
@@ -90,7 +90,8 @@ def assert_secret_not_stored(state_dir: Path) -> None:
 
 
 @pytest.mark.server
-def test_milvus_server_killed_mid_sync_then_retry_completes(tmp_path, tiny_model_dir, monkeypatch):
+def test_milvus_server_killed_mid_sync_stops_after_the_outage_budget_and_the_next_sync_completes(
+        tmp_path, tiny_model_dir, monkeypatch):
     from connector.sinks.milvus import MilvusSink
 
     monkeypatch.setenv("MILVUS_TOKEN", SECRET)
@@ -109,32 +110,22 @@ def test_milvus_server_killed_mid_sync_then_retry_completes(tmp_path, tiny_model
 
         monkeypatch.setattr(MilvusSink, "_upsert", upsert_then_kill_server)
         code, report, out = run("sync", "-c", str(cfg))
-        assert code == 3, out
+        assert code == 3 and report["stopped"], out
         assert report["chunks"]["upserted"] == 8  # the two batches the server took
-        assert report["documents"]["failed"] >= 1 and report["chunks"]["failed"] >= 1
-        assert all("dead letter" in f["reason"] and "attempt" in f["reason"] for f in report["failures"])
-
-        code, failed, out = run("failed", "-c", str(cfg))
-        assert code == 0, out
-        assert failed["dead_letters"] >= 1 and failed["points"] >= report["chunks"]["failed"]
-        assert {g["kind"] for g in failed["groups"]} == {"transient"}
-        assert failed["documents"] == report["documents"]["failed"]
+        assert report["documents_not_written"] > 0 and report["documents"]["failed"] == 0  # not dead letters
+        assert report["outages"][0]["ended"] is None and report["outages"][0]["probes"] >= 1
+        assert "store unreachable since" in out and "run `connector sync` again" in out
+        assert run("failed", "-c", str(cfg))[1]["dead_letters"] == 0
 
         monkeypatch.setattr(MilvusSink, "_upsert", real_upsert)
-        code, still, out = run("retry", "-c", str(cfg))  # server still down: letters stay
-        assert code == 3 and still["letters"]["failed"] == failed["dead_letters"], out
-        assert run("failed", "-c", str(cfg))[1]["dead_letters"] == failed["dead_letters"]
+        code, data, out = run("sync", "-c", str(cfg))  # still down: found before anything is read
+        assert code == 1 and "cannot reach the store" in data["error"] and server.uri in data["error"], out
 
         server.start()  # same port, same data dir
-        code, retried, out = run("retry", "-c", str(cfg))
-        assert code == 0, out
-        assert retried["letters"] == {"retried": failed["dead_letters"], "succeeded": failed["dead_letters"], "failed": 0}
-        assert retried["documents_committed"] == report["documents"]["failed"]
-        assert run("failed", "-c", str(cfg))[1]["dead_letters"] == 0
+        code, again, out = run("sync", "-c", str(cfg))
+        assert code == 0 and again["chunks"]["encoded"] == 0, out  # every vector came from the cache
+        assert again["chunks"]["upserted"] > 0
         assert_store_matches_source(cfg)
-
-        code, again, out = run("sync", "-c", str(cfg))  # and a sync now has nothing to do
-        assert code == 0 and again["chunks"]["encoded"] == again["chunks"]["upserted"] == 0, out
         assert_secret_not_stored(tmp_path / "state")
     finally:
         server.stop()
@@ -165,13 +156,15 @@ def connect_error():
 
 
 def test_qdrant_transient_failures_become_dead_letters_and_retry_completes(tmp_path, tiny_model_dir, monkeypatch):
+    """The store answers (probes succeed) but refuses every write: in the end the writes are dead letters."""
     cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
     fault = QdrantFault(monkeypatch, connect_error(), after=3)
     code, report, out = run("sync", "-c", str(cfg))
     assert code == 3, out
     assert report["chunks"]["upserted"] == 12 and report["chunks"]["failed"] > 0
+    assert report["documents_not_written"] == 0  # every write was tried to the end: dead letters
     code, failed, _ = run("failed", "-c", str(cfg))
-    assert fault.calls == 3 + 2 * failed["dead_letters"]  # 3 good batches, then 2 attempts per failing batch
+    assert failed["documents"] == report["documents"]["failed"]
     assert failed["groups"][0]["kind"] == "transient" and "Connection refused" in failed["groups"][0]["error"]
     code, status, _ = run("status", "-c", str(cfg))
     assert status["ledger"]["dead_letters"] == failed["dead_letters"]
@@ -339,4 +332,53 @@ def test_retry_after_the_collection_was_dropped_says_to_sync(tmp_path, tiny_mode
     assert code == 1 and "run `connector sync` first" in data["error"], out
     code, report, out = run("sync", "-c", str(cfg))
     assert code == 0 and report["warnings"] and report["documents"]["new"] == DOCS, out
+    assert_store_matches_source(cfg)
+
+
+# ---- one bad point spoils nothing (issue 10, item 4) -------------------------------------------
+@pytest.mark.parametrize("sink", [{"type": "qdrant", "path": "./store"}, {"type": "milvus", "uri": "./milvus.db"}],
+                         ids=["qdrant", "milvus-lite"])
+def test_a_value_over_the_layout_limit_fails_its_document_alone(tmp_path, tiny_model_dir, sink):
+    cfg = make_config(tmp_path, tiny_model_dir, sink)
+    long_id = "ticket-" + "x" * 3000  # doc_id is a VARCHAR(2048) in Milvus
+    records = [{"id": "t-1", "text": "The printer is offline."}, {"id": long_id, "text": "A ticket with a huge id."},
+               {"id": "t-3", "text": "The VPN drops every hour."}]
+    (tmp_path / "docs" / "tickets.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    code, report, out = run("sync", "-c", str(cfg))
+    assert code == 3, out
+    assert [f["kind"] for f in report["failures"]] == ["too_large"]
+    failure = report["failures"][0]
+    assert long_id in failure["doc_id"] and "'doc_id'" in failure["reason"] and "2048" in failure["reason"]
+    assert report["documents"]["new"] == DOCS + 2 and report["chunks"]["failed"] == 0
+    assert run("failed", "-c", str(cfg))[1]["dead_letters"] == 0
+    code, verified, out = run("verify", "-c", str(cfg))
+    assert code == 0 and verified["ok"], out
+
+
+def test_a_batch_refused_for_one_document_is_split_down_to_that_document(tmp_path, tiny_model_dir, monkeypatch):
+    from qdrant_client import QdrantClient
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"}, sink_batch_size=64)
+    real = QdrantClient.upsert
+    calls = []
+
+    def refuse_doc_07(client, collection_name, points, **kwargs):
+        calls.append(len(points))
+        if any(p.payload["doc_id"] == "doc-07.md" for p in points):
+            raise UnexpectedResponse(400, "Bad Request", b'{"status":{"error":"Wrong input: doc 7"}}', httpx.Headers())
+        return real(client, collection_name, points, **kwargs)
+
+    monkeypatch.setattr(QdrantClient, "upsert", refuse_doc_07)
+    code, report, out = run("sync", "-c", str(cfg))
+    assert code == 3, out
+    assert [f["doc_id"] for f in report["failures"]] == ["doc-07.md"]  # its neighbours in the batch are written
+    assert len(calls) <= 2 * 4 + 1  # halving 12 documents down to one: a few calls, not one per point
+    code, failed, _ = run("failed", "-c", str(cfg))
+    assert failed["dead_letters"] == 1 and failed["groups"][0]["documents"] == ["doc-07.md"]
+    assert "Wrong input: doc 7" in failed["groups"][0]["error"]
+    assert run("status", "-c", str(cfg))[1]["ledger"]["documents"] == DOCS - 1
+    monkeypatch.setattr(QdrantClient, "upsert", real)
+    code, retried, out = run("retry", "-c", str(cfg))
+    assert code == 0 and retried["letters"]["succeeded"] == 1, out
     assert_store_matches_source(cfg)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("connector.sinks")
 
 RRF_K = 60
+OWNER_KEY = "connector_owner"  # collection metadata: the owner id of the state dir that writes it, or "shared"
 
 
 @dataclass
@@ -98,6 +99,15 @@ class Sink(ABC):
     def _drop(self) -> None:
         """Delete the whole collection (tests and `schema --recreate`)."""
 
+    def _owner(self) -> str | None:
+        """The OWNER_KEY value in the collection's metadata, or None (not recorded, or the store keeps
+        no collection metadata). Backends that keep metadata override this and `_set_owner`."""
+        return None
+
+    def _set_owner(self, owner: str) -> bool:
+        """Record OWNER_KEY in the collection's metadata; False when the store cannot keep it."""
+        return False
+
     def close(self) -> None:
         """Release the client (embedded stores hold a file lock). Safe to call twice."""
 
@@ -134,6 +144,13 @@ class Sink(ABC):
 
     def count(self) -> int:
         return self._call("count", self._count)
+
+    def owner(self) -> str | None:
+        """Who writes the collection (see connector.ownership)."""
+        return self._call("read owner", self._owner)
+
+    def set_owner(self, owner: str) -> bool:
+        return self._call("set owner", self._set_owner, owner)
 
     def probe(self) -> None:
         """One small request, tried once (no retries): raises TransientError while the store is down."""

@@ -42,7 +42,15 @@ from connector.errors import (
 )
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
-from connector.sinks.base import TRANSIENT_GRPC_CODES, CollectionInfo, Sink, grpc_code_name, is_too_large, redact
+from connector.sinks.base import (
+    OWNER_KEY,
+    TRANSIENT_GRPC_CODES,
+    CollectionInfo,
+    Sink,
+    grpc_code_name,
+    is_too_large,
+    redact,
+)
 
 ID_FIELD = "id"
 ID_MAX_LENGTH = 64
@@ -449,6 +457,17 @@ class MilvusSink(Sink):
         with self._op("drop"):
             self.client.drop_collection(self.collection, timeout=self.timeout)
         self._loaded = False
+
+    def _owner(self) -> str | None:
+        with self._op("read owner"):
+            properties = self.client.describe_collection(self.collection, timeout=self.timeout).get("properties")
+        return (properties or {}).get(OWNER_KEY)
+
+    def _set_owner(self, owner: str) -> bool:
+        with self._op("set owner"):
+            self.client.alter_collection_properties(self.collection, properties={OWNER_KEY: owner},
+                                                    timeout=self.timeout)
+        return True
 
     def close(self) -> None:
         client, self._client = self._client, None

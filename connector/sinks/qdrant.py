@@ -28,6 +28,7 @@ from connector.errors import (
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
 from connector.sinks.base import (
+    OWNER_KEY,
     TRANSIENT_GRPC_CODES,
     TRANSIENT_HTTP_STATUS,
     CollectionInfo,
@@ -343,6 +344,16 @@ class QdrantSink(Sink):
     def _drop(self) -> None:
         with self._op("drop"):
             self.client.delete_collection(self.collection)
+
+    def _owner(self) -> str | None:
+        with self._op("read owner"):
+            metadata = self.client.get_collection(self.collection).config.metadata
+        return (metadata or {}).get(OWNER_KEY)
+
+    def _set_owner(self, owner: str) -> bool:
+        with self._op("set owner"):
+            self.client.update_collection(self.collection, metadata={OWNER_KEY: owner})
+        return True
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -1,0 +1,174 @@
+"""A store that goes down mid-sync costs seconds, not hours (issue 10, item 1): the circuit opens,
+writes pause while reading and encoding go on, the store is probed, and the sync either resumes
+when the store is back or stops once `retry.outage_budget_seconds` is spent. Against a real
+`milvus-lite server` process that the test kills (SIGKILL) at about 10% of a 3 000-document sync.
+No chunk is ever encoded twice across the runs: the tests count the texts the encoder gets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from connector.config import parse_config
+from connector.encoders.bge_m3 import BGEM3Encoder
+from connector.errors import StoreUnreachableError
+from connector.pipeline import run_sync
+from connector.recovery import verify
+from connector.retry import CircuitBreaker
+from milvus_server import MilvusServer, free_port
+
+DOCS = 3000
+
+
+class CountingEncoder:
+    """The real encoder, counting every text it encodes; calls `on_progress(texts so far)`."""
+
+    def __init__(self, encoder: BGEM3Encoder, on_progress=None):
+        self._encoder = encoder
+        self.texts: Counter = Counter()
+        self.on_progress = on_progress
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode(self, texts):
+        texts = list(texts)
+        self.texts.update(texts)
+        if self.on_progress is not None:
+            self.on_progress(sum(self.texts.values()))
+        return self._encoder.encode(texts)
+
+
+def corpus(root: Path) -> None:
+    root.mkdir(parents=True)
+    for n in range(DOCS):
+        (root / f"doc-{n:04d}.txt").write_text(
+            f"Ticket {n}: the router in room {n % 97} drops the connection every {n % 13 + 2} minutes.",
+            encoding="utf-8")
+
+
+def config_for(tmp_path: Path, model: Path, uri: str, budget: float):
+    corpus(tmp_path / "docs")
+    return parse_config({
+        "source": {"type": "files", "path": "./docs"},
+        "chunking": {"max_tokens": 32, "overlap_tokens": 4},
+        "encoder": {"model": str(model), "max_length": 512},
+        "sink": {"type": "milvus", "uri": uri, "collection": "kb", "batch_size": 64, "timeout": 5},
+        "retry": {"attempts": 3, "initial_wait": 0.2, "max_wait": 2, "jitter": 0,
+                  "outage_budget_seconds": budget},
+        "state_dir": "./state",
+    }, tmp_path)
+
+
+def kill_at(server: MilvusServer, fraction: float, when: dict):
+    """An on_progress callback that kills the server once `fraction` of the documents were encoded."""
+
+    def check(encoded: int) -> None:
+        if "killed" not in when and encoded >= fraction * DOCS:
+            when["killed"] = time.monotonic()
+            server.kill()
+
+    return check
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_store_killed_and_never_back_stops_within_the_budget_and_the_next_sync_encodes_nothing_again(
+        tmp_path, tiny_model_dir):
+    server = MilvusServer(tmp_path / "milvus-data", port=free_port()).start()
+    try:
+        config = config_for(tmp_path, tiny_model_dir, server.uri, budget=20)
+        when: dict = {}
+        first = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512), kill_at(server, 0.1, when))
+        report = run_sync(config, encoder=first)
+        took = time.monotonic() - when["killed"]
+        print(f"killed -> exit: {took:.1f} s; encoded {sum(first.texts.values())} texts")
+        assert report.exit_code == 3 and report.stopped
+        assert took <= 20 + 60
+        assert report.outages and report.outages[-1]["ended"] is None and report.outages[-1]["probes"] >= 1
+        assert report.not_written > 0 and report.documents["failed"] == 0  # deferred, not dead letters
+        assert "store unreachable since" in report.errors[-1]["reason"]
+        assert "run `connector sync` again" in report.errors[-1]["reason"]
+
+        server.start()  # the store is back (same port and data)
+        second = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512))
+        again = run_sync(config, encoder=second)
+        assert again.exit_code == 0, again.to_json()
+        assert not set(first.texts) & set(second.texts)  # nothing encoded in the first run is encoded again
+        assert max((first.texts + second.texts).values()) == 1
+        assert verify(config).ok
+        assert again.documents["seen"] == DOCS
+    finally:
+        server.stop()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_store_killed_and_back_20s_later_costs_the_run_nothing(tmp_path, tiny_model_dir):
+    server = MilvusServer(tmp_path / "milvus-data", port=free_port()).start()
+    try:
+        config = config_for(tmp_path, tiny_model_dir, server.uri, budget=120)
+        when: dict = {}
+        kill = kill_at(server, 0.1, when)
+
+        def kill_then_restart(encoded: int) -> None:
+            if "killed" not in when:
+                kill(encoded)
+                if "killed" in when:
+                    threading.Timer(20, server.start).start()
+
+        encoder = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512), kill_then_restart)
+        report = run_sync(config, encoder=encoder)
+        took = time.monotonic() - when["killed"]
+        print(f"killed -> exit: {took:.1f} s; outages {report.outages}")
+        assert report.exit_code == 0, report.to_json()
+        assert len(report.outages) >= 1 and all(o["ended"] for o in report.outages)
+        assert report.not_written == 0 and report.documents["failed"] == 0 and not report.errors
+        assert max(encoder.texts.values()) == 1  # every chunk encoded once
+        assert verify(config).ok
+        assert report.documents["new"] == DOCS
+    finally:
+        server.stop()
+
+
+def test_a_store_down_at_the_start_is_found_before_anything_is_read_or_encoded(tmp_path, tiny_model_dir):
+    config = config_for(tmp_path, tiny_model_dir, f"http://127.0.0.1:{free_port()}", budget=60)
+    encoder = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512))
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachableError) as caught:
+        run_sync(config, encoder=encoder)
+    message = str(caught.value)
+    assert "127.0.0.1" in message and "kb" in message and "Nothing was read" in message
+    assert sum(encoder.texts.values()) == 0
+    print(f"unreachable store found in {time.monotonic() - started:.1f} s")
+
+
+def test_breaker_opens_after_failed_calls_probes_with_growing_intervals_and_closes():
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=3, budget=100, first_interval=1, max_interval=8, clock=lambda: now[0])
+    breaker.failed()
+    breaker.failed()
+    assert not breaker.is_open and breaker.failures == 2
+    breaker.failed()
+    assert breaker.is_open and not breaker.probe_due()
+
+    def down():
+        from connector.errors import TransientError
+        raise TransientError("connection refused")
+
+    intervals = []
+    for _ in range(5):
+        wait = breaker.seconds_to_next_probe()
+        intervals.append(wait)
+        now[0] += wait
+        assert breaker.probe_due() and not breaker.probe(down)
+    assert intervals == [1, 2, 4, 8, 8]
+    assert breaker.seconds_down() == 23 and not breaker.budget_spent()
+    now[0] += 100
+    assert breaker.budget_spent()
+    assert breaker.probe(lambda: None) and not breaker.is_open and breaker.failures == 0
+    assert breaker.outages[0]["probes"] == 6 and breaker.outages[0]["ended"] is not None
