@@ -66,6 +66,7 @@ log = logging.getLogger("connector.sync")
 
 WINDOW_CHUNKS = 1024  # chunks gathered before encoding; bounds memory, gives the encoder texts to sort by length
 QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
+ENCODE_SLICE = 32  # texts per encoder call: how long a stopping sync, or the write stage's cache read, may wait
 TICK_SECONDS = 1.0  # while waiting for the encoder, the write stage checks a store that is down this often
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
@@ -504,7 +505,10 @@ class SyncRun:
                     if self._cancel.is_set():  # the write stage stopped: encode nothing more
                         return
                     part = work[start : start + WINDOW_CHUNKS]
-                    vectors, encoded = self._vectors_for([window.plans[n].chunks[i] for n, i in part])
+                    found = self._vectors_for([window.plans[n].chunks[i] for n, i in part], stop=self._cancel)
+                    if found is None:  # the write stage stopped while this part was encoded
+                        return
+                    vectors, encoded = found
                     points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
                                               window.plans[n].payloads[i])) for n, i in part]
                     yield Part(window, points, encoded, len(vectors) - encoded)
@@ -674,19 +678,37 @@ class SyncRun:
             self.ledger.record_failure(plan.doc.doc_id, reason)
         report.chunks["failed"] += points_total
 
-    def _vectors_for(self, chunks: list[Chunk]) -> tuple[dict, int]:
+    def _vectors_for(self, chunks: list[Chunk], stop: threading.Event | None = None) -> tuple[dict, int] | None:
         """Vectors by chunk sha256, from the embedding cache, the rest encoded (and cached); and
-        how many were encoded. The encode and write stages both call this (a dead letter needs all
-        the vectors of its documents): one at a time."""
+        how many were encoded. None if `stop` was set before every slice was encoded (the slices
+        done are cached). The encode and write stages both call this (a dead letter needs all the
+        vectors of its documents): one slice at a time, so neither waits long for the other, and
+        a text is never encoded twice."""
         texts = {c.sha256: c.text for c in chunks}
         with self._encode_lock:
             found = self.cache.get_many(texts)
-            missing = [sha for sha in texts if sha not in found]
-            if missing:
-                encoded = dict(zip(missing, self.encoder.encode([texts[sha] for sha in missing])))
-                self.cache.put_many(encoded)
-                found.update(encoded)
-        return found, len(missing)
+        missing = [sha for sha in texts if sha not in found]
+        if len(missing) > ENCODE_SLICE:
+            # by token count, longest first, so that each slice gives the encoder batches as full as one
+            # call with every text would (its batches end where padding would exceed 2%)
+            ids = self.encoder.tokenizer([texts[sha] for sha in missing], add_special_tokens=False,
+                                         return_attention_mask=False)["input_ids"]
+            tokens = {sha: len(i) for sha, i in zip(missing, ids)}
+            missing.sort(key=lambda sha: -tokens[sha])
+        encoded_count = 0
+        for start in range(0, len(missing), ENCODE_SLICE):
+            if stop is not None and stop.is_set():
+                return None
+            part = missing[start : start + ENCODE_SLICE]
+            with self._encode_lock:
+                done = self.cache.get_many(part)  # the other stage may have encoded some meanwhile
+                todo = [sha for sha in part if sha not in done]
+                if todo:
+                    done.update(zip(todo, self.encoder.encode([texts[sha] for sha in todo])))
+                    self.cache.put_many({sha: done[sha] for sha in todo})
+            found.update(done)
+            encoded_count += len(todo)
+        return found, encoded_count
 
     def _delete(self, ids: list[str], report: SyncReport, last: bool = False) -> None:
         """Delete points the ledger already queued; on failure they stay queued for the next run

@@ -25,12 +25,15 @@ DOCS = 3000
 
 
 class CountingEncoder:
-    """The real encoder, counting every text it encodes; calls `on_progress(texts so far)`."""
+    """The real encoder, counting every text it encodes; calls `on_progress(texts so far)`.
+    `seconds_per_text` makes it as slow as a big model, so that a sync is still encoding when
+    the outage budget runs out."""
 
-    def __init__(self, encoder: BGEM3Encoder, on_progress=None):
+    def __init__(self, encoder: BGEM3Encoder, on_progress=None, seconds_per_text: float = 0.0):
         self._encoder = encoder
         self.texts: Counter = Counter()
         self.on_progress = on_progress
+        self.seconds_per_text = seconds_per_text
 
     def __getattr__(self, name):
         return getattr(self._encoder, name)
@@ -40,6 +43,7 @@ class CountingEncoder:
         self.texts.update(texts)
         if self.on_progress is not None:
             self.on_progress(sum(self.texts.values()))
+        time.sleep(self.seconds_per_text * len(texts))
         return self._encoder.encode(texts)
 
 
@@ -83,11 +87,14 @@ def test_store_killed_and_never_back_stops_within_the_budget_and_the_next_sync_e
     try:
         config = config_for(tmp_path, tiny_model_dir, server.uri, budget=20)
         when: dict = {}
-        first = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512), kill_at(server, 0.1, when))
+        # 20 ms a text: the whole corpus would take a minute, so the budget runs out while encoding
+        first = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512), kill_at(server, 0.1, when),
+                                seconds_per_text=0.02)
         report = run_sync(config, encoder=first)
         took = time.monotonic() - when["killed"]
         print(f"killed -> exit: {took:.1f} s; encoded {sum(first.texts.values())} texts")
         assert report.exit_code == 3 and report.stopped
+        assert report.documents["seen"] < DOCS  # stopped while still reading and encoding
         assert took <= 20 + 60
         assert report.outages and report.outages[-1]["ended"] is None and report.outages[-1]["probes"] >= 1
         assert report.not_written > 0 and report.documents["failed"] == 0  # deferred, not dead letters
@@ -102,6 +109,7 @@ def test_store_killed_and_never_back_stops_within_the_budget_and_the_next_sync_e
         assert max((first.texts + second.texts).values()) == 1
         assert verify(config).ok
         assert again.documents["seen"] == DOCS
+        print(f"second run: encoded {sum(second.texts.values())} texts, none of them twice")
     finally:
         server.stop()
 
