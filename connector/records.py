@@ -126,6 +126,7 @@ FAILURE_KINDS = (
     "duplicate",  # a doc_id already seen in this read
     "too_large",  # over the source's size limit
     "missing_extra",  # the format needs an optional package that is not installed
+    "outside_root",  # a symlink that leads outside the source folder
 )
 
 

@@ -214,6 +214,22 @@ def test_search_finds_exact_chunk(project):
     assert data["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_a_symlink_out_of_the_source_is_never_indexed(project, tmp_path):
+    secret = tmp_path / "outside" / "passwd"  # stands in for /etc/passwd
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:the outside secret line:/root:/bin/bash\n", encoding="utf-8")
+    (project.parent / "docs" / "passwd.txt").symlink_to(secret)
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 3, out
+    [failure] = data["failures"]
+    assert (failure["doc_id"], failure["kind"]) == ("passwd.txt", "outside_root")
+    assert str(secret.resolve()) in failure["reason"]
+    code, data, out = run("search", "-c", str(project), secret.read_text(), "--mode", "hybrid", "--limit", "20",
+                          "--json")
+    assert code == 0 and data["hits"], out
+    assert not any("secret" in hit["text"] or hit["doc_id"] == "passwd.txt" for hit in data["hits"])
+
+
 def test_embed_and_similarity(tiny_model_dir):
     code, data, out = run("embed", "--model", str(tiny_model_dir), "--json", "hello world", "", "密码 password password")
     assert code == 0, out
@@ -270,6 +286,20 @@ def test_bad_config_exit_2_and_nothing_written(tmp_path):
     assert data["exit_code"] == 2
     assert "source.inlcude" in out and "overlap_tokens" in out and "exactly one of 'path'" in out
     assert not (tmp_path / "state").exists()
+
+
+def test_patterns_outside_the_source_folder_exit_2(tmp_path):
+    for include in (["../*.md"], ["/etc/*"]):
+        path = tmp_path / "patterns.yaml"
+        path.write_text(yaml.safe_dump({
+            "source": {"type": "files", "path": "./docs", "include": include},
+            "sink": {"type": "qdrant", "path": "./store", "collection": "kb"},
+            "state_dir": "./state",
+        }))
+        code, data, out = run("sync", "-c", str(path), "--json")
+        assert code == 2, out
+        assert "source.include" in data["error"] and include[0] in data["error"]
+        assert not (tmp_path / "state").exists()
 
 
 def test_existing_collection_of_wrong_size_is_refused(project, tmp_path):

@@ -159,7 +159,7 @@ def test_file_over_max_file_mb_is_too_large_and_never_read(tmp_path, monkeypatch
     write(tmp_path / "records.jsonl", json.dumps({"id": "r", "text": "y" * 3000}) + "\n")
     read = []
     real = files_module._read_bytes
-    monkeypatch.setattr(files_module, "_read_bytes", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(files_module, "_read_bytes", lambda stream: read.append(Path(stream.name).name) or real(stream))
     items = read_all(tmp_path, max_file_mb=0.002)
     reason = failed(items["big.txt"], "too_large").reason
     assert "max_file_mb" in reason

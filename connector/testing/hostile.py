@@ -236,6 +236,17 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     failed["hostile/self-link.txt"] = "unreadable"
     put("hostile/loop/inside.txt", "a folder with a symlink back to its parent")
     _symlink(root / "hostile", root / "hostile/loop/parent", directory=True)  # not followed: no loop
+    # symlinks out of the corpus: never opened, whether or not their targets exist here
+    for rel, target in {
+        "hostile/outside/passwd.txt": Path("/etc/passwd"),
+        "hostile/outside/proc-status.txt": Path("/proc/self/status"),
+        "hostile/outside/ssh-key.txt": Path.home() / ".ssh" / "id_ed25519",
+        "hostile/outside/link-to-link.txt": root / "hostile/outside/passwd.txt",  # resolved to the end
+        "hostile/outside/relative.txt": Path("../" * (len(root.parts) + 1) + "etc/hostname"),
+    }.items():
+        _symlink(target, root / rel)
+        failed[rel] = "outside_root"
+    _symlink(Path("/etc"), root / "hostile/outside/etc", directory=True)  # a folder: not followed, not listed
     return {"synced": synced, "failed": failed, "texts": texts}
 
 
@@ -257,6 +268,7 @@ def _write_big(path: Path, size: int) -> None:
 
 
 def _symlink(target: Path, link: Path, directory: bool = False) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink():
         link.unlink()
     os.symlink(target, link, target_is_directory=directory)
