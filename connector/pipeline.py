@@ -275,6 +275,7 @@ class SyncRun:
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
             self._check_store_has_ledger(report)
+            self._move_renamed_documents(report)
             self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
@@ -329,6 +330,19 @@ class SyncRun:
             report.warnings.append(message)
             self.ledger.reset()
 
+    def _move_renamed_documents(self, report: SyncReport) -> None:
+        """Documents the source now names differently keep their ledger entry under the new doc_id;
+        planned as changed, their points are rewritten under the new ids from the embedding cache
+        and the old points deleted."""
+        renames = self.source.renamed_doc_ids(self.ledger.doc_origins())
+        if renames:
+            self.ledger.rename_documents(renames)  # what it queues is deleted with the pending deletes
+            example = next(iter(renames.items()))
+            report.warnings.append(
+                f"{len(renames)} document(s) renamed by the source (e.g. {example[0]!r} is now {example[1]!r}): "
+                "their points are rewritten under the new ids from the embedding cache, the old ones deleted"
+            )
+
     # ---- stage 1: plan -----------------------------------------------------------------------
     def _windows(self, items, reader: Ledger, seen: set[str], failed_origins: set[str],
                  report: SyncReport) -> Iterator[Window]:
@@ -369,8 +383,9 @@ class SyncRun:
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
-        write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i]]
-        stale = [c.point_id for i, c in old.items() if i >= len(chunks)]
+        # a chunk stored under another point id (a renamed document) is written anew, the old point deleted
+        write = [i for i in range(len(chunks)) if i not in old or (old[i].point_id, old[i].chunk_key) != (ids[i], keys[i])]
+        stale = [c.point_id for i, c in old.items() if i >= len(chunks) or c.point_id != ids[i]]
         return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
                        ids, write, stale)
 

@@ -154,19 +154,20 @@ def test_jsonl_records_and_bad_lines(tmp_path):
     items = read_all(tmp_path)
     docs = [i for i in items if isinstance(i, Document)]
     failed = {i.doc_id: i.reason for i in items if isinstance(i, FailedDocument)}
-    assert [d.doc_id for d in docs] == ["kb-1", "7"]
+    assert [d.doc_id for d in docs] == ["data/kb.jsonl#kb-1", "data/kb.jsonl#7"]
     assert docs[0].text == "First answer"
     assert docs[0].metadata["lang"] == "en" and docs[0].metadata["tags"] == ["a"]
     assert docs[0].metadata["path"] == "data/kb.jsonl"
     assert "id" not in docs[0].metadata and "text" not in docs[0].metadata
-    assert set(failed) == {f"data/kb.jsonl:line {n}" for n in (2, 3, 7, 8, 9)} | {"kb-3"}
+    assert set(failed) == {f"data/kb.jsonl:line {n}" for n in (2, 3, 7, 8, 9)} | {"data/kb.jsonl#kb-3"}
     assert "not valid JSON" in failed["data/kb.jsonl:line 2"]
     assert "no 'id' field" in failed["data/kb.jsonl:line 3"] and "id_field" in failed["data/kb.jsonl:line 3"]
     # the id is known, so the failure carries it (the sync then keeps what it stored for kb-3)
-    assert failed["kb-3"].startswith("data/kb.jsonl:line 4: the record has no 'text' field")
+    assert failed["data/kb.jsonl#kb-3"].startswith("data/kb.jsonl:line 4: the record has no 'text' field")
     assert "JSON object" in failed["data/kb.jsonl:line 7"]
     assert "'id' must be" in failed["data/kb.jsonl:line 8"]
-    assert failed["data/kb.jsonl:line 9"] == "duplicate doc_id 'kb-1' (first seen in data/kb.jsonl:line 1)"
+    # the id repeated within its file: that record fails alone, the first is kept
+    assert failed["data/kb.jsonl:line 9"] == "duplicate doc_id 'data/kb.jsonl#kb-1' (first seen in data/kb.jsonl:line 1)"
     assert all("\n" not in reason for reason in failed.values())
     kinds = {i.doc_id: i.kind for i in items if isinstance(i, FailedDocument)}
     assert kinds == {**dict.fromkeys(failed, "malformed"), "data/kb.jsonl:line 9": "duplicate"}
@@ -177,7 +178,7 @@ def test_jsonl_configured_fields(tmp_path):
     write(tmp_path / "r.jsonl", jsonl({"uid": 1, "body": "hello", "lang": "en", "path": "mine", "skip": 1}))
     fields = JsonlFields(id_field="uid", text_field="body", metadata_fields=["lang", "path", "absent"])
     [doc] = read_all(tmp_path, jsonl=fields)
-    assert (doc.doc_id, doc.text) == ("1", "hello")
+    assert (doc.doc_id, doc.text) == ("r.jsonl#1", "hello")
     # the source's own keys win over a record field of the same name
     assert set(doc.metadata) == {"lang", "path", "modified"}
     assert doc.metadata["path"] == "r.jsonl"
@@ -189,16 +190,25 @@ def test_jsonl_bad_utf8_line_does_not_stop_the_file(tmp_path):
     items = read_all(tmp_path)
     assert isinstance(items[0], FailedDocument) and "UTF-8" in items[0].reason and items[0].kind == "encoding"
     assert items[0].doc_id == "mixed.jsonl:line 1"
-    assert isinstance(items[1], Document) and items[1].doc_id == "b"
+    assert isinstance(items[1], Document) and items[1].doc_id == "mixed.jsonl#b"
 
 
-def test_duplicate_across_files(tmp_path):
+def test_the_same_record_id_in_two_files_is_two_documents(tmp_path):
     write(tmp_path / "a.jsonl", jsonl({"id": "x", "text": "one"}))
-    write(tmp_path / "b.jsonl", jsonl({"id": "x", "text": "two"}))
-    first, second = read_all(tmp_path)
-    assert isinstance(first, Document) and first.text == "one"
-    assert isinstance(second, FailedDocument)
-    assert second.reason == "duplicate doc_id 'x' (first seen in a.jsonl:line 1)"
+    write(tmp_path / "sub" / "b.jsonl", jsonl({"id": "x", "text": "two"}))
+    assert [(d.doc_id, d.text) for d in read_all(tmp_path)] == [("a.jsonl#x", "one"), ("sub/b.jsonl#x", "two")]
+
+
+def test_a_record_cannot_take_a_files_doc_id(tmp_path):
+    # read first ('a-' sorts before 'reset.md'), a record whose id is a file's path used to take it over
+    write(tmp_path / "a-tickets.jsonl", jsonl({"id": "reset.md", "text": "impostor"}, {"id": 5, "text": "five"}))
+    write(tmp_path / "reset.md", "# Reset\n\nthe real page")
+    write(tmp_path / "tickets.csv", "id,text\nreset.md,csv impostor\n")
+    items = by_id(read_all(tmp_path))
+    assert all(isinstance(i, Document) for i in items.values()), items
+    assert items["reset.md"].text == "# Reset\n\nthe real page"
+    assert items["a-tickets.jsonl#reset.md"].text == "impostor" and items["a-tickets.jsonl#5"].text == "five"
+    assert items["tickets.csv#reset.md"].text == "csv impostor"
 
 
 # --- globs ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from connector.sources.docxfile import read_docx
 from connector.sources.htmlfile import read_html
 from connector.sources.pdffile import read_pdf
 from connector.sources.reading import Parsed, ReadFailure, has_visible_text, one_line
-from connector.sources.recordfiles import csv_records, jsonl_records
+from connector.sources.recordfiles import csv_records, jsonl_records, record_doc_id
 from connector.sources.textfile import read_markdown, read_text
 
 # Formats read whole into one Document, and record formats streamed into many.
@@ -114,8 +114,9 @@ def _check_regular(stat: os.stat_result) -> None:
 class FilesSource(Source):
     """Documents from the files under `config.path` that match `include` and not `exclude`.
 
-    - doc_id: the path relative to the root in POSIX form (`guides/setup.md`); for .jsonl and .csv
-      the record's id as a string (records of every file share one id space).
+    - doc_id: the path relative to the root in POSIX form (`guides/setup.md`); for a record of a
+      .jsonl or .csv file that path, '#' and the record's id (`data/tickets.jsonl#T-7`), so a record
+      cannot take the doc_id of a file or of another file's record.
     - Order: sorted by relative path (records in file order).
     - .txt/.md: the encoding is detected (a byte order mark, else UTF-8, else charset-normalizer's
       guess if it is a good one; `metadata.encoding` then names it); NUL bytes or many control
@@ -135,8 +136,9 @@ class FilesSource(Source):
       visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (record files
       are streamed and have no limit), damaged ones as 'corrupt', password-protected ones as
       'encrypted', and a format whose optional package is missing as 'missing_extra'.
-    - A doc_id seen twice in one read: the second is a FailedDocument named after where it is
-      ('duplicate doc_id ... (first seen in ...)').
+    - A doc_id seen twice in one read (a record id repeated within its file): the second is a
+      FailedDocument 'duplicate' named after where it is ('duplicate doc_id ... (first seen in
+      ...)'); the first is kept.
     - metadata: `path` (relative), `modified` (file mtime, ISO 8601 UTC), `title` when known; for
       records also the record's metadata fields (`path` and `modified` win over record fields
       of the same name). No line number: a record that moves within its file is not a change.
@@ -193,6 +195,17 @@ class FilesSource(Source):
             dirnames[:] = [d for d in dirnames if not any(p.match(prefix + d) for p in self._excluded_dirs)]
             found.extend(prefix + name for name in filenames if self.matches(prefix + name))
         return sorted(found)
+
+    def renamed_doc_ids(self, known: dict[str, str | None]) -> dict[str, str]:
+        """Records that older versions stored under their bare id (`T-7`, origin
+        `data/tickets.jsonl`) are now `data/tickets.jsonl#T-7`. A bare id that is the path of one of
+        the source's files is not renamed: that file takes its doc_id back (the record had taken it)."""
+        bare = {doc_id: origin for doc_id, origin in known.items()
+                if origin and origin.lower().endswith(RECORD_SUFFIXES) and not doc_id.startswith(origin + "#")}
+        if not bare:
+            return {}
+        files = set(self.paths())
+        return {doc_id: record_doc_id(origin, doc_id) for doc_id, origin in bare.items() if doc_id not in files}
 
     def _documents(self) -> Iterator[Document | FailedDocument]:
         seen: dict[str, str] = {}  # doc_id -> where it was first seen
