@@ -176,6 +176,10 @@ class Ledger:
         """doc_id -> the source file it came from."""
         return dict(self.db.execute("SELECT doc_id, origin FROM documents ORDER BY doc_id"))
 
+    def documents_from(self, origin: str) -> list[str]:
+        """The doc_ids that came from one source file (the file itself, or its records)."""
+        return [r[0] for r in self.db.execute("SELECT doc_id FROM documents WHERE origin=? ORDER BY doc_id", (origin,))]
+
     def iter_point_ids(self) -> Iterator[str]:
         for (pid,) in self.db.execute("SELECT point_id FROM chunks"):
             yield pid

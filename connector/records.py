@@ -128,6 +128,9 @@ FAILURE_KINDS = (
     "missing_extra",  # the format needs an optional package that is not installed
     "outside_root",  # a symlink that leads outside the source folder
 )
+#: Kinds of failure where the source refuses the file itself (not merely cannot read it this time):
+#: whatever was stored from that file is deleted.
+REFUSED_KINDS = ("outside_root",)
 
 
 @dataclass(frozen=True)

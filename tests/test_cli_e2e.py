@@ -236,6 +236,34 @@ def test_a_symlink_out_of_the_source_is_never_indexed(project, tmp_path):
     assert not any("secret" in hit["text"] or hit["doc_id"] == "passwd.txt" for hit in data["hits"])
 
 
+def test_what_was_stored_from_a_file_now_refused_is_deleted(project, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0:the outside secret line:/root:/bin/bash\n", encoding="utf-8")
+    (outside / "leak.jsonl").write_text(json.dumps({"id": 1, "text": "a leaked record"}) + "\n", encoding="utf-8")
+    docs = project.parent / "docs"
+    (docs / "passwd.txt").symlink_to(outside / "passwd")
+    (docs / "leak.jsonl").symlink_to(outside / "leak.jsonl")
+    config = yaml.safe_load(project.read_text(encoding="utf-8"))
+    config["source"]["follow_symlinks_outside"] = True  # stored as an older version stored them
+    project.write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 0 and {"passwd.txt", "leak.jsonl#1"} <= {p["doc_id"] for p in store_payloads(project).values()}
+
+    del config["source"]["follow_symlinks_outside"]
+    project.write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, data, out = run("sync", "-c", str(project), "--json")  # no --prune
+    assert code == 3, out
+    assert {(f["doc_id"], f["kind"]) for f in data["failures"]} == {("passwd.txt", "outside_root"),
+                                                                     ("leak.jsonl", "outside_root")}
+    assert data["documents"]["deleted"] == 2 and data["chunks"]["deleted"] == 2
+    assert {p["doc_id"] for p in store_payloads(project).values()} == EXPECTED_DOC_IDS
+    code, verified, out = run("verify", "-c", str(project), "--json")
+    assert code == 0 and verified["ok"], out
+    code, status, out = run("status", "-c", str(project), "--json")
+    assert {f["doc_id"] for f in status["failed_documents"]} == {"passwd.txt", "leak.jsonl"}, out
+
+
 def test_embed_and_similarity(tiny_model_dir):
     code, data, out = run("embed", "--model", str(tiny_model_dir), "--json", "hello world", "", "密码 password password")
     assert code == 0, out

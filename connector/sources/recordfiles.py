@@ -157,7 +157,8 @@ def _csv_rows(rel: str, reader, columns: CsvColumns, file_metadata: dict[str, An
         yield _csv_record(rel, where, row, header, index, meta_columns, columns, file_metadata), where
 
 
-def _csv_record(rel, where, row, header, index, meta_columns, columns: CsvColumns, file_metadata) -> Document | FailedDocument:
+def _csv_record(rel, where, row, header, index, meta_columns, columns: CsvColumns,
+                file_metadata) -> Document | FailedDocument:
     if len(row) != len(header):
         return FailedDocument(where, f"the row has {len(row)} fields, the header {len(header)}", kind="malformed")
     doc_id = row[index[columns.id_column]].strip()
