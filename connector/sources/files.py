@@ -251,19 +251,20 @@ class FilesSource(Source):
             limit = int(self.config.max_file_mb * _MIB)
             yield from csv_records(rel, stream, self.config.csv, metadata, limit)
             return
-        with stream:
-            if stat.st_size > self.config.max_file_mb * _MIB:
-                reason = (
-                    f"the file is {stat.st_size / _MIB:.1f} MiB, over source.max_file_mb "
-                    f"({self.config.max_file_mb:g}); raise the limit or exclude the file"
-                )
-                yield FailedDocument(rel, reason, kind="too_large"), rel
-                return
-            try:
+        if stat.st_size > self.config.max_file_mb * _MIB:
+            stream.close()
+            reason = (
+                f"the file is {stat.st_size / _MIB:.1f} MiB, over source.max_file_mb "
+                f"({self.config.max_file_mb:g}); raise the limit or exclude the file"
+            )
+            yield FailedDocument(rel, reason, kind="too_large"), rel
+            return
+        try:
+            with stream:
                 data = _read_bytes(stream)
-            except OSError as err:
-                yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
-                return
+        except OSError as err:
+            yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
+            return
         try:
             parsed = DOCUMENT_READERS[suffix](data)
             if not has_visible_text(parsed.text):
