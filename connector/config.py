@@ -8,6 +8,7 @@ value is read from the environment when the sink connects.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -67,6 +68,26 @@ class FilesSourceConfig(Strict):
         100, gt=0,
         description="Files bigger than this many MiB fail as 'too_large' (.jsonl/.csv are streamed: no limit).",
     )
+    follow_symlinks_outside: bool = Field(
+        False,
+        description="Read files whose symlinks lead outside `path`; by default they fail as 'outside_root'.",
+    )
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns_inside_root(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if re.match(r"\s*([/\\]|[A-Za-z]:[/\\])", pattern):  # /etc/*, \\host\share, C:/x
+                raise ValueError(
+                    f"{pattern!r} is an absolute path; patterns match paths relative to source.path, "
+                    f"e.g. 'guides/**/*.md'"
+                )
+            if ".." in re.split(r"[/\\]", pattern.strip()):
+                raise ValueError(
+                    f"{pattern!r} contains '..'; patterns only match files inside source.path "
+                    f"(point source.path at the folder that holds them all)"
+                )
+        return patterns
 
 
 class PreprocessConfig(Strict):

@@ -186,6 +186,10 @@ class Ledger:
         """doc_id -> the source file it came from."""
         return dict(self.db.execute("SELECT doc_id, origin FROM documents ORDER BY doc_id"))
 
+    def documents_from(self, origin: str) -> list[str]:
+        """The doc_ids that came from one source file (the file itself, or its records)."""
+        return [r[0] for r in self.db.execute("SELECT doc_id FROM documents WHERE origin=? ORDER BY doc_id", (origin,))]
+
     def iter_point_ids(self) -> Iterator[str]:
         for (pid,) in self.db.execute("SELECT point_id FROM chunks"):
             yield pid
@@ -321,13 +325,35 @@ class Ledger:
     def forget_document(self, doc_id: str) -> list[str]:
         """Drop a document (gone from the source); its point ids move to pending_deletes."""
         with self._transaction():
-            ids = [r[0] for r in self.db.execute("SELECT point_id FROM chunks WHERE doc_id=?", (doc_id,))]
-            self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
-            self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
-            self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (doc_id,))
-            self._drop_from_dead_letters(doc_id)  # a retry must not bring a deleted document back
-            self._queue_deletes(doc_id, ids)
+            return self._forget(doc_id)
+
+    def _forget(self, doc_id: str) -> list[str]:
+        ids = [r[0] for r in self.db.execute("SELECT point_id FROM chunks WHERE doc_id=?", (doc_id,))]
+        self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+        self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
+        self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (doc_id,))
+        self._drop_from_dead_letters(doc_id)  # a retry must not bring a deleted document back
+        self._queue_deletes(doc_id, ids)
         return ids
+
+    def rename_documents(self, renames: dict[str, str]) -> list[str]:
+        """Move documents to new doc_ids ({old: new}; their source changed how it names them), in
+        one transaction. Each keeps its chunks, and so its old point ids, and is marked changed: the
+        next sync writes its points under the new ids and deletes the old ones as stale. Its failure
+        record and dead letters go (the sync rewrites it from the source). A document the ledger
+        already has under its new id is forgotten under the old one: returns the point ids that
+        queued for deletion."""
+        queued: list[str] = []
+        with self._transaction():
+            for old, new in renames.items():
+                if self.document(new) is not None:
+                    queued += self._forget(old)
+                    continue
+                self.db.execute("UPDATE documents SET doc_id=?, content_hash='' WHERE doc_id=?", (new, old))
+                self.db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new, old))
+                self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (old,))
+                self._drop_from_dead_letters(old)
+        return queued
 
     def mark_in_flight(self, points: Iterable[tuple[str, str]], replaying_dead_letter: bool = False) -> None:
         """Before an upsert of (doc_id, point_id) pairs: make the ledger safe for a crash that

@@ -56,7 +56,7 @@ from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.ownership import claim
 from connector.preprocess.chunking import Chunker
 from connector.preprocess.factory import make_preprocessor
-from connector.records import Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
+from connector.records import REFUSED_KINDS, Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
 from connector.retry import CircuitBreaker
 from connector.stages import TICK, background
@@ -342,6 +342,7 @@ class SyncRun:
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
             self._preflight(report)
+            self._move_renamed_documents(report)
             self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
             self._watch_store()
         seen: set[str] = set()
@@ -428,6 +429,19 @@ class SyncRun:
             report.warnings.append(message)
             self.ledger.reset()
 
+    def _move_renamed_documents(self, report: SyncReport) -> None:
+        """Documents the source now names differently keep their ledger entry under the new doc_id;
+        planned as changed, their points are rewritten under the new ids from the embedding cache
+        and the old points deleted."""
+        renames = self.source.renamed_doc_ids(self.ledger.doc_origins())
+        if renames:
+            self.ledger.rename_documents(renames)  # what it queues is deleted with the pending deletes
+            example = next(iter(renames.items()))
+            report.warnings.append(
+                f"{len(renames)} document(s) renamed by the source (e.g. {example[0]!r} is now {example[1]!r}): "
+                "their points are rewritten under the new ids from the embedding cache, the old ones deleted"
+            )
+
     # ---- stage 1: plan -----------------------------------------------------------------------
     def _windows(self, items, reader: Ledger, seen: set[str], failed_origins: set[str],
                  report: SyncReport) -> Iterator[Window]:
@@ -473,8 +487,10 @@ class SyncRun:
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
-        write = [i for i in range(len(chunks)) if i not in old or old[i].chunk_key != keys[i]]
-        stale = [c.point_id for i, c in old.items() if i >= len(chunks)]
+        # a chunk stored under another point id (a renamed document) is written anew, the old point deleted
+        write = [i for i in range(len(chunks))
+                 if i not in old or (old[i].point_id, old[i].chunk_key) != (ids[i], keys[i])]
+        stale = [c.point_id for i, c in old.items() if i >= len(chunks) or c.point_id != ids[i]]
         return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
                        ids, write, stale)
 
@@ -745,13 +761,17 @@ class SyncRun:
         for doc_id, origin in known.items():
             if doc_id in seen or origin in failed_origins:
                 continue
-            report.documents["deleted"] += 1
-            if dry_run:
-                n = len(self.ledger.chunks(doc_id))
-                report.chunks["deleted"] += n
-                report.changes.append({"doc_id": doc_id, "action": "delete", "chunks_to_delete": n})
-            else:
-                self._delete(self.ledger.forget_document(doc_id), report)
+            self._remove(doc_id, report, dry_run)
+
+    def _remove(self, doc_id: str, report: SyncReport, dry_run: bool) -> None:
+        """Delete a document from the ledger and its points from the store (a dry run counts them)."""
+        report.documents["deleted"] += 1
+        if dry_run:
+            n = len(self.ledger.chunks(doc_id))
+            report.chunks["deleted"] += n
+            report.changes.append({"doc_id": doc_id, "action": "delete", "chunks_to_delete": n})
+        else:
+            self._delete(self.ledger.forget_document(doc_id), report)
 
     def _fail(self, report: SyncReport, item: FailedDocument, dry_run: bool) -> None:
         report.documents["failed"] += 1
@@ -759,6 +779,11 @@ class SyncRun:
         if item.kind in report.ignore_kinds:
             entry["ignored"] = True
         report.failures.append(entry)
+        if item.kind in REFUSED_KINDS and item.origin:
+            # stored before the source refused the file (an older version, or an opt-in since
+            # withdrawn): it must not stay searchable, whether or not the sync prunes
+            for doc_id in self.ledger.documents_from(item.origin):
+                self._remove(doc_id, report, dry_run)
         if not dry_run:
             self.ledger.record_failure(item.doc_id, f"[{item.kind}] {item.reason}")
 

@@ -126,7 +126,11 @@ FAILURE_KINDS = (
     "duplicate",  # a doc_id already seen in this read
     "too_large",  # over the source's size limit
     "missing_extra",  # the format needs an optional package that is not installed
+    "outside_root",  # a symlink that leads outside the source folder
 )
+#: Kinds of failure where the source refuses the file itself (not merely cannot read it this time):
+#: whatever was stored from that file is deleted.
+REFUSED_KINDS = ("outside_root",)
 
 
 @dataclass(frozen=True)

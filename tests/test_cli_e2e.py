@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,10 @@ from click.testing import CliRunner
 from connector.cli import cli
 from connector.config import load_config
 from connector.ledger import Ledger
-from connector.records import point_id
+from connector.pipeline import SyncRun, open_state, run_sync
+from connector.records import Document, FailedDocument, point_id
+from connector.sources.base import Source
+from connector.sources.files import FilesSource
 from connector.sinks.factory import make_sink
 from milvus_server import milvus_server  # noqa: F401  (session fixture)
 
@@ -43,7 +47,9 @@ def write_corpus(root: Path) -> None:
     )
 
 
-EXPECTED_DOC_IDS = {"reset.md", "guides/long.txt", "guides/zh.md", "page.html", "t-1", "t-2"}
+EXPECTED_DOC_IDS = {
+    "reset.md", "guides/long.txt", "guides/zh.md", "page.html", "tickets.jsonl#t-1", "tickets.jsonl#t-2",
+}
 
 
 @pytest.fixture(params=["qdrant", "milvus", pytest.param("milvus-server", marks=pytest.mark.server)])
@@ -124,7 +130,7 @@ def test_sync_lifecycle(project):
     count, ids = store_state(project)
     assert ids == ledger_ids(project) and count == len(ids) == first["chunks"]["upserted"]
     assert len(set(ids)) == len(ids)
-    assert point_id("kb", "reset.md", 0) in ids and point_id("kb", "t-2", 0) in ids
+    assert point_id("kb", "reset.md", 0) in ids and point_id("kb", "tickets.jsonl#t-2", 0) in ids
 
     # second sync: nothing encoded or written, same ids
     code, second, out = run("sync", "-c", cfg, "--json")
@@ -209,9 +215,53 @@ def test_search_finds_exact_chunk(project):
         hits = data["hits"]
         assert 1 <= len(hits) <= 3
         assert set(hits[0]) == {"id", "doc_id", "chunk_index", "score", "text"}
-        assert hits[0]["doc_id"] == "t-2" and hits[0]["text"] == query
+        assert hits[0]["doc_id"] == "tickets.jsonl#t-2" and hits[0]["text"] == query
     code, data, _ = run("search", "-c", cfg, query, "--mode", "dense", "--json")
     assert data["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_symlink_out_of_the_source_is_never_indexed(project, tmp_path):
+    secret = tmp_path / "outside" / "passwd"  # stands in for /etc/passwd
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:the outside secret line:/root:/bin/bash\n", encoding="utf-8")
+    (project.parent / "docs" / "passwd.txt").symlink_to(secret)
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 3, out
+    [failure] = data["failures"]
+    assert (failure["doc_id"], failure["kind"]) == ("passwd.txt", "outside_root")
+    assert str(secret.resolve()) in failure["reason"]
+    code, data, out = run("search", "-c", str(project), secret.read_text(), "--mode", "hybrid", "--limit", "20",
+                          "--json")
+    assert code == 0 and data["hits"], out
+    assert not any("secret" in hit["text"] or hit["doc_id"] == "passwd.txt" for hit in data["hits"])
+
+
+def test_what_was_stored_from_a_file_now_refused_is_deleted(project, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0:the outside secret line:/root:/bin/bash\n", encoding="utf-8")
+    (outside / "leak.jsonl").write_text(json.dumps({"id": 1, "text": "a leaked record"}) + "\n", encoding="utf-8")
+    docs = project.parent / "docs"
+    (docs / "passwd.txt").symlink_to(outside / "passwd")
+    (docs / "leak.jsonl").symlink_to(outside / "leak.jsonl")
+    config = yaml.safe_load(project.read_text(encoding="utf-8"))
+    config["source"]["follow_symlinks_outside"] = True  # stored as an older version stored them
+    project.write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 0 and {"passwd.txt", "leak.jsonl#1"} <= {p["doc_id"] for p in store_payloads(project).values()}
+
+    del config["source"]["follow_symlinks_outside"]
+    project.write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, data, out = run("sync", "-c", str(project), "--json")  # no --prune
+    assert code == 3, out
+    assert {(f["doc_id"], f["kind"]) for f in data["failures"]} == {("passwd.txt", "outside_root"),
+                                                                     ("leak.jsonl", "outside_root")}
+    assert data["documents"]["deleted"] == 2 and data["chunks"]["deleted"] == 2
+    assert {p["doc_id"] for p in store_payloads(project).values()} == EXPECTED_DOC_IDS
+    code, verified, out = run("verify", "-c", str(project), "--json")
+    assert code == 0 and verified["ok"], out
+    code, status, out = run("status", "-c", str(project), "--json")
+    assert {f["doc_id"] for f in status["failed_documents"]} == {"passwd.txt", "leak.jsonl"}, out
 
 
 def test_embed_and_similarity(tiny_model_dir):
@@ -272,6 +322,20 @@ def test_bad_config_exit_2_and_nothing_written(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
+def test_patterns_outside_the_source_folder_exit_2(tmp_path):
+    for include in (["../*.md"], ["/etc/*"]):
+        path = tmp_path / "patterns.yaml"
+        path.write_text(yaml.safe_dump({
+            "source": {"type": "files", "path": "./docs", "include": include},
+            "sink": {"type": "qdrant", "path": "./store", "collection": "kb"},
+            "state_dir": "./state",
+        }))
+        code, data, out = run("sync", "-c", str(path), "--json")
+        assert code == 2, out
+        assert "source.include" in data["error"] and include[0] in data["error"]
+        assert not (tmp_path / "state").exists()
+
+
 def test_existing_collection_of_wrong_size_is_refused(project, tmp_path):
     config = load_config(project)
     sink = make_sink(config.sink)
@@ -313,7 +377,117 @@ def test_prune_keeps_records_of_a_file_with_an_unreadable_line(project):
     code, data, out = run("sync", "-c", cfg, "--prune", "--json")
     assert code == 0 and data["documents"]["deleted"] == 1, out
     assert run("status", "-c", cfg, "--json")[1]["failed_documents"] == []
-    assert point_id("kb", "t-2", 0) not in store_state(project)[1]
+    assert point_id("kb", "tickets.jsonl#t-2", 0) not in store_state(project)[1]
+
+
+IMPOSTOR = {"id": "reset.md", "text": "Not the reset page: an impostor record."}
+
+
+def store_payloads(config_path: Path) -> dict[str, dict]:
+    """Every point of the store: id -> payload."""
+    sink = make_sink(load_config(config_path).sink)
+    try:
+        return {p.id: p.payload for p in sink.retrieve(sorted(sink.iter_ids()))}
+    finally:
+        sink.close()
+
+
+def test_a_record_cannot_take_a_files_doc_id(project):
+    docs = project.parent / "docs"
+    (docs / "a-tickets.jsonl").write_text(json.dumps(IMPOSTOR) + "\n", encoding="utf-8")  # read before reset.md
+    code, data, out = run("sync", "-c", str(project), "--json")
+    assert code == 0 and data["failures"] == [], out
+    texts = {(p["doc_id"], p["text"]) for p in store_payloads(project).values()}
+    assert ("a-tickets.jsonl#reset.md", IMPOSTOR["text"]) in texts
+    [file_text] = [t for d, t in texts if d == "reset.md"]
+    assert file_text.startswith("# Reset\n\nOpen the sign-in page")
+
+
+class BareRecordIds(Source):
+    """The files source as the code before record ids were namespaced read it: a record's doc_id
+    was its bare id, one id space for every file and record, the second holder failing as duplicate."""
+
+    def __init__(self, config):
+        self.files = FilesSource(config)
+
+    def read(self):
+        seen: dict[str, str] = {}
+        for item in self.files.read():
+            path = item.metadata.get("path", "") if isinstance(item, Document) else ""
+            if path.endswith((".jsonl", ".csv")):
+                item = dataclasses.replace(item, doc_id=item.doc_id[len(path) + 1:])
+            if isinstance(item, Document) and item.doc_id in seen:
+                item = FailedDocument(path, f"duplicate doc_id {item.doc_id!r} (first seen in {seen[item.doc_id]})",
+                                      origin=path, kind="duplicate")
+            seen.setdefault(item.doc_id, path)
+            yield item
+
+
+class TextsEncoder:
+    """The tiny encoder, keeping every text it is asked to encode."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, texts):
+        self.texts += list(texts)
+        return self.inner.encode(texts)
+
+
+def sync_with_bare_record_ids(config_path: Path, encoder) -> None:
+    """A ledger and a store as the code before namespaced record ids wrote them."""
+    config = load_config(config_path)
+    with open_state(config) as (ledger, sink):
+        run_ = SyncRun(config, BareRecordIds(config.source), sink, ledger, lambda: encoder)
+        try:
+            run_.run()
+        finally:
+            run_.close()
+
+
+def test_records_stored_under_bare_ids_move_to_the_new_ids_without_encoding(project, tiny_encoder):
+    sync_with_bare_record_ids(project, tiny_encoder)
+    old = store_payloads(project)
+    assert point_id("kb", "t-1", 0) in old and old[point_id("kb", "t-1", 0)]["doc_id"] == "t-1"
+
+    encoder = TextsEncoder(tiny_encoder)
+    report = run_sync(load_config(project), encoder=encoder)
+    assert report.exit_code == 0, report.to_json()
+    assert encoder.texts == [] and report.chunks["encoded"] == 0  # every vector from the embedding cache
+    assert report.documents["changed"] == 2 and report.documents["unchanged"] == len(EXPECTED_DOC_IDS) - 2
+    assert report.chunks["upserted"] == report.chunks["deleted"] == 2
+    assert "renamed by the source" in report.warnings[0]
+    new = store_payloads(project)
+    assert sorted(new) == ledger_ids(project) and len(new) == len(old)  # the old points are gone
+    assert {p["doc_id"] for p in new.values()} == EXPECTED_DOC_IDS
+    assert point_id("kb", "tickets.jsonl#t-1", 0) in new and point_id("kb", "t-1", 0) not in new
+    code, verified, out = run("verify", "-c", str(project), "--json")
+    assert code == 0 and verified["ok"], out
+    code, again, out = run("sync", "-c", str(project), "--json")
+    assert code == 0 and again["documents"]["unchanged"] == len(EXPECTED_DOC_IDS), out
+    assert again["chunks"]["upserted"] == again["chunks"]["deleted"] == 0
+
+
+def test_a_record_that_had_taken_a_files_doc_id_gives_it_back(project, tiny_encoder):
+    (project.parent / "docs" / "a-tickets.jsonl").write_text(json.dumps(IMPOSTOR) + "\n", encoding="utf-8")
+    sync_with_bare_record_ids(project, tiny_encoder)  # the record took 'reset.md', the file failed
+    assert {p["text"] for p in store_payloads(project).values() if p["doc_id"] == "reset.md"} == {IMPOSTOR["text"]}
+
+    encoder = TextsEncoder(tiny_encoder)
+    report = run_sync(load_config(project), encoder=encoder, prune=True)
+    assert report.exit_code == 0, report.to_json()
+    payloads = store_payloads(project)
+    file_texts = {p["text"] for p in payloads.values() if p["doc_id"] == "reset.md"}
+    assert set(encoder.texts) == file_texts and IMPOSTOR["text"] not in file_texts  # only the file was new
+    assert {(p["doc_id"], p["text"]) for p in payloads.values() if p["text"] == IMPOSTOR["text"]} == {
+        ("a-tickets.jsonl#reset.md", IMPOSTOR["text"])}
+    assert sorted(payloads) == ledger_ids(project)
+    assert {p["doc_id"] for p in payloads.values()} == EXPECTED_DOC_IDS | {"a-tickets.jsonl#reset.md"}
+    code, verified, out = run("verify", "-c", str(project), "--json")
+    assert code == 0 and verified["ok"], out
 
 
 def test_schema_show_create_and_recreate(project):

@@ -59,6 +59,14 @@ def test_defaults(tmp_path):
         ({"sink": {"type": "qdrant", "path": "a"}}, "source: Field required"),
         ({"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "a"}, "chunking": {"max_tokens": "many"}},
          "chunking.max_tokens"),
+        ({"source": {"path": "d", "include": ["../private/*.md"]}, "sink": {"type": "qdrant", "path": "a"}},
+         "source.include: Value error, '../private/*.md' contains '..'"),
+        ({"source": {"path": "d", "include": ["docs/../../*.txt"]}, "sink": {"type": "qdrant", "path": "a"}},
+         "source.include: Value error, 'docs/../../*.txt' contains '..'"),
+        ({"source": {"path": "d", "exclude": ["/etc/**"]}, "sink": {"type": "qdrant", "path": "a"}},
+         "source.exclude: Value error, '/etc/**' is an absolute path"),
+        ({"source": {"path": "d", "include": ["C:\\docs\\*.md"]}, "sink": {"type": "qdrant", "path": "a"}},
+         "is an absolute path"),
     ],
 )
 def test_bad_config_is_a_clear_config_error(tmp_path, data, expected):
@@ -95,3 +103,9 @@ def test_every_example_config_loads():
     assert len(configs) >= 4
     for path in configs:
         load_config(path)
+
+
+def test_patterns_that_only_look_like_paths_out_are_fine(tmp_path):
+    data = {"source": {"path": "d", "include": ["**/v1..2.md", "./notes/*.txt", "~$*.docx", "a:b.md"]},
+            "sink": {"type": "qdrant", "path": "a"}}
+    assert load_config(write(tmp_path, data)).source.include == data["source"]["include"]

@@ -154,19 +154,20 @@ def test_jsonl_records_and_bad_lines(tmp_path):
     items = read_all(tmp_path)
     docs = [i for i in items if isinstance(i, Document)]
     failed = {i.doc_id: i.reason for i in items if isinstance(i, FailedDocument)}
-    assert [d.doc_id for d in docs] == ["kb-1", "7"]
+    assert [d.doc_id for d in docs] == ["data/kb.jsonl#kb-1", "data/kb.jsonl#7"]
     assert docs[0].text == "First answer"
     assert docs[0].metadata["lang"] == "en" and docs[0].metadata["tags"] == ["a"]
     assert docs[0].metadata["path"] == "data/kb.jsonl"
     assert "id" not in docs[0].metadata and "text" not in docs[0].metadata
-    assert set(failed) == {f"data/kb.jsonl:line {n}" for n in (2, 3, 7, 8, 9)} | {"kb-3"}
+    assert set(failed) == {f"data/kb.jsonl:line {n}" for n in (2, 3, 7, 8, 9)} | {"data/kb.jsonl#kb-3"}
     assert "not valid JSON" in failed["data/kb.jsonl:line 2"]
     assert "no 'id' field" in failed["data/kb.jsonl:line 3"] and "id_field" in failed["data/kb.jsonl:line 3"]
     # the id is known, so the failure carries it (the sync then keeps what it stored for kb-3)
-    assert failed["kb-3"].startswith("data/kb.jsonl:line 4: the record has no 'text' field")
+    assert failed["data/kb.jsonl#kb-3"].startswith("data/kb.jsonl:line 4: the record has no 'text' field")
     assert "JSON object" in failed["data/kb.jsonl:line 7"]
     assert "'id' must be" in failed["data/kb.jsonl:line 8"]
-    assert failed["data/kb.jsonl:line 9"] == "duplicate doc_id 'kb-1' (first seen in data/kb.jsonl:line 1)"
+    # the id repeated within its file: that record fails alone, the first is kept
+    assert failed["data/kb.jsonl:line 9"] == "duplicate doc_id 'data/kb.jsonl#kb-1' (first seen in data/kb.jsonl:line 1)"
     assert all("\n" not in reason for reason in failed.values())
     kinds = {i.doc_id: i.kind for i in items if isinstance(i, FailedDocument)}
     assert kinds == {**dict.fromkeys(failed, "malformed"), "data/kb.jsonl:line 9": "duplicate"}
@@ -177,7 +178,7 @@ def test_jsonl_configured_fields(tmp_path):
     write(tmp_path / "r.jsonl", jsonl({"uid": 1, "body": "hello", "lang": "en", "path": "mine", "skip": 1}))
     fields = JsonlFields(id_field="uid", text_field="body", metadata_fields=["lang", "path", "absent"])
     [doc] = read_all(tmp_path, jsonl=fields)
-    assert (doc.doc_id, doc.text) == ("1", "hello")
+    assert (doc.doc_id, doc.text) == ("r.jsonl#1", "hello")
     # the source's own keys win over a record field of the same name
     assert set(doc.metadata) == {"lang", "path", "modified"}
     assert doc.metadata["path"] == "r.jsonl"
@@ -189,16 +190,25 @@ def test_jsonl_bad_utf8_line_does_not_stop_the_file(tmp_path):
     items = read_all(tmp_path)
     assert isinstance(items[0], FailedDocument) and "UTF-8" in items[0].reason and items[0].kind == "encoding"
     assert items[0].doc_id == "mixed.jsonl:line 1"
-    assert isinstance(items[1], Document) and items[1].doc_id == "b"
+    assert isinstance(items[1], Document) and items[1].doc_id == "mixed.jsonl#b"
 
 
-def test_duplicate_across_files(tmp_path):
+def test_the_same_record_id_in_two_files_is_two_documents(tmp_path):
     write(tmp_path / "a.jsonl", jsonl({"id": "x", "text": "one"}))
-    write(tmp_path / "b.jsonl", jsonl({"id": "x", "text": "two"}))
-    first, second = read_all(tmp_path)
-    assert isinstance(first, Document) and first.text == "one"
-    assert isinstance(second, FailedDocument)
-    assert second.reason == "duplicate doc_id 'x' (first seen in a.jsonl:line 1)"
+    write(tmp_path / "sub" / "b.jsonl", jsonl({"id": "x", "text": "two"}))
+    assert [(d.doc_id, d.text) for d in read_all(tmp_path)] == [("a.jsonl#x", "one"), ("sub/b.jsonl#x", "two")]
+
+
+def test_a_record_cannot_take_a_files_doc_id(tmp_path):
+    # read first ('a-' sorts before 'reset.md'), a record whose id is a file's path used to take it over
+    write(tmp_path / "a-tickets.jsonl", jsonl({"id": "reset.md", "text": "impostor"}, {"id": 5, "text": "five"}))
+    write(tmp_path / "reset.md", "# Reset\n\nthe real page")
+    write(tmp_path / "tickets.csv", "id,text\nreset.md,csv impostor\n")
+    items = by_id(read_all(tmp_path))
+    assert all(isinstance(i, Document) for i in items.values()), items
+    assert items["reset.md"].text == "# Reset\n\nthe real page"
+    assert items["a-tickets.jsonl#reset.md"].text == "impostor" and items["a-tickets.jsonl#5"].text == "five"
+    assert items["tickets.csv#reset.md"].text == "csv impostor"
 
 
 # --- globs ------------------------------------------------------------------------------------------
@@ -290,10 +300,10 @@ def test_unlistable_subfolder_is_an_error(corpus, monkeypatch):
 def test_unreadable_file_is_a_failed_document(corpus, monkeypatch):
     real = files_module._read_bytes
 
-    def read_bytes(path):
-        if path.name == "a.md":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+    def read_bytes(stream):
+        if Path(stream.name).name == "a.md":
+            raise PermissionError(13, "Permission denied", stream.name)
+        return real(stream)
 
     monkeypatch.setattr(files_module, "_read_bytes", read_bytes)
     items = by_id(read_all(corpus))
@@ -331,3 +341,109 @@ def test_metadata_path_and_modified_in_utc(corpus):
 
 def test_files_source_is_a_source(corpus):
     assert isinstance(FilesSource(FilesSourceConfig(path=corpus)), Source)
+
+
+# --- nothing outside the root -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder next to the source folder, with a file standing in for /etc/passwd."""
+    write(tmp_path / "outside" / "passwd", "root:x:0:0:SECRET-OUTSIDE:/root:/bin/bash\n")
+    write(tmp_path / "outside" / "keys" / "id.md", "SECRET-KEY-FOLDER\n")
+    return tmp_path / "outside"
+
+
+def only_inside(items) -> None:
+    """No document carries text from outside the root."""
+    assert not any("SECRET" in i.text for i in items if isinstance(i, Document))
+
+
+def test_symlink_to_a_file_outside_the_root_fails_as_outside_root(tmp_path, outside):
+    root = tmp_path / "docs"
+    write(root / "real.txt", "inside")
+    os.symlink(outside / "passwd", root / "passwd.txt")
+    os.symlink(root / "passwd.txt", root / "chain.txt")  # a link to the link: resolved to the end
+    os.symlink("../outside/passwd", root / "relative.txt")
+    os.symlink(root / "real.txt", root / "inside-link.txt")  # a link within the root is read
+    os.symlink("/proc/self/status", root / "status.txt")
+    items = by_id(read_all(root))
+    only_inside(items.values())
+    assert items["inside-link.txt"].text == "inside"
+    real_target = os.path.realpath(outside / "passwd")
+    for name in ("passwd.txt", "chain.txt", "relative.txt", "status.txt"):
+        failed = items[name]
+        assert isinstance(failed, FailedDocument) and failed.kind == "outside_root", name
+        assert failed.reason.startswith(f"{name} -> ") and "follow_symlinks_outside" in failed.reason
+    assert real_target in items["passwd.txt"].reason and real_target in items["chain.txt"].reason
+
+
+def test_symlinked_folder_outside_the_root_is_not_followed(tmp_path, outside):
+    root = tmp_path / "docs"
+    write(root / "a.md", "inside")
+    os.symlink(outside / "keys", root / "keys", target_is_directory=True)
+    assert [i.doc_id for i in read_all(root, include=["**/*"])] == ["a.md"]
+
+
+def test_source_path_that_is_a_symlink_is_resolved_once(tmp_path, outside):
+    real_root = tmp_path / "real-docs"
+    write(real_root / "a.md", "inside")
+    os.symlink(real_root / "a.md", real_root / "link.md")
+    os.symlink(outside / "passwd", real_root / "passwd.txt")
+    os.symlink(real_root, tmp_path / "docs", target_is_directory=True)
+    items = by_id(read_all(tmp_path / "docs"))
+    assert items["a.md"].text == items["link.md"].text == "inside"
+    assert items["passwd.txt"].kind == "outside_root"
+    assert f"outside source.path ({real_root.resolve()})" in items["passwd.txt"].reason
+
+
+def test_follow_symlinks_outside_opts_in(tmp_path, outside):
+    root = tmp_path / "docs"
+    write(root / "a.md", "inside")
+    os.symlink(outside / "passwd", root / "passwd.txt")
+    items = by_id(read_all(root, follow_symlinks_outside=True))
+    assert "SECRET-OUTSIDE" in items["passwd.txt"].text
+    assert items["passwd.txt"].metadata["path"] == "passwd.txt"
+
+
+def _no_proc(monkeypatch) -> None:
+    """Hide /proc/self/fd, as on systems without it (the fallback: resolved path + same inode)."""
+    real_readlink = os.readlink
+
+    def readlink(path, *args, **kwargs):
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", readlink)
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc", "no-proc"])
+@pytest.mark.parametrize("swap", ["file-link", "folder-on-the-way"])
+def test_a_path_swapped_after_the_check_is_caught_on_the_opened_file(tmp_path, outside, monkeypatch, proc, swap):
+    root = tmp_path / "docs"
+    write(root / "real.txt", "inside")
+    write(root / "sub" / "id.md", "inside too")
+    os.symlink(root / "real.txt", root / "note.txt")
+    target = {"file-link": root / "note.txt", "folder-on-the-way": root / "sub" / "id.md"}[swap]
+    opened = {"file-link": outside / "passwd", "folder-on-the-way": outside / "keys" / "id.md"}[swap]
+    real_open = files_module._open_binary
+
+    def swap_then_open(path):  # the race: between the check of the path and the open
+        if Path(path) == target:
+            if swap == "file-link":
+                os.unlink(target)
+                os.symlink(outside / "passwd", target)
+            else:
+                os.rename(root / "sub", root / "sub-was")
+                os.symlink(outside / "keys", root / "sub", target_is_directory=True)
+        return real_open(path)
+
+    monkeypatch.setattr(files_module, "_open_binary", swap_then_open)
+    if not proc:
+        _no_proc(monkeypatch)
+    items = by_id(read_all(root))
+    only_inside(items.values())
+    rel = target.relative_to(root).as_posix()
+    assert items[rel].kind == "outside_root"
+    assert os.path.realpath(opened) in items[rel].reason

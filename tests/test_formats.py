@@ -159,12 +159,12 @@ def test_file_over_max_file_mb_is_too_large_and_never_read(tmp_path, monkeypatch
     write(tmp_path / "records.jsonl", json.dumps({"id": "r", "text": "y" * 3000}) + "\n")
     read = []
     real = files_module._read_bytes
-    monkeypatch.setattr(files_module, "_read_bytes", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(files_module, "_read_bytes", lambda stream: read.append(Path(stream.name).name) or real(stream))
     items = read_all(tmp_path, max_file_mb=0.002)
     reason = failed(items["big.txt"], "too_large").reason
     assert "max_file_mb" in reason
     assert isinstance(items["small.txt"], Document)
-    assert isinstance(items["r"], Document)  # record files are streamed: no limit
+    assert isinstance(items["records.jsonl#r"], Document)  # record files are streamed: no limit
     assert read == ["small.txt"]
 
 
@@ -339,9 +339,9 @@ def test_csv_records_with_configured_columns(tmp_path):
     )
     columns = CsvColumns(id_column="uid", text_column="body", metadata_columns=["lang", "path", "absent"], delimiter=";")
     items = read_all(tmp_path, csv=columns)
-    assert [(d.doc_id, d.text) for d in items.values()] == [("a-1", "Hello; world"), ("a-2", "two\nlines")]
-    assert set(items["a-1"].metadata) == {"lang", "path", "modified"}
-    assert items["a-1"].metadata["lang"] == "en" and items["a-1"].metadata["path"] == "kb.csv"
+    assert [(d.doc_id, d.text) for d in items.values()] == [("kb.csv#a-1", "Hello; world"), ("kb.csv#a-2", "two\nlines")]
+    assert set(items["kb.csv#a-1"].metadata) == {"lang", "path", "modified"}
+    assert items["kb.csv#a-1"].metadata["lang"] == "en" and items["kb.csv#a-1"].metadata["path"] == "kb.csv"
 
 
 def test_csv_default_metadata_is_every_other_column(tmp_path):
@@ -380,23 +380,23 @@ def test_csv_bad_rows_fail_alone(tmp_path):
         b"ok-3,last\n",
     )
     items = read_all(tmp_path)
-    assert [i for i, d in items.items() if isinstance(d, Document)] == ["ok-1", "ok-2", "ok-3"]
+    assert [i for i, d in items.items() if isinstance(d, Document)] == ["t.csv#ok-1", "t.csv#ok-2", "t.csv#ok-3"]
     assert "3 fields" in failed(items["t.csv:line 3"], "malformed").reason
     assert "'id' column is empty" in failed(items["t.csv:line 4"], "malformed").reason
-    assert failed(items["blank-text"], "empty").reason.startswith("t.csv:line 5:")
-    assert "UTF-8" in failed(items["latin"], "encoding").reason
+    assert failed(items["t.csv#blank-text"], "empty").reason.startswith("t.csv:line 5:")
+    assert "UTF-8" in failed(items["t.csv#latin"], "encoding").reason
     failed(items["t.csv:line 9"], "malformed")
-    assert items["ok-2"].text == "multi\nline"
+    assert items["t.csv#ok-2"].text == "multi\nline"
 
 
 def test_csv_excel_utf16_and_big_fields(tmp_path):
     write(tmp_path / "excel.csv", "\ufeffid\ttext\nx-1\tcafé 中文\n".encode("utf-16-le"))
     write(tmp_path / "big.csv", "id,text\nbig," + "y" * 300_000 + "\n")
     items = read_all(tmp_path, csv=CsvColumns(delimiter="\t"))
-    assert items["x-1"].text == "café 中文"
+    assert items["excel.csv#x-1"].text == "café 中文"
     failed(items["big.csv"], "malformed")  # tab-separated config: 'id,text' is one column
     items = read_all(tmp_path, include=["big.csv"])
-    assert len(items["big"].text) == 300_000
+    assert len(items["big.csv#big"].text) == 300_000
 
 
 def test_binary_and_empty_record_files(tmp_path):
@@ -416,16 +416,23 @@ def test_binary_and_empty_record_files(tmp_path):
 def test_jsonl_record_with_empty_text_is_empty(tmp_path):
     write(tmp_path / "r.jsonl", '{"id": "a", "text": "  "}\n{"id": "b", "text": "ok"}\n')
     items = read_all(tmp_path)
-    assert failed(items["a"], "empty").reason.startswith("r.jsonl:line 1:")
-    assert isinstance(items["b"], Document)
+    assert failed(items["r.jsonl#a"], "empty").reason.startswith("r.jsonl:line 1:")
+    assert isinstance(items["r.jsonl#b"], Document)
 
 
-def test_duplicate_ids_across_csv_and_jsonl(tmp_path):
+def test_the_same_id_in_csv_and_jsonl_files_is_two_documents(tmp_path):
     write(tmp_path / "a.csv", "id,text\nx,one\n")
     write(tmp_path / "b.jsonl", '{"id": "x", "text": "two"}\n')
     items = read_all(tmp_path)
-    assert items["x"].text == "one"
-    assert "first seen in a.csv:line 2" in failed(items["b.jsonl:line 1"], "duplicate").reason
+    assert (items["a.csv#x"].text, items["b.jsonl#x"].text) == ("one", "two")
+
+
+def test_a_csv_id_repeated_in_its_file_fails_that_row_alone(tmp_path):
+    write(tmp_path / "t.csv", "id,text\nx,first\ny,other\nx,second\nz,last\n")
+    items = read_all(tmp_path)
+    assert [i for i, d in items.items() if isinstance(d, Document)] == ["t.csv#x", "t.csv#y", "t.csv#z"]
+    assert items["t.csv#x"].text == "first"
+    assert failed(items["t.csv:line 4"], "duplicate").reason == "duplicate doc_id 't.csv#x' (first seen in t.csv:line 2)"
 
 
 # --- the hostile corpus -------------------------------------------------------------------------------
@@ -447,7 +454,8 @@ def test_hostile_corpus_gives_exactly_the_expected_outcome(tmp_path):
         assert items[doc_id].text == text, doc_id
     # every kind a file can fail with is in the corpus
     assert set(failures.values()) >= {
-        "binary", "encoding", "empty", "corrupt", "encrypted", "malformed", "too_large", "unreadable"
+        "binary", "encoding", "empty", "corrupt", "encrypted", "malformed", "too_large", "unreadable", "duplicate",
+        "outside_root",
     }
 
 

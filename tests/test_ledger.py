@@ -40,6 +40,22 @@ def test_forget_moves_points_to_pending(ledger):
     assert ledger.counts() == {"documents": 0, "chunks": 0, "failed_documents": 0, "pending_deletes": 2, "dead_letters": 0}
 
 
+def test_rename_keeps_the_chunks_and_marks_the_document_changed(ledger):
+    ledger.commit_document(DocCommit("7", "h", "fp", chunks("p0", "p1"), [], origin="kb.jsonl"))
+    ledger.commit_document(DocCommit("8", "h", "fp", chunks("q0"), [], origin="kb.jsonl"))
+    ledger.commit_document(DocCommit("kb.jsonl#8", "h", "fp", chunks("r0"), [], origin="kb.jsonl"))
+    ledger.record_failure("7", "old failure")
+    ledger.add_dead_letter("boom", "transient", 1, [(DocCommit("7", "h2", "fp", chunks("p0"), []), b"[]", 1)])
+    queued = ledger.rename_documents({"7": "kb.jsonl#7", "8": "kb.jsonl#8"})
+    assert ledger.doc_ids() == ["kb.jsonl#7", "kb.jsonl#8"]
+    assert ledger.document("kb.jsonl#7").content_hash == ""  # the next sync rewrites it
+    assert [c.point_id for c in ledger.chunks("kb.jsonl#7")] == ["p0", "p1"]  # and deletes these as stale
+    assert ledger.failed_documents() == [] and ledger.dead_letters() == []
+    # already known under its new id: the old entry is forgotten, its points queued for deletion
+    assert queued == ["q0"] and ledger.pending_deletes() == ["q0"]
+    assert [c.point_id for c in ledger.chunks("kb.jsonl#8")] == ["r0"]
+
+
 def test_commit_clears_a_recorded_failure(ledger):
     ledger.record_failure("a", "could not read")
     assert ledger.failed_documents()[0]["reason"] == "could not read"

@@ -18,6 +18,7 @@ from connector.ledger import Ledger
 from connector.pipeline import open_sink, run_sync
 from connector.recovery import verify
 from connector.sinks.qdrant import QdrantSink
+from connector.sources.base import Source
 
 DOCS = 120
 
@@ -127,7 +128,7 @@ def test_reading_stays_a_bounded_distance_ahead_of_a_slow_store(tmp_path, tiny_m
     read: list[str] = []
     real_make_source = factory.make_source
 
-    class CountingSource:
+    class CountingSource(Source):
         def __init__(self, inner):
             self.inner = inner
 
@@ -165,7 +166,7 @@ def test_an_error_in_the_read_stage_ends_the_sync_and_what_was_committed_is_in_t
 
     real_make_source = factory.make_source
 
-    class BreakingSource:
+    class BreakingSource(Source):
         def __init__(self, inner):
             self.inner = inner
 

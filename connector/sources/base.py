@@ -36,3 +36,12 @@ class Source(ABC):
     @abstractmethod
     def read(self) -> Iterator[Document | FailedDocument]:
         """Yield every document of the source (see the class docstring)."""
+
+    def renamed_doc_ids(self, known: dict[str, str | None]) -> dict[str, str]:
+        """Documents the ledger knows under a doc_id this source no longer gives them (the source
+        changed how it names its documents): {old doc_id: new doc_id}. `known` maps each doc_id in
+        the ledger to its origin (the file it came from, or None). Called by the sync after `read()`
+        and before the first item is taken; the sync moves those documents to their new ids and
+        rewrites their points from the embedding cache (no encoding) under the new ids, deleting
+        the old points. Default: nothing was renamed."""
+        return {}

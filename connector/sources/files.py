@@ -18,7 +18,7 @@ from connector.sources.docxfile import read_docx
 from connector.sources.htmlfile import read_html
 from connector.sources.pdffile import read_pdf
 from connector.sources.reading import Parsed, ReadFailure, has_visible_text, one_line
-from connector.sources.recordfiles import csv_records, jsonl_records
+from connector.sources.recordfiles import csv_records, jsonl_records, record_doc_id
 from connector.sources.textfile import read_markdown, read_text
 
 # Formats read whole into one Document, and record formats streamed into many.
@@ -81,19 +81,42 @@ def _modified(stat: os.stat_result) -> str:
     return datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_bytes(path: Path) -> bytes:
-    return path.read_bytes()
+def _read_bytes(stream: BinaryIO) -> bytes:
+    return stream.read()
 
 
-def _open_binary(path: Path) -> BinaryIO:
-    return open(path, "rb")
+def _open_binary(path: str) -> BinaryIO:
+    """Open a file for reading; a FIFO put in its place after the listing does not block the open."""
+    return open(path, "rb", opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NONBLOCK", 0)))
+
+
+def opened_path(stream: BinaryIO, path: str) -> str:
+    """The real path of the file `stream` has open. On Linux the kernel's own name for it
+    (/proc/self/fd/N): exactly the file that will be read, whatever happened to `path` since.
+    Elsewhere the resolved `path`, provided it still names the opened file (same device and inode);
+    if it does not, the file was swapped while being opened: ReadFailure 'unreadable'."""
+    fd = stream.fileno()
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    real = os.path.realpath(path)
+    if not os.path.samestat(os.fstat(fd), os.stat(real)):
+        raise ReadFailure("unreadable", "the file was replaced while it was being opened; run the sync again")
+    return real
+
+
+def _check_regular(stat: os.stat_result) -> None:
+    if not stat_module.S_ISREG(stat.st_mode):  # a FIFO or device would block or never end
+        raise ReadFailure("unreadable", "not a regular file (a pipe, socket or device)")
 
 
 class FilesSource(Source):
     """Documents from the files under `config.path` that match `include` and not `exclude`.
 
-    - doc_id: the path relative to the root in POSIX form (`guides/setup.md`); for .jsonl and .csv
-      the record's id as a string (records of every file share one id space).
+    - doc_id: the path relative to the root in POSIX form (`guides/setup.md`); for a record of a
+      .jsonl or .csv file that path, '#' and the record's id (`data/tickets.jsonl#T-7`), so a record
+      cannot take the doc_id of a file or of another file's record.
     - Order: sorted by relative path (records in file order).
     - .txt/.md: the encoding is detected (a byte order mark, else UTF-8, else charset-normalizer's
       guess if it is a good one; `metadata.encoding` then names it); NUL bytes or many control
@@ -113,18 +136,23 @@ class FilesSource(Source):
       visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (record files
       are streamed and have no limit), damaged ones as 'corrupt', password-protected ones as
       'encrypted', and a format whose optional package is missing as 'missing_extra'.
-    - A doc_id seen twice in one read: the second is a FailedDocument named after where it is
-      ('duplicate doc_id ... (first seen in ...)').
+    - A doc_id seen twice in one read (a record id repeated within its file): the second is a
+      FailedDocument 'duplicate' named after where it is ('duplicate doc_id ... (first seen in
+      ...)'); the first is kept.
     - metadata: `path` (relative), `modified` (file mtime, ISO 8601 UTC), `title` when known; for
       records also the record's metadata fields (`path` and `modified` win over record fields
       of the same name). No line number: a record that moves within its file is not a change.
-    - Symlinked folders are not followed (no loops); symlinked files are read; a broken or looping
-      file link fails as 'unreadable'.
+    - Nothing outside the root is read: the root is resolved once (it may itself be a symlink), and
+      a file whose real path is outside it (a symlink to /etc/passwd, or through other symlinks)
+      fails as 'outside_root' unless `config.follow_symlinks_outside`. Symlinked folders are never
+      followed (no loops, nothing outside); symlinked files inside the root are read; a broken or
+      looping file link fails as 'unreadable'.
     """
 
     def __init__(self, config: FilesSourceConfig):
         self.config = config
         self.root = Path(config.path)
+        self.root_real = Path(os.path.realpath(self.root))  # resolved again by read()
         self._include = [glob_to_regex(p) for p in config.include]
         self._exclude = [glob_to_regex(p) for p in config.exclude]
         # 'drafts/**' excludes the folder itself: it is not even listed.
@@ -135,6 +163,7 @@ class FilesSource(Source):
     def read(self) -> Iterator[Document | FailedDocument]:
         """Yield the documents (see the class docstring); raises SourceError right away if the root
         is missing or not a folder, and while reading if a sub-folder cannot be listed."""
+        self.root_real = Path(os.path.realpath(self.root))  # once: every file is compared against it
         if not self.root.exists():
             raise SourceError(
                 f"source folder {self.root} does not exist; check source.path in the config "
@@ -160,12 +189,23 @@ class FilesSource(Source):
                 f"it with a pattern like 'folder/**' in source.exclude"
             ) from err
 
-        for folder, dirnames, filenames in os.walk(self.root, onerror=fail, followlinks=False):
-            rel_folder = Path(folder).relative_to(self.root).as_posix()
+        for folder, dirnames, filenames in os.walk(self.root_real, onerror=fail, followlinks=False):
+            rel_folder = Path(folder).relative_to(self.root_real).as_posix()
             prefix = "" if rel_folder == "." else rel_folder + "/"
             dirnames[:] = [d for d in dirnames if not any(p.match(prefix + d) for p in self._excluded_dirs)]
             found.extend(prefix + name for name in filenames if self.matches(prefix + name))
         return sorted(found)
+
+    def renamed_doc_ids(self, known: dict[str, str | None]) -> dict[str, str]:
+        """Records that older versions stored under their bare id (`T-7`, origin
+        `data/tickets.jsonl`) are now `data/tickets.jsonl#T-7`. A bare id that is the path of one of
+        the source's files is not renamed: that file takes its doc_id back (the record had taken it)."""
+        bare = {doc_id: origin for doc_id, origin in known.items()
+                if origin and origin.lower().endswith(RECORD_SUFFIXES) and not doc_id.startswith(origin + "#")}
+        if not bare:
+            return {}
+        files = set(self.paths())
+        return {doc_id: record_doc_id(origin, doc_id) for doc_id, origin in bare.items() if doc_id not in files}
 
     def _documents(self) -> Iterator[Document | FailedDocument]:
         seen: dict[str, str] = {}  # doc_id -> where it was first seen
@@ -195,28 +235,33 @@ class FilesSource(Source):
             reason = f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
             yield FailedDocument(rel, reason, kind="unsupported"), rel
             return
-        path = self.root / rel
         try:
-            stat = path.stat()
-            if not stat_module.S_ISREG(stat.st_mode):  # a FIFO or device would block or never end
-                yield FailedDocument(rel, "not a regular file (a pipe, socket or device)", kind="unreadable"), rel
-                return
-            metadata: dict[str, Any] = {"path": rel, "modified": _modified(stat)}
-            if suffix == ".jsonl":
-                yield from jsonl_records(rel, _open_binary(path), self.config.jsonl, metadata)
-                return
-            if suffix == ".csv":
-                limit = int(self.config.max_file_mb * _MIB)
-                yield from csv_records(rel, _open_binary(path), self.config.csv, metadata, limit)
-                return
-            if stat.st_size > self.config.max_file_mb * _MIB:
-                reason = (
-                    f"the file is {stat.st_size / _MIB:.1f} MiB, over source.max_file_mb "
-                    f"({self.config.max_file_mb:g}); raise the limit or exclude the file"
-                )
-                yield FailedDocument(rel, reason, kind="too_large"), rel
-                return
-            data = _read_bytes(path)
+            stream, stat = self._open(rel)
+        except ReadFailure as failure:
+            yield FailedDocument(rel, failure.reason, kind=failure.kind), rel
+            return
+        except OSError as err:
+            yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
+            return
+        metadata: dict[str, Any] = {"path": rel, "modified": _modified(stat)}
+        if suffix == ".jsonl":
+            yield from jsonl_records(rel, stream, self.config.jsonl, metadata)
+            return
+        if suffix == ".csv":
+            limit = int(self.config.max_file_mb * _MIB)
+            yield from csv_records(rel, stream, self.config.csv, metadata, limit)
+            return
+        if stat.st_size > self.config.max_file_mb * _MIB:
+            stream.close()
+            reason = (
+                f"the file is {stat.st_size / _MIB:.1f} MiB, over source.max_file_mb "
+                f"({self.config.max_file_mb:g}); raise the limit or exclude the file"
+            )
+            yield FailedDocument(rel, reason, kind="too_large"), rel
+            return
+        try:
+            with stream:
+                data = _read_bytes(stream)
         except OSError as err:
             yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
             return
@@ -232,3 +277,33 @@ class FilesSource(Source):
         if parsed.title:
             metadata["title"] = parsed.title
         yield Document(rel, parsed.text, metadata, parsed.sections), rel
+
+    def _open(self, rel: str) -> tuple[BinaryIO, os.stat_result]:
+        """Open a listed file: a regular file whose real path is inside the root (unless
+        `follow_symlinks_outside`). Raises ReadFailure or OSError.
+
+        Checked twice: on the resolved path before the open, so that nothing outside the root is
+        even opened, and on the file actually opened (`opened_path`), so that a symlink swapped in
+        between the check and the open, or a folder on the way replaced by one, cannot slip through."""
+        path = os.path.join(self.root_real, rel)
+        self._check_inside(rel, os.path.realpath(path))
+        _check_regular(os.stat(path))
+        stream = _open_binary(path)
+        try:
+            if not self.config.follow_symlinks_outside:
+                self._check_inside(rel, opened_path(stream, path))
+            stat = os.fstat(stream.fileno())
+            _check_regular(stat)
+        except BaseException:
+            stream.close()
+            raise
+        return stream, stat
+
+    def _check_inside(self, rel: str, real: str) -> None:
+        if self.config.follow_symlinks_outside or Path(real).is_relative_to(self.root_real):
+            return
+        raise ReadFailure(
+            "outside_root",
+            f"{rel} -> {real} is outside source.path ({self.root_real}); move the file into the folder, "
+            f"or set source.follow_symlinks_outside: true to read files that symlinks lead to",
+        )

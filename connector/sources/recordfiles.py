@@ -1,7 +1,9 @@
 """Record files, streamed: .jsonl (one JSON object per line) and .csv (one record per row).
 
+A record's doc_id is its file's path and its id: `record_doc_id("data/kb.jsonl", "7")` is
+`data/kb.jsonl#7`, so a record can never take the doc_id of a file or of another file's record.
 Each reader yields (Document or FailedDocument, where) pairs; `where` is `path:line N`. A record
-whose id is known fails under that id (so the sync keeps what it stored for it); one without a
+whose id is known fails under its doc_id (so the sync keeps what it stored for it); one without a
 usable id fails under `where`. Failures that concern the whole file fail under its path."""
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from connector.records import Document, FailedDocument
 from connector.sources.reading import SNIFF_BYTES, binary_reason, has_visible_text, one_line
 
 Item = tuple["Document | FailedDocument", str]
+
+
+def record_doc_id(rel: str, record_id: str | int) -> str:
+    """The doc_id of a record: its file's relative POSIX path, '#', the record's id."""
+    return f"{rel}#{record_id}"
 
 
 def _sniff(rel: str, stream: BinaryIO, allow_utf16: bool) -> tuple[str | None, FailedDocument | None]:
@@ -87,13 +94,13 @@ def _jsonl_record(rel: str, number: int, raw: bytes, fields: JsonlFields, file_m
     elif not has_visible_text(text):
         reason, kind = f"the record's {fields.text_field!r} is empty", "empty"
     if reason:
-        yield FailedDocument(str(doc_id), f"{where}: {reason}", kind=kind), where
+        yield FailedDocument(record_doc_id(rel, doc_id), f"{where}: {reason}", kind=kind), where
         return
     if fields.metadata_fields is None:
         own = {k: v for k, v in record.items() if k not in (fields.id_field, fields.text_field)}
     else:
         own = {k: record[k] for k in fields.metadata_fields if k in record}
-    yield Document(str(doc_id), text, {**own, **file_metadata}), where
+    yield Document(record_doc_id(rel, doc_id), text, {**own, **file_metadata}), where
 
 
 def csv_records(
@@ -147,10 +154,11 @@ def _csv_rows(rel: str, reader, columns: CsvColumns, file_metadata: dict[str, An
             continue
         if not any(cell.strip() for cell in row):
             continue
-        yield _csv_record(where, row, header, index, meta_columns, columns, file_metadata), where
+        yield _csv_record(rel, where, row, header, index, meta_columns, columns, file_metadata), where
 
 
-def _csv_record(where, row, header, index, meta_columns, columns: CsvColumns, file_metadata) -> Document | FailedDocument:
+def _csv_record(rel, where, row, header, index, meta_columns, columns: CsvColumns,
+                file_metadata) -> Document | FailedDocument:
     if len(row) != len(header):
         return FailedDocument(where, f"the row has {len(row)} fields, the header {len(header)}", kind="malformed")
     doc_id = row[index[columns.id_column]].strip()
@@ -158,6 +166,7 @@ def _csv_record(where, row, header, index, meta_columns, columns: CsvColumns, fi
         return FailedDocument(where, f"the row's {columns.id_column!r} column is empty", kind="malformed")
     if not _is_utf8(doc_id):
         return FailedDocument(where, "not valid UTF-8 in the row's id; save the file as UTF-8", kind="encoding")
+    doc_id = record_doc_id(rel, doc_id)
     if not all(_is_utf8(cell) for cell in row):
         return FailedDocument(doc_id, f"{where}: not valid UTF-8 in the row; save the file as UTF-8", kind="encoding")
     text = row[index[columns.text_column]]

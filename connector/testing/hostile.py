@@ -175,7 +175,8 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     # --- formats that must load -------------------------------------------------------------------
     for name, (encoding, text) in ENCODED_SAMPLES.items():
         put(f"formats/{name}", text.encode(encoding), text=text.removeprefix("\ufeff"))
-    put("formats/guide.md", "# Setup guide\n\nInstall it, then run `connector sync`.\n")
+    put("formats/guide.md", "# Setup guide\n\nInstall it, then run `connector sync`.\n",
+        text="# Setup guide\n\nInstall it, then run `connector sync`.\n")
     put("formats/page.html", "<html><head><title>Help</title><script>x()</script></head><body><p>Open settings.</p></body></html>",
         text="Open settings.")
     put("formats/report.pdf", minimal_pdf(["Hello page 1", "Second page (two)"], title="Report"), extra="pdf")
@@ -183,10 +184,10 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
         [("Heading1", "Quarterly letter"), "Dear team,", [["item", "amount"], ["coffee", "12"]], "Thanks."],
         title="Q3 letter"), extra="docx", text="Quarterly letter\n\nDear team,\n\nitem | amount\ncoffee | 12\n\nThanks.")
     kb = [{"id": "kb-1", "text": "First answer", "lang": "en"}, {"id": "kb-2", "text": "Zweite Antwort", "lang": "de"}]
-    put("formats/kb.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kb), records={"kb-1": None, "kb-2": None})
+    put("formats/kb.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kb), records={"formats/kb.jsonl#kb-1": None, "formats/kb.jsonl#kb-2": None})
     put("formats/table.csv", 'id,title,text\ncsv-1,One,"Plain row"\ncsv-2,Two,"A text, with a comma\nand a line break"\n',
-        records={"csv-1": None, "csv-2": None})
-    texts["csv-2"] = "A text, with a comma\nand a line break"
+        records={"formats/table.csv#csv-1": None, "formats/table.csv#csv-2": None})
+    texts["formats/table.csv#csv-2"] = "A text, with a comma\nand a line break"
 
     # --- hostile text that must still load ------------------------------------------------------
     big_size, line_size = (50 * 10**6, 5 * 10**6) if big else (2 * 10**6, 256 * 1024)
@@ -221,10 +222,20 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     put("hostile/scanned.pdf", minimal_pdf(["", ""]), "empty", extra="pdf")
     put("hostile/corrupt.docx", b"PK\x03\x04" + b"\x14\x00garbage" * 40, "corrupt", extra="docx")
     put("hostile/bad-line.jsonl", '{"id": "jsonl-1", "text": "ok"}\n{"id": "jsonl-2", "text": \n{"id": "jsonl-3", "text": "ok too"}\n',
-        records={"jsonl-1": None, "hostile/bad-line.jsonl:line 2": "malformed", "jsonl-3": None})
+        records={"hostile/bad-line.jsonl#jsonl-1": None, "hostile/bad-line.jsonl:line 2": "malformed",
+                 "hostile/bad-line.jsonl#jsonl-3": None})
+    # records whose ids are a file's doc_id and another record's id: read before formats/guide.md,
+    # they take nothing from it; the id repeated within the file fails alone, the first is kept
+    impostors = [{"id": "formats/guide.md", "text": "Not the setup guide"}, {"id": "same", "text": "first"},
+                 {"id": "same", "text": "second"}, {"id": "formats/kb.jsonl#kb-1", "text": "not kb-1"}]
+    put("early/impostors.jsonl", "".join(json.dumps(r) + "\n" for r in impostors), records={
+        "early/impostors.jsonl#formats/guide.md": None, "early/impostors.jsonl#same": None,
+        "early/impostors.jsonl:line 3": "duplicate", "early/impostors.jsonl#formats/kb.jsonl#kb-1": None})
+    texts["early/impostors.jsonl#same"] = "first"
     put("hostile/no-text-column.csv", "id,body\nx-1,hello\n", "malformed")
     put("hostile/bad-row.csv", "id,text\nrow-1,fine\nrow-2,too,many,fields\nrow-3,fine too\n",
-        records={"row-1": None, "hostile/bad-row.csv:line 3": "malformed", "row-3": None})
+        records={"hostile/bad-row.csv#row-1": None, "hostile/bad-row.csv:line 3": "malformed",
+                 "hostile/bad-row.csv#row-3": None})
     too_large = root / "hostile/too-large.txt"
     with open(too_large, "wb") as f:  # sparse: takes no disk space, and the source never reads it
         f.write(b"too large\n")
@@ -236,6 +247,17 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     failed["hostile/self-link.txt"] = "unreadable"
     put("hostile/loop/inside.txt", "a folder with a symlink back to its parent")
     _symlink(root / "hostile", root / "hostile/loop/parent", directory=True)  # not followed: no loop
+    # symlinks out of the corpus: never opened, whether or not their targets exist here
+    for rel, target in {
+        "hostile/outside/passwd.txt": Path("/etc/passwd"),
+        "hostile/outside/proc-status.txt": Path("/proc/self/status"),
+        "hostile/outside/ssh-key.txt": Path.home() / ".ssh" / "id_ed25519",
+        "hostile/outside/link-to-link.txt": root / "hostile/outside/passwd.txt",  # resolved to the end
+        "hostile/outside/relative.txt": Path("../" * (len(root.parts) + 1) + "etc/hostname"),
+    }.items():
+        _symlink(target, root / rel)
+        failed[rel] = "outside_root"
+    _symlink(Path("/etc"), root / "hostile/outside/etc", directory=True)  # a folder: not followed, not listed
     return {"synced": synced, "failed": failed, "texts": texts}
 
 
@@ -257,6 +279,7 @@ def _write_big(path: Path, size: int) -> None:
 
 
 def _symlink(target: Path, link: Path, directory: bool = False) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink():
         link.unlink()
     os.symlink(target, link, target_is_directory=directory)
