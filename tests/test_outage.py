@@ -68,79 +68,74 @@ def config_for(tmp_path: Path, model: Path, uri: str, budget: float):
     }, tmp_path)
 
 
-def kill_at(server: MilvusServer, fraction: float, when: dict):
-    """An on_progress callback that kills the server once `fraction` of the documents were encoded."""
+def outage_run(workdir: Path, model: Path, budget: float, restart_after: float | None,
+               seconds_per_text: float = 0.0) -> dict:
+    """Sync DOCS documents into a milvus-lite server that is killed (SIGKILL) once 10% of them are
+    encoded, and restarted `restart_after` seconds later (None: only after the sync ended); then
+    sync again with the server up. Returns both reports, the wall time from the kill to the end
+    of the first sync, and how often each text was encoded across both runs. Also used by
+    benchmarks/store_outage.py."""
+    server = MilvusServer(workdir / "milvus-data", port=free_port()).start()
+    try:
+        config = config_for(workdir, model, server.uri, budget=budget)
+        killed: list[float] = []
 
-    def check(encoded: int) -> None:
-        if "killed" not in when and encoded >= fraction * DOCS:
-            when["killed"] = time.monotonic()
-            server.kill()
+        def kill_at_10_percent(encoded: int) -> None:
+            if not killed and encoded >= 0.1 * DOCS:
+                killed.append(time.monotonic())
+                server.kill()
+                if restart_after is not None:
+                    threading.Timer(restart_after, server.start).start()
 
-    return check
+        first = CountingEncoder(BGEM3Encoder(str(model), max_length=512), kill_at_10_percent, seconds_per_text)
+        report = run_sync(config, encoder=first)
+        kill_to_exit = time.monotonic() - killed[0]
+        if restart_after is None:
+            server.start()  # the store is back (same port and data)
+        second = CountingEncoder(BGEM3Encoder(str(model), max_length=512))
+        again = run_sync(config, encoder=second)
+        return {"first": report, "second": again, "kill_to_exit": kill_to_exit, "first_texts": first.texts,
+                "second_texts": second.texts, "verified": verify(config).ok}
+    finally:
+        server.stop()
 
 
 @pytest.mark.server
 @pytest.mark.slow
 def test_store_killed_and_never_back_stops_within_the_budget_and_the_next_sync_encodes_nothing_again(
         tmp_path, tiny_model_dir):
-    server = MilvusServer(tmp_path / "milvus-data", port=free_port()).start()
-    try:
-        config = config_for(tmp_path, tiny_model_dir, server.uri, budget=20)
-        when: dict = {}
-        # 20 ms a text: the whole corpus would take a minute, so the budget runs out while encoding
-        first = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512), kill_at(server, 0.1, when),
-                                seconds_per_text=0.02)
-        report = run_sync(config, encoder=first)
-        took = time.monotonic() - when["killed"]
-        print(f"killed -> exit: {took:.1f} s; encoded {sum(first.texts.values())} texts")
-        assert report.exit_code == 3 and report.stopped
-        assert sum(first.texts.values()) < DOCS  # stopped while the encoder was still at work
-        assert took <= 20 + 60
-        assert report.outages and report.outages[-1]["ended"] is None and report.outages[-1]["probes"] >= 1
-        assert report.not_written > 0 and report.documents["failed"] == 0  # deferred, not dead letters
-        assert "store unreachable since" in report.errors[-1]["reason"]
-        assert "run `connector sync` again" in report.errors[-1]["reason"]
+    # 20 ms a text: the whole corpus would take a minute, so the budget runs out while encoding
+    run = outage_run(tmp_path, tiny_model_dir, budget=20, restart_after=None, seconds_per_text=0.02)
+    report, again = run["first"], run["second"]
+    print(f"killed -> exit: {run['kill_to_exit']:.1f} s; encoded {sum(run['first_texts'].values())} texts, "
+          f"then {sum(run['second_texts'].values())}")
+    assert report.exit_code == 3 and report.stopped
+    assert sum(run["first_texts"].values()) < DOCS  # stopped while the encoder was still at work
+    assert run["kill_to_exit"] <= 20 + 60
+    assert report.outages and report.outages[-1]["ended"] is None and report.outages[-1]["probes"] >= 1
+    assert report.not_written > 0 and report.documents["failed"] == 0  # deferred, not dead letters
+    assert "store unreachable since" in report.errors[-1]["reason"]
+    assert "run `connector sync` again" in report.errors[-1]["reason"]
 
-        server.start()  # the store is back (same port and data)
-        second = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512))
-        again = run_sync(config, encoder=second)
-        assert again.exit_code == 0, again.to_json()
-        assert not set(first.texts) & set(second.texts)  # nothing encoded in the first run is encoded again
-        assert max((first.texts + second.texts).values()) == 1
-        assert verify(config).ok
-        assert again.documents["seen"] == DOCS
-        print(f"second run: encoded {sum(second.texts.values())} texts, none of them twice")
-    finally:
-        server.stop()
+    assert again.exit_code == 0, again.to_json()
+    assert not set(run["first_texts"]) & set(run["second_texts"])  # nothing encoded twice across the runs
+    assert max((run["first_texts"] + run["second_texts"]).values()) == 1
+    assert run["verified"] and again.documents["seen"] == DOCS
 
 
 @pytest.mark.server
 @pytest.mark.slow
 def test_store_killed_and_back_20s_later_costs_the_run_nothing(tmp_path, tiny_model_dir):
-    server = MilvusServer(tmp_path / "milvus-data", port=free_port()).start()
-    try:
-        config = config_for(tmp_path, tiny_model_dir, server.uri, budget=120)
-        when: dict = {}
-        kill = kill_at(server, 0.1, when)
-
-        def kill_then_restart(encoded: int) -> None:
-            if "killed" not in when:
-                kill(encoded)
-                if "killed" in when:
-                    threading.Timer(20, server.start).start()
-
-        encoder = CountingEncoder(BGEM3Encoder(str(tiny_model_dir), max_length=512), kill_then_restart)
-        report = run_sync(config, encoder=encoder)
-        took = time.monotonic() - when["killed"]
-        print(f"killed -> exit: {took:.1f} s; outages {report.outages}")
-        assert report.exit_code == 0, report.to_json()
-        assert len(report.outages) >= 1 and all(o["ended"] for o in report.outages)
-        assert report.not_written == 0 and report.documents["failed"] == 0 and not report.errors
-        assert max(encoder.texts.values()) == 1  # every chunk encoded once
-        assert verify(config).ok
-        assert report.documents["new"] == DOCS
-    finally:
-        server.stop()
+    run = outage_run(tmp_path, tiny_model_dir, budget=120, restart_after=20)
+    report, again = run["first"], run["second"]
+    print(f"killed -> exit: {run['kill_to_exit']:.1f} s; outages {report.outages}")
+    assert report.exit_code == 0, report.to_json()
+    assert len(report.outages) >= 1 and all(o["ended"] for o in report.outages)
+    assert report.not_written == 0 and report.documents["failed"] == 0 and not report.errors
+    assert report.documents["new"] == DOCS
+    assert max(run["first_texts"].values()) == 1  # every chunk encoded once
+    assert run["verified"]
+    assert again.exit_code == 0 and sum(run["second_texts"].values()) == 0 and again.documents["unchanged"] == DOCS
 
 
 def test_a_store_down_at_the_start_is_found_before_anything_is_read_or_encoded(tmp_path, tiny_model_dir):
