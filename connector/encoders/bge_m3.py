@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from connector.encoders.base import Encoder
+from connector.encoders.filehash import file_sha256
 from connector.encoders.packed_linear import pack_linears
 from connector.errors import ConfigError, ModelLoadError
 from connector.records import SparseVector, Vectors
@@ -39,7 +40,6 @@ MODEL_FILES = (
     "1_Pooling/config.json",
 )
 
-_HASH_EDGE = 1 << 20  # bytes hashed from each end of the weight file
 MAX_PADDING = 0.02  # the largest share of a batch's tokens that may be padding (see length_batches);
 # measured on bge-m3's shape: 0.02 encodes ~8% faster than 0.10 (benchmarks/RESULTS.md)
 
@@ -127,7 +127,7 @@ class BGEM3Encoder(Encoder):
     @property
     def fingerprint(self) -> dict:
         """model (hub id or resolved folder), revision (hub commit, None for a folder),
-        content_sha256 (config, sparse head, tokenizer and the weight file's size and ends)
+        content_sha256 (every byte of the config, sparse head, tokenizer and weight files)
         and max_length."""
         return dict(self._fingerprint)
 
@@ -245,22 +245,19 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+#: Files whose content decides the vectors, besides the weight file.
+HASHED_FILES = ("config.json", "sparse_linear.pt", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model")
+
+
 def content_hash(folder: Path, weights_file: str) -> str:
-    """A cheap content hash of a model folder: config.json, sparse_linear.pt, the tokenizer
-    files, and the weight file's name, size and first and last MB (2 MB read, even for 2.2 GB)."""
+    """The content hash of a model folder: the sha256 of every byte of config.json,
+    sparse_linear.pt, the tokenizer files and the weight file. Each file's hash is cached by
+    `filehash.file_sha256`, so bge-m3's 2.2 GB are read once, not on every run."""
     digest = hashlib.sha256()
-    for name in ("config.json", "sparse_linear.pt", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model"):
+    for name in (*HASHED_FILES, weights_file):
         path = folder / name
         if path.is_file():
-            digest.update(f"{name}:{path.stat().st_size}\n".encode())
-            digest.update(path.read_bytes())
-    weights = folder / weights_file
-    size = weights.stat().st_size
-    digest.update(f"{weights_file}:{size}\n".encode())
-    with open(weights, "rb") as f:
-        digest.update(f.read(_HASH_EDGE))
-        f.seek(max(0, size - _HASH_EDGE))
-        digest.update(f.read(_HASH_EDGE))
+            digest.update(f"{name}:{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
