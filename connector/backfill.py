@@ -24,6 +24,7 @@ from connector.pipeline import (
 )
 from connector.projection import Projection, ProjectionError, fit, load
 from connector.records import Point
+from connector.statedir import open_private
 
 PAGE = 256
 
@@ -174,7 +175,8 @@ def _read_checkpoint(path: Path, sha: str) -> str | None:
 
 def _write_checkpoint(path: Path, sha: str, last_id: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"projection_sha256": sha, "last_id": last_id}))
+    with open_private(tmp, "w") as f:
+        json.dump({"projection_sha256": sha, "last_id": last_id}, f)
     os.replace(tmp, path)
 
 

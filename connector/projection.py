@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from connector.errors import ConfigError, ConnectorError
+from connector.statedir import open_private, private_dir
 
 ARTIFACT = "projection.npz"
 
@@ -74,11 +75,11 @@ class Projection:
 
     def save(self, state_dir: Path) -> Path:
         """Write the artifact atomically (a crash never leaves half a matrix)."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path = state_dir / ARTIFACT
+        path = private_dir(state_dir) / ARTIFACT
         tmp = path.with_suffix(".tmp.npz")
         meta = json.dumps({k: v for k, v in self.describe().items() if k not in ("k", "source_dim")})
-        np.savez(tmp, mean=self.mean, components=self.components, meta=np.array(meta))
+        with open_private(tmp) as f:
+            np.savez(f, mean=self.mean, components=self.components, meta=np.array(meta))
         os.replace(tmp, path)
         return path
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from connector.encoders.bge_m3 import BGEM3Encoder, _load_weights, bge_m3_outputs, physical_cores
 from connector.errors import ConfigError, MissingExtraError, ModelLoadError
+from connector.statedir import private_dir
 
 log = logging.getLogger("connector.onnx")
 
@@ -129,6 +130,7 @@ class OnnxEncoder(BGEM3Encoder):
     def _loaded_session(self):
         if self._session is None:
             fp32 = self.export_dir / "model.onnx"
+            private_dir(self.export_dir.parent)
             if not fp32.is_file():
                 export_fused(self.folder, self.dimension, self.num_heads, fp32)
             if self.quantize == "int8" and not self.model_path.is_file():
