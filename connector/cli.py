@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from pathlib import Path
 
 import click
@@ -24,6 +25,29 @@ def emit(ctx: click.Context, data, human: str | None = None) -> None:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     else:
         click.echo(human if human is not None else json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# Characters that move the cursor, end lines or recolour a terminal: a file name holding them
+# could forge output lines ("evil\n  FAILED x: ...") or hide text. Bidi overrides reorder it.
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value, keep_newlines: bool = False) -> str:
+    """`value` as text safe for a terminal line: control, line-separator and bidi-override
+    characters become escapes (`\\n`, `\\x1b`, `\\u202e`). Every doc_id, path, reason and store
+    message in human-readable output goes through here; --json output is exact JSON instead."""
+    text = str(value)
+    return "".join(_escape(c) if _unsafe(c) and not (keep_newlines and c == "\n") else c for c in text)
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def json_option(f):
@@ -47,7 +71,7 @@ class ConnectorGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConnectorError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {printable(err, keep_newlines=True)}", err=True)
             if ctx.meta.get("json"):
                 click.echo(json.dumps({"error": str(err), "exit_code": err.exit_code}, ensure_ascii=False))
             raise click.exceptions.Exit(err.exit_code) from None
@@ -102,11 +126,11 @@ def _sync_text(report) -> str:
         f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}",
     ]
     for change in report.changes:
-        lines.append(f"  {change['action']:7} {change['doc_id']}"
+        lines.append(f"  {change['action']:7} {printable(change['doc_id'])}"
                      + (f"  (+{change['chunks_to_upsert']} / -{change['chunks_to_delete']} chunks)"
                         if "chunks_to_upsert" in change else f"  (-{change['chunks_to_delete']} chunks)"))
     for f in report.failures:
-        lines.append(f"  FAILED {f['doc_id']}: {f['reason']}")
+        lines.append(f"  FAILED {printable(f['doc_id'])}: {printable(f['reason'])}")
     return "\n".join(lines)
 
 
@@ -149,7 +173,7 @@ def search(ctx, config_path, query, mode, limit, collection):
         for h in hits
     ]
     human = "\n".join(
-        f"{n:>3}. {r['score']:.4f}  {r['doc_id']}#{r['chunk_index']}  {_snippet(r['text'])}" for n, r in enumerate(rows, 1)
+        f"{n:>3}. {r['score']:.4f}  {printable(r['doc_id'])}#{r['chunk_index']}  {printable(_snippet(r['text']))}" for n, r in enumerate(rows, 1)
     ) or "no hits"
     emit(ctx, {"query": query, "mode": mode, "collection": sink.collection, "vector": plan.using, "hits": rows}, human)
 
@@ -193,13 +217,13 @@ def status(ctx, config_path):
         sink.close()
     led, store = data["ledger"], data["store"]
     lines = [
-        f"target: {data['target']}",
+        f"target: {printable(data['target'])}",
         f"ledger: {led['documents']} documents, {led['chunks']} chunks, {led['failed_documents']} failed, "
         f"{led['pending_deletes']} pending deletes",
-        "store: " + (f"error: {store['error']}" if "error" in store else
+        "store: " + (f"error: {printable(store['error'])}" if "error" in store else
                      f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
     ]
-    lines += [f"  FAILED {f['doc_id']}: {f['reason']}" for f in data["failed_documents"]]
+    lines += [f"  FAILED {printable(f['doc_id'])}: {printable(f['reason'])}" for f in data["failed_documents"]]
     if led["dead_letters"]:
         lines.append(f"  {led['dead_letters']} dead letter(s): see `connector failed`, replay with `connector retry`")
     emit(ctx, data, "\n".join(lines))
@@ -316,7 +340,7 @@ def failed(ctx, config_path):
     for g in groups.values():
         ids = ", ".join(map(str, g["dead_letters"][:10])) + (", ..." if len(g["dead_letters"]) > 10 else "")
         lines.append(f"- {g['kind']} ({len(g['dead_letters'])} letter(s), {len(g['documents'])} document(s), "
-                     f"{g['points']} point(s), ids {ids}): {g['error']}")
+                     f"{g['points']} point(s), ids {ids}): {printable(g['error'])}")
     if letters:
         lines.append("replay them with: connector retry -c CONFIG")
     emit(ctx, data, "\n".join(lines))
@@ -343,7 +367,7 @@ def retry(ctx, config_path, ids, limit):
     lines = [f"dead letters: {r['retried']} retried, {r['succeeded']} succeeded, {r['failed']} failed",
              f"documents committed: {report.documents_committed}, points written: {report.points_written}, "
              f"queued deletes done: {report.points_deleted}"]
-    lines += [f"  still failing: dead letter {f['dead_letter']}: {f['error']}" for f in report.failures[:10]]
+    lines += [f"  still failing: dead letter {f['dead_letter']}: {printable(f['error'])}" for f in report.failures[:10]]
     if len(report.failures) > 10:
         lines.append(f"  ... and {len(report.failures) - 10} more (see `connector failed`)")
     emit(ctx, report.to_json(), "\n".join(lines))
@@ -433,7 +457,7 @@ def projection_show(ctx, config_path):
     from connector.projection import load
 
     d = load(load_config(config_path).state_dir).describe()
-    emit(ctx, d, "\n".join(f"{key}: {value}" for key, value in d.items()))
+    emit(ctx, d, "\n".join(f"{key}: {printable(value)}" for key, value in d.items()))
 
 
 @cli.command()
@@ -459,7 +483,8 @@ def backfill(ctx, config_path, dim, target, page_size, progress):
                           page_size=page_size)
     p = report.points
     emit(ctx, report.to_json(),
-         f"backfilled {report.source_collection} -> {report.target_collection} ({report.field}, k={report.k}): "
+         f"backfilled {printable(report.source_collection)} -> {printable(report.target_collection)} "
+         f"({printable(report.field)}, k={report.k}): "
          f"{p['written']} points written in {report.pages} pages, {p['resumed_after']} already done before, "
          f"{p['source']} in the source; projection {report.projection_sha256[:12]}")
 
@@ -488,7 +513,7 @@ def schema(ctx, config_path, create, recreate, yes):
         action = "shown"
         if recreate:
             if not yes:
-                click.confirm(f"Drop collection '{config.sink.collection}' and every point in it?", abort=True)
+                click.confirm(f"Drop collection '{printable(config.sink.collection)}' and every point in it?", abort=True)
             from connector.lock import StateLock
             from connector.pipeline import sink_target
 
@@ -521,10 +546,10 @@ def schema(ctx, config_path, create, recreate, yes):
         "exists": info is not None,
         "store": None if info is None else {"dense_size": info.dense_size, "vectors": info.vectors, "points": info.count},
     }
-    human = [f"collection '{config.sink.collection}': {action}; " + ("exists" if info else "does not exist")]
-    human += [f"  vector {v.name}: {v.kind}" + (f", {v.distance}, size {v.size}" if v.kind == "dense" else "")
+    human = [f"collection '{printable(config.sink.collection)}': {action}; " + ("exists" if info else "does not exist")]
+    human += [f"  vector {printable(v.name)}: {v.kind}" + (f", {v.distance}, size {v.size}" if v.kind == "dense" else "")
               for v in layout.vectors]
-    human += [f"  payload {f.name}: {f.type}" + (" (indexed)" if f.index else "") for f in layout.fields]
+    human += [f"  payload {printable(f.name)}: {f.type}" + (" (indexed)" if f.index else "") for f in layout.fields]
     if info:
         human.append(f"  store: dense size {info.dense_size}, {info.count} points")
     emit(ctx, data, "\n".join(human))
@@ -549,8 +574,9 @@ def plugins_command(ctx):
     for group, rows in groups.items():
         lines.append(group)
         for r in rows:
-            status = "ok" if r["status"] == "ok" else f"FAILED: {r['error']}"
-            lines.append(f"  {r['name']:12} {r['module']:45} {r['distribution']} {r['version']}  {status}")
+            status = "ok" if r["status"] == "ok" else f"FAILED: {printable(r['error'])}"
+            lines.append(f"  {printable(r['name']):12} {printable(r['module']):45} {printable(r['distribution'])} "
+                         f"{printable(r['version'])}  {status}")
     emit(ctx, {"groups": groups}, "\n".join(lines))
 
 
