@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from connector.config import load_config, resolve_model_ref
+from connector.config import load_config
 from connector.errors import ConnectorError
 
 HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical
@@ -242,7 +242,7 @@ def _encoder_from(config_path: Path | None, model: str | None, max_length: int |
         if max_length:
             enc.max_length = max_length
         return BGEM3Encoder.from_config(enc)
-    return BGEM3Encoder(resolve_model_ref(model, Path.cwd()), max_length=max_length or 8192)
+    return BGEM3Encoder(model, max_length=max_length or 8192)
 
 
 def encoder_options(f):

@@ -96,11 +96,13 @@ class OnnxEncoder(BGEM3Encoder):
         batch_size: int = 16,
         revision: str | None = None,
         threads: int | None = None,
+        base_dir: Path | None = None,
     ):
         _import_onnxruntime()
         if quantize not in ("none", "int8"):
             raise ConfigError(f"quantize must be 'none' or 'int8', not {quantize!r}")
-        super().__init__(model, max_length=max_length, batch_size=batch_size, revision=revision, threads=threads)
+        super().__init__(model, max_length=max_length, batch_size=batch_size, revision=revision, threads=threads,
+                         base_dir=base_dir)
         self.quantize = quantize
         self.threads = threads or physical_cores()
         self.export_dir = Path(cache_dir) / f"{self._fingerprint['content_sha256'][:16]}-g{GRAPH_VERSION}"
