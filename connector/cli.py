@@ -199,11 +199,11 @@ def status(ctx, config_path):
     from connector.pipeline import open_sink, sink_target
 
     config = load_config(config_path)
-    ledger = Ledger(config.state_dir)
+    ledger = Ledger.open_read_only(config.state_dir)
     try:
         ledger.bind_target(sink_target(config), write=False)
-        data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger": ledger.counts(),
-                "failed_documents": ledger.failed_documents()}
+        data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger_exists": ledger.exists,
+                "ledger": ledger.counts(), "failed_documents": ledger.failed_documents()}
     finally:
         ledger.close()
     sink = open_sink(config)
@@ -219,7 +219,7 @@ def status(ctx, config_path):
     lines = [
         f"target: {printable(data['target'])}",
         f"ledger: {led['documents']} documents, {led['chunks']} chunks, {led['failed_documents']} failed, "
-        f"{led['pending_deletes']} pending deletes",
+        f"{led['pending_deletes']} pending deletes" if ledger.exists else _no_ledger(config),
         "store: " + (f"error: {printable(store['error'])}" if "error" in store else
                      f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
     ]
@@ -229,6 +229,11 @@ def status(ctx, config_path):
     emit(ctx, data, "\n".join(lines))
     if "error" in store:
         ctx.exit(1)
+
+
+def _no_ledger(config) -> str:
+    return (f"ledger: none yet in {printable(config.state_dir)} (nothing was synced with this config; "
+            "`connector sync` creates it)")
 
 
 # ---- embed / similarity -------------------------------------------------------------------
@@ -319,7 +324,7 @@ def failed(ctx, config_path):
     from connector.ledger import Ledger
 
     config = load_config(config_path)
-    ledger = Ledger(config.state_dir)
+    ledger = Ledger.open_read_only(config.state_dir)
     try:
         letters = ledger.dead_letters()
     finally:
@@ -335,8 +340,11 @@ def failed(ctx, config_path):
         g["attempts"] += letter.attempts
         g["last_failed"] = max(g["last_failed"], letter.updated_at)
     data = {"dead_letters": len(letters), "documents": sum(len(g["documents"]) for g in groups.values()),
-            "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values())}
+            "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values()),
+            "ledger_exists": ledger.exists}
     lines = [f"{data['dead_letters']} dead letter(s): {data['documents']} document(s), {data['points']} point(s)"]
+    if not ledger.exists:
+        lines.append(_no_ledger(config))
     for g in groups.values():
         ids = ", ".join(map(str, g["dead_letters"][:10])) + (", ..." if len(g["dead_letters"]) > 10 else "")
         lines.append(f"- {g['kind']} ({len(g['dead_letters'])} letter(s), {len(g['documents'])} document(s), "

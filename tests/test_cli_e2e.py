@@ -402,3 +402,18 @@ def test_control_characters_in_file_names_are_escaped_in_human_output(tmp_path, 
     check(out)
     code, data, _ = run("status", "-c", cfg, "--json")  # JSON stays exact
     assert [f["doc_id"] for f in data["failed_documents"]] == [forged]
+
+
+def test_status_and_failed_before_any_sync_create_nothing(project):
+    cfg = str(project)
+    before = sorted(project.parent.rglob("*"))
+    results = [run(command, "-c", cfg, *json) for command in ("status", "failed") for json in ([], ["--json"])]
+    assert sorted(project.parent.rglob("*")) == before  # no state dir, no ledger, no store file
+    for code, data, out in results:
+        assert code == 0, out
+        assert data["ledger_exists"] is False if data else "nothing was synced with this config" in out
+    code, status, _ = run("status", "-c", cfg, "--json")
+    assert status["ledger"]["documents"] == 0 and status["store"]["exists"] is False
+    assert run("sync", "-c", cfg)[0] == 0
+    code, status, out = run("status", "-c", cfg, "--json")
+    assert code == 0 and status["ledger_exists"] is True and status["ledger"]["documents"] == len(EXPECTED_DOC_IDS)

@@ -237,6 +237,8 @@ class MilvusSink(Sink):
 
     # ---- primitives --------------------------------------------------------------------
     def _describe(self) -> CollectionInfo | None:
+        if not self.is_server and self._client is None and not Path(self.uri).exists():
+            return None  # opening Milvus Lite would create the file
         DataType = self._pymilvus.DataType
         with self._op("describe"):
             if not self.client.has_collection(self.collection, timeout=self.timeout):
