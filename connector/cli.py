@@ -429,12 +429,15 @@ def projection():
 @config_option()
 @click.option("--dim", type=click.IntRange(2), help="Target size k (default: projection.dim, else 768).")
 @click.option("--sample", type=click.IntRange(2), help="Vectors to fit on (default: projection.sample, else 20000).")
-@click.option("--from", "source", type=click.Choice(["store", "source"]), default="store", show_default=True,
-              help="Sample the store's dense vectors, or encode a sample of the source (through the cache).")
+@click.option("--from", "source", type=click.Choice(["store", "source"]),
+              help="Sample the store's dense vectors, or encode a sample of the source (through the cache). "
+                   "Default: the store when the collection holds points, else the source.")
 @json_option
 @click.pass_context
 def projection_fit(ctx, config_path, dim, sample, source):
-    """Fit the projection on a sample of dense vectors and save it in the state dir.
+    """Fit the projection on a sample of dense vectors and save it in the state dir (under the
+    state dir's lock, like sync). Without --from: the store's vectors when the collection holds
+    points, else a sample of the source, encoded; the output says which (`fitted_from`).
 
     \b
     Example:
@@ -445,9 +448,10 @@ def projection_fit(ctx, config_path, dim, sample, source):
     config = load_config(config_path)
     k = dim or (config.projection.dim if config.projection else 768)
     n = sample or (config.projection.sample if config.projection else 20000)
-    fitted = fit_projection(config, k, n, source=source)
+    fitted = fit_projection(config, k, n, source=source or "auto")
     d = fitted.describe()
-    emit(ctx, d, f"fitted {d['source_dim']} -> {d['k']} on {d['sample_size']} vectors; explained variance "
+    where = "the store's vectors" if d["fitted_from"] == "store" else "vectors encoded from the source"
+    emit(ctx, d, f"fitted {d['source_dim']} -> {d['k']} on {d['sample_size']} of {where}; explained variance "
                  f"{d['explained_variance']:.4f}; sha256 {d['sha256']}")
 
 

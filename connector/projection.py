@@ -39,6 +39,7 @@ class Projection:
     source_fingerprint: str  # what produced the vectors it was fitted on (the model's identity)
     sample_size: int
     explained_variance: float  # fraction of the sample's variance the k components keep
+    fitted_from: str | None = None  # where the sample came from: "store" or "source"
 
     @property
     def k(self) -> int:
@@ -70,8 +71,8 @@ class Projection:
 
     def describe(self) -> dict:
         return {"k": self.k, "source_dim": self.source_dim, "explained_variance": self.explained_variance,
-                "sample_size": self.sample_size, "source_fingerprint": self.source_fingerprint,
-                "sha256": self.sha256}
+                "sample_size": self.sample_size, "fitted_from": self.fitted_from,
+                "source_fingerprint": self.source_fingerprint, "sha256": self.sha256}
 
     def save(self, state_dir: Path) -> Path:
         """Write the artifact atomically (a crash never leaves half a matrix)."""
@@ -120,7 +121,7 @@ def load(state_dir: Path) -> Projection:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         projection = Projection(data["mean"], data["components"], meta["source_fingerprint"], meta["sample_size"],
-                                meta["explained_variance"])
+                                meta["explained_variance"], meta.get("fitted_from"))
     if projection.sha256 != meta["sha256"]:
         raise ProjectionError(f"{path} is damaged (its content does not match its sha256); fit it again")
     return projection
