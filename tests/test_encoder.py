@@ -251,6 +251,31 @@ def test_file_hashes_are_cached_until_the_file_changes(tiny_model_dir, tmp_path)
     json.loads(cache_file.read_text())  # and is written again whole
 
 
+def test_the_file_hash_cache_stays_whole_with_two_processes(tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from connector.encoders import filehash
+
+    files = []
+    for n in range(30):
+        files.append(tmp_path / f"file-{n}")
+        files[-1].write_bytes(os.urandom(1000 + n))
+    cache = tmp_path / "cache"
+    env = {**os.environ, filehash.CACHE_DIR_ENV: str(cache)}
+    script = "import sys\nfrom connector.encoders.filehash import file_sha256\nfor p in sys.argv[1:]: file_sha256(p)"
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, order)], env=env)
+             for order in (files, files[::-1])]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    entries = json.loads((cache / filehash.CACHE_FILE).read_text())  # whole JSON, whatever the interleaving
+    assert entries and set(entries) <= {str(f.resolve()) for f in files}
+    for path, entry in entries.items():  # racing writers may drop an entry, never spoil one
+        assert entry["sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert [p.name for p in cache.iterdir()] == [filehash.CACHE_FILE]  # no temporary file left
+
+
 def test_from_config(tiny_model_dir):
     encoder = BGEM3Encoder.from_config(EncoderConfig(model=str(tiny_model_dir), max_length=256, batch_size=3))
     assert (encoder.max_length, encoder.batch_size) == (256, 3)
