@@ -173,7 +173,8 @@ def search(ctx, config_path, query, mode, limit, collection):
         for h in hits
     ]
     human = "\n".join(
-        f"{n:>3}. {r['score']:.4f}  {printable(r['doc_id'])}#{r['chunk_index']}  {printable(_snippet(r['text']))}" for n, r in enumerate(rows, 1)
+        f"{n:>3}. {r['score']:.4f}  {printable(r['doc_id'])}#{r['chunk_index']}  {printable(_snippet(r['text']))}"
+        for n, r in enumerate(rows, 1)
     ) or "no hits"
     emit(ctx, {"query": query, "mode": mode, "collection": sink.collection, "vector": plan.using, "hits": rows}, human)
 
@@ -525,7 +526,8 @@ def schema(ctx, config_path, create, recreate, yes):
         action = "shown"
         if recreate:
             if not yes:
-                click.confirm(f"Drop collection '{printable(config.sink.collection)}' and every point in it?", abort=True)
+                click.confirm(f"Drop collection '{printable(config.sink.collection)}' and every point in it?",
+                              abort=True)
             from connector.lock import StateLock
             from connector.pipeline import sink_target
 

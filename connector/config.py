@@ -335,7 +335,8 @@ class SyncConfig(Strict):
         if isinstance(self.sink, QdrantSinkConfig) and self.sink.path is not None:
             self.sink.path = fix(self.sink.path)
         if isinstance(self.sink, MilvusSinkConfig):
-            self.sink.uri = resolve_unix_uri(self.sink.uri, base) if self.sink.is_server else str(fix(Path(self.sink.uri)))
+            uri = self.sink.uri
+            self.sink.uri = resolve_unix_uri(uri, base) if self.sink.is_server else str(fix(Path(uri)))
         self.encoder.model = resolve_model_ref(self.encoder.model, base)
         self.encoder._base_dir = base
         return self

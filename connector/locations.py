@@ -28,7 +28,9 @@ def check_server_url(url: str, example: str) -> None:
         if not url[len("unix:"):].strip("/"):
             raise ValueError(f"{url!r} names no socket path; e.g. unix:/run/milvus/milvus.sock")
         return
-    parts = _split(url if "://" in url else f"//{url}", shown=url)  # host:port without a scheme names a host too
+    parts = urlsplit(url if "://" in url else f"//{url}")  # host:port without a scheme names a host too
+    if _port(parts) == 0:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
     if not parts.hostname:
         raise ValueError(f"{url!r} names no host (scheme://host:port); e.g. {example}")
 
@@ -37,26 +39,19 @@ def public_url(url: str) -> str:
     """`url` without user:password@, query and fragment (where secrets may hide), for messages."""
     if "://" not in url or url.startswith("unix:"):
         return url
-    parts = _split(url)
+    parts = urlsplit(url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host  # an IPv6 literal
-    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+    port = _port(parts)
+    return urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))
 
 
-def _split(url: str, shown: str | None = None) -> SplitResult:
-    parts = urlsplit(url)
+def _port(parts: SplitResult) -> int | None:
+    """The URL's port; None without one; 0 for one that is not a number from 1 to 65535."""
     try:
-        port = parts.port  # urllib raises ValueError for a port that is not a number in 0..65535
+        return parts.port  # urllib raises ValueError for a port that is not a number in 0..65535
     except ValueError:
-        port = 0
-    if port == 0 and _has_port(parts.netloc):
-        raise ValueError(f"{shown or url!r}: the port must be a number from 1 to 65535")
-    return parts
-
-
-def _has_port(netloc: str) -> bool:
-    host = netloc.rpartition("@")[2]
-    return ":" in host.rpartition("]")[2]  # after an IPv6 literal's closing bracket
+        return 0
 
 
 def resolve_unix_uri(uri: str, base: Path) -> str:

@@ -379,7 +379,8 @@ def test_control_characters_in_file_names_are_escaped_in_human_output(tmp_path, 
     docs.mkdir()
     (docs / forged).write_bytes(b"\x00\x01\x02 binary \x00")
     (docs / red).write_text("A readable document.", encoding="utf-8")
-    config = {"source": {"type": "files", "path": "./docs"}, "encoder": {"model": str(tiny_model_dir), "max_length": 128},
+    config = {"source": {"type": "files", "path": "./docs"},
+              "encoder": {"model": str(tiny_model_dir), "max_length": 128},
               "chunking": {"max_tokens": 32, "overlap_tokens": 4},
               "sink": {"type": "qdrant", "path": "./store", "collection": "kb"}, "state_dir": "./state"}
     path = tmp_path / "config.yaml"
