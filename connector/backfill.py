@@ -14,6 +14,7 @@ import numpy as np
 
 from connector.config import SyncConfig
 from connector.errors import ConfigError
+from connector.lock import StateLock
 from connector.pipeline import (
     make_encoder,
     open_sink,
@@ -24,24 +25,42 @@ from connector.pipeline import (
 )
 from connector.projection import Projection, ProjectionError, fit, load
 from connector.records import Point
+from connector.statedir import open_private
 
 PAGE = 256
 
 
-def fit_projection(config: SyncConfig, k: int, sample: int, source: str = "store", seed: int = 0) -> Projection:
-    """Fit PCA to k dimensions on up to `sample` dense vectors read from the store (default) or
-    encoded from the source (through the embedding cache); save it in the state dir."""
-    encoder = make_encoder(config)
-    identity = stable_hash(vector_identity(encoder))
-    vectors = _store_sample(config, sample, seed) if source == "store" else _source_sample(config, encoder, sample)
-    if vectors.shape[1] != encoder.dimension:
-        raise ProjectionError(
-            f"the stored vectors have {vectors.shape[1]} dimensions but the model gives {encoder.dimension}: "
-            "they were made by another model"
-        )
-    projection = fit(vectors, k, identity)
-    projection.save(config.state_dir)
+FIT_SOURCES = ("auto", "store", "source")
+
+
+def fit_projection(config: SyncConfig, k: int, sample: int, source: str = "auto", seed: int = 0) -> Projection:
+    """Fit PCA to k dimensions on up to `sample` dense vectors, read from the store ("store") or
+    encoded from the source through the embedding cache ("source"); "auto" takes the store when
+    the collection holds points, else the source. Saves it in the state dir, under the state
+    dir's lock (like a sync). The projection's `fitted_from` says which source was used."""
+    if source not in FIT_SOURCES:
+        raise ConfigError(f"the projection is fitted from one of {', '.join(FIT_SOURCES)}, not {source!r}")
+    with StateLock(config.state_dir):
+        encoder = make_encoder(config)
+        identity = stable_hash(vector_identity(encoder))
+        if source == "auto":
+            source = "store" if _collection_has_points(config) else "source"
+        vectors = _store_sample(config, sample, seed) if source == "store" else _source_sample(config, encoder, sample)
+        if vectors.shape[1] != encoder.dimension:
+            raise ProjectionError(
+                f"the stored vectors have {vectors.shape[1]} dimensions but the model gives {encoder.dimension}: "
+                "they were made by another model"
+            )
+        projection = fit(vectors, k, identity)
+        projection.fitted_from = source
+        projection.save(config.state_dir)
     return projection
+
+
+def _collection_has_points(config: SyncConfig) -> bool:
+    with open_sink(config) as sink:
+        info = sink.describe()
+    return info is not None and info.count > 0
 
 
 def _store_sample(config: SyncConfig, sample: int, seed: int) -> np.ndarray:
@@ -174,7 +193,8 @@ def _read_checkpoint(path: Path, sha: str) -> str | None:
 
 def _write_checkpoint(path: Path, sha: str, last_id: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"projection_sha256": sha, "last_id": last_id}))
+    with open_private(tmp, "w") as f:
+        json.dump({"projection_sha256": sha, "last_id": last_id}, f)
     os.replace(tmp, path)
 
 

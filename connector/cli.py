@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from pathlib import Path
 
 import click
 import numpy as np
 
-from connector.config import load_config, resolve_model_ref
+from connector.config import load_config
 from connector.errors import ConnectorError
 
 HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical
@@ -24,6 +25,29 @@ def emit(ctx: click.Context, data, human: str | None = None) -> None:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     else:
         click.echo(human if human is not None else json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# Characters that move the cursor, end lines or recolour a terminal: a file name holding them
+# could forge output lines ("evil\n  FAILED x: ...") or hide text. Bidi overrides reorder it.
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value, keep_newlines: bool = False) -> str:
+    """`value` as text safe for a terminal line: control, line-separator and bidi-override
+    characters become escapes (`\\n`, `\\x1b`, `\\u202e`). Every doc_id, path, reason and store
+    message in human-readable output goes through here; --json output is exact JSON instead."""
+    text = str(value)
+    return "".join(_escape(c) if _unsafe(c) and not (keep_newlines and c == "\n") else c for c in text)
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def json_option(f):
@@ -47,7 +71,7 @@ class ConnectorGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConnectorError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {printable(err, keep_newlines=True)}", err=True)
             if ctx.meta.get("json"):
                 click.echo(json.dumps({"error": str(err), "exit_code": err.exit_code}, ensure_ascii=False))
             raise click.exceptions.Exit(err.exit_code) from None
@@ -104,13 +128,13 @@ def _sync_text(report) -> str:
         f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}",
     ]
     for change in report.changes:
-        lines.append(f"  {change['action']:7} {change['doc_id']}"
+        lines.append(f"  {change['action']:7} {printable(change['doc_id'])}"
                      + (f"  (+{change['chunks_to_upsert']} / -{change['chunks_to_delete']} chunks)"
                         if "chunks_to_upsert" in change else f"  (-{change['chunks_to_delete']} chunks)"))
     for f in report.failures:
-        lines.append(f"  FAILED {f['doc_id']}: {f['reason']}")
+        lines.append(f"  FAILED {printable(f['doc_id'])}: {printable(f['reason'])}")
     for e in report.errors:
-        lines.append(f"  ERROR ({e['operation']}): {e['reason']}")
+        lines.append(f"  ERROR ({e['operation']}): {printable(e['reason'])}")
     for o in report.outages:
         lines.append(f"  store down from {o['started']} to {o['ended'] or '(still down)'}, {o['probes']} probe(s)")
     return "\n".join(lines)
@@ -155,7 +179,8 @@ def search(ctx, config_path, query, mode, limit, collection):
         for h in hits
     ]
     human = "\n".join(
-        f"{n:>3}. {r['score']:.4f}  {r['doc_id']}#{r['chunk_index']}  {_snippet(r['text'])}" for n, r in enumerate(rows, 1)
+        f"{n:>3}. {r['score']:.4f}  {printable(r['doc_id'])}#{r['chunk_index']}  {printable(_snippet(r['text']))}"
+        for n, r in enumerate(rows, 1)
     ) or "no hits"
     emit(ctx, {"query": query, "mode": mode, "collection": sink.collection, "vector": plan.using, "hits": rows}, human)
 
@@ -181,11 +206,11 @@ def status(ctx, config_path):
     from connector.pipeline import open_sink, sink_target
 
     config = load_config(config_path)
-    ledger = Ledger(config.state_dir)
+    ledger = Ledger.open_read_only(config.state_dir)
     try:
         ledger.bind_target(sink_target(config), write=False)
-        data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger": ledger.counts(),
-                "failed_documents": ledger.failed_documents()}
+        data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger_exists": ledger.exists,
+                "ledger": ledger.counts(), "failed_documents": ledger.failed_documents()}
     finally:
         ledger.close()
     sink = open_sink(config)
@@ -199,18 +224,23 @@ def status(ctx, config_path):
         sink.close()
     led, store = data["ledger"], data["store"]
     lines = [
-        f"target: {data['target']}",
+        f"target: {printable(data['target'])}",
         f"ledger: {led['documents']} documents, {led['chunks']} chunks, {led['failed_documents']} failed, "
-        f"{led['pending_deletes']} pending deletes",
-        "store: " + (f"error: {store['error']}" if "error" in store else
+        f"{led['pending_deletes']} pending deletes" if ledger.exists else _no_ledger(config),
+        "store: " + (f"error: {printable(store['error'])}" if "error" in store else
                      f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
     ]
-    lines += [f"  FAILED {f['doc_id']}: {f['reason']}" for f in data["failed_documents"]]
+    lines += [f"  FAILED {printable(f['doc_id'])}: {printable(f['reason'])}" for f in data["failed_documents"]]
     if led["dead_letters"]:
         lines.append(f"  {led['dead_letters']} dead letter(s): see `connector failed`, replay with `connector retry`")
     emit(ctx, data, "\n".join(lines))
     if "error" in store:
         ctx.exit(1)
+
+
+def _no_ledger(config) -> str:
+    return (f"ledger: none yet in {printable(config.state_dir)} (nothing was synced with this config; "
+            "`connector sync` creates it)")
 
 
 # ---- embed / similarity -------------------------------------------------------------------
@@ -224,7 +254,7 @@ def _encoder_from(config_path: Path | None, model: str | None, max_length: int |
         if max_length:
             enc.max_length = max_length
         return BGEM3Encoder.from_config(enc)
-    return BGEM3Encoder(resolve_model_ref(model, Path.cwd()), max_length=max_length or 8192)
+    return BGEM3Encoder(model, max_length=max_length or 8192)
 
 
 def encoder_options(f):
@@ -301,7 +331,7 @@ def failed(ctx, config_path):
     from connector.ledger import Ledger
 
     config = load_config(config_path)
-    ledger = Ledger(config.state_dir)
+    ledger = Ledger.open_read_only(config.state_dir)
     try:
         letters = ledger.dead_letters()
     finally:
@@ -317,12 +347,15 @@ def failed(ctx, config_path):
         g["attempts"] += letter.attempts
         g["last_failed"] = max(g["last_failed"], letter.updated_at)
     data = {"dead_letters": len(letters), "documents": sum(len(g["documents"]) for g in groups.values()),
-            "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values())}
+            "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values()),
+            "ledger_exists": ledger.exists}
     lines = [f"{data['dead_letters']} dead letter(s): {data['documents']} document(s), {data['points']} point(s)"]
+    if not ledger.exists:
+        lines.append(_no_ledger(config))
     for g in groups.values():
         ids = ", ".join(map(str, g["dead_letters"][:10])) + (", ..." if len(g["dead_letters"]) > 10 else "")
         lines.append(f"- {g['kind']} ({len(g['dead_letters'])} letter(s), {len(g['documents'])} document(s), "
-                     f"{g['points']} point(s), ids {ids}): {g['error']}")
+                     f"{g['points']} point(s), ids {ids}): {printable(g['error'])}")
     if letters:
         lines.append("replay them with: connector retry -c CONFIG")
     emit(ctx, data, "\n".join(lines))
@@ -349,7 +382,7 @@ def retry(ctx, config_path, ids, limit):
     lines = [f"dead letters: {r['retried']} retried, {r['succeeded']} succeeded, {r['failed']} failed",
              f"documents committed: {report.documents_committed}, points written: {report.points_written}, "
              f"queued deletes done: {report.points_deleted}"]
-    lines += [f"  still failing: dead letter {f['dead_letter']}: {f['error']}" for f in report.failures[:10]]
+    lines += [f"  still failing: dead letter {f['dead_letter']}: {printable(f['error'])}" for f in report.failures[:10]]
     if len(report.failures) > 10:
         lines.append(f"  ... and {len(report.failures) - 10} more (see `connector failed`)")
     emit(ctx, report.to_json(), "\n".join(lines))
@@ -405,12 +438,15 @@ def projection():
 @config_option()
 @click.option("--dim", type=click.IntRange(2), help="Target size k (default: projection.dim, else 768).")
 @click.option("--sample", type=click.IntRange(2), help="Vectors to fit on (default: projection.sample, else 20000).")
-@click.option("--from", "source", type=click.Choice(["store", "source"]), default="store", show_default=True,
-              help="Sample the store's dense vectors, or encode a sample of the source (through the cache).")
+@click.option("--from", "source", type=click.Choice(["store", "source"]),
+              help="Sample the store's dense vectors, or encode a sample of the source (through the cache). "
+                   "Default: the store when the collection holds points, else the source.")
 @json_option
 @click.pass_context
 def projection_fit(ctx, config_path, dim, sample, source):
-    """Fit the projection on a sample of dense vectors and save it in the state dir.
+    """Fit the projection on a sample of dense vectors and save it in the state dir (under the
+    state dir's lock, like sync). Without --from: the store's vectors when the collection holds
+    points, else a sample of the source, encoded; the output says which (`fitted_from`).
 
     \b
     Example:
@@ -421,9 +457,10 @@ def projection_fit(ctx, config_path, dim, sample, source):
     config = load_config(config_path)
     k = dim or (config.projection.dim if config.projection else 768)
     n = sample or (config.projection.sample if config.projection else 20000)
-    fitted = fit_projection(config, k, n, source=source)
+    fitted = fit_projection(config, k, n, source=source or "auto")
     d = fitted.describe()
-    emit(ctx, d, f"fitted {d['source_dim']} -> {d['k']} on {d['sample_size']} vectors; explained variance "
+    where = "the store's vectors" if d["fitted_from"] == "store" else "vectors encoded from the source"
+    emit(ctx, d, f"fitted {d['source_dim']} -> {d['k']} on {d['sample_size']} of {where}; explained variance "
                  f"{d['explained_variance']:.4f}; sha256 {d['sha256']}")
 
 
@@ -441,7 +478,7 @@ def projection_show(ctx, config_path):
     from connector.projection import load
 
     d = load(load_config(config_path).state_dir).describe()
-    emit(ctx, d, "\n".join(f"{key}: {value}" for key, value in d.items()))
+    emit(ctx, d, "\n".join(f"{key}: {printable(value)}" for key, value in d.items()))
 
 
 @cli.command()
@@ -467,7 +504,8 @@ def backfill(ctx, config_path, dim, target, page_size, progress):
                           page_size=page_size)
     p = report.points
     emit(ctx, report.to_json(),
-         f"backfilled {report.source_collection} -> {report.target_collection} ({report.field}, k={report.k}): "
+         f"backfilled {printable(report.source_collection)} -> {printable(report.target_collection)} "
+         f"({printable(report.field)}, k={report.k}): "
          f"{p['written']} points written in {report.pages} pages, {p['resumed_after']} already done before, "
          f"{p['source']} in the source; projection {report.projection_sha256[:12]}")
 
@@ -496,7 +534,8 @@ def schema(ctx, config_path, create, recreate, yes):
         action = "shown"
         if recreate:
             if not yes:
-                click.confirm(f"Drop collection '{config.sink.collection}' and every point in it?", abort=True)
+                click.confirm(f"Drop collection '{printable(config.sink.collection)}' and every point in it?",
+                              abort=True)
             from connector.lock import StateLock
             from connector.pipeline import sink_target
 
@@ -529,10 +568,10 @@ def schema(ctx, config_path, create, recreate, yes):
         "exists": info is not None,
         "store": None if info is None else {"dense_size": info.dense_size, "vectors": info.vectors, "points": info.count},
     }
-    human = [f"collection '{config.sink.collection}': {action}; " + ("exists" if info else "does not exist")]
-    human += [f"  vector {v.name}: {v.kind}" + (f", {v.distance}, size {v.size}" if v.kind == "dense" else "")
+    human = [f"collection '{printable(config.sink.collection)}': {action}; " + ("exists" if info else "does not exist")]
+    human += [f"  vector {printable(v.name)}: {v.kind}" + (f", {v.distance}, size {v.size}" if v.kind == "dense" else "")
               for v in layout.vectors]
-    human += [f"  payload {f.name}: {f.type}" + (" (indexed)" if f.index else "") for f in layout.fields]
+    human += [f"  payload {printable(f.name)}: {f.type}" + (" (indexed)" if f.index else "") for f in layout.fields]
     if info:
         human.append(f"  store: dense size {info.dense_size}, {info.count} points")
     emit(ctx, data, "\n".join(human))
@@ -557,8 +596,9 @@ def plugins_command(ctx):
     for group, rows in groups.items():
         lines.append(group)
         for r in rows:
-            status = "ok" if r["status"] == "ok" else f"FAILED: {r['error']}"
-            lines.append(f"  {r['name']:12} {r['module']:45} {r['distribution']} {r['version']}  {status}")
+            status = "ok" if r["status"] == "ok" else f"FAILED: {printable(r['error'])}"
+            lines.append(f"  {printable(r['name']):12} {printable(r['module']):45} {printable(r['distribution'])} "
+                         f"{printable(r['version'])}  {status}")
     emit(ctx, {"groups": groups}, "\n".join(lines))
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from connector.locations import check_server_url, is_milvus_server_uri, local_model_path, resolve_unix_uri
 
 DEFAULT_INCLUDE = [
     "**/*.md", "**/*.txt", "**/*.html", "**/*.htm", "**/*.jsonl", "**/*.pdf", "**/*.docx", "**/*.csv",
@@ -134,6 +135,13 @@ class EncoderConfig(Strict):
         "none", description="int8: dynamic int8 weight quantization (backend onnx only); vectors differ slightly."
     )
 
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        """The config file's folder: a relative model path resolves from here."""
+        return self._base_dir
+
     @model_validator(mode="after")
     def _quantize_needs_onnx(self) -> "EncoderConfig":
         if self.quantize != "none" and self.backend != "onnx":
@@ -154,6 +162,13 @@ class QdrantSinkConfig(Strict):
         "(`verify --repair` never deletes a point its ledger does not know); their doc_ids must not overlap.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _server_url(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            check_server_url(value, "http://localhost:6333")
+        return value
+
     @model_validator(mode="after")
     def _path_or_url(self) -> "QdrantSinkConfig":
         if (self.path is None) == (self.url is None):
@@ -166,7 +181,9 @@ class QdrantSinkConfig(Strict):
 class MilvusSinkConfig(Strict):
     type: Literal["milvus"] = "milvus"
     collection: str = "chunks"
-    uri: str = Field(..., description="Milvus Lite file (./milvus.db) or server URI (http://host:19530).")
+    uri: str = Field(
+        ..., description="Milvus Lite file (./milvus.db) or server URI (http://host:19530, unix:/path/milvus.sock)."
+    )
     token_env: Optional[str] = Field(None, description="Environment variable holding the token.")
     batch_size: int = Field(64, ge=1, description="Points per upsert call.")
     timeout: float = Field(30.0, gt=0)
@@ -175,9 +192,21 @@ class MilvusSinkConfig(Strict):
         "(`verify --repair` never deletes a point its ledger does not know); their doc_ids must not overlap.",
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _lite_file_or_server(cls, value: str) -> str:
+        if is_milvus_server_uri(value):
+            check_server_url(value, "http://localhost:19530")
+        elif not value.endswith(".db"):
+            raise ValueError(
+                f"{value!r} is neither a Milvus Lite file (a path ending in .db, e.g. ./milvus.db) nor a server "
+                "URI (http://, https:// or tcp://host:port, or unix:/path/to/milvus.sock)"
+            )
+        return value
+
     @property
     def is_server(self) -> bool:
-        return self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        return is_milvus_server_uri(self.uri)
 
 
 class ProjectionConfig(Strict):
@@ -342,19 +371,19 @@ class SyncConfig(Strict):
         self.state_dir = fix(self.state_dir)
         if isinstance(self.sink, QdrantSinkConfig) and self.sink.path is not None:
             self.sink.path = fix(self.sink.path)
-        if isinstance(self.sink, MilvusSinkConfig) and not self.sink.is_server:
-            self.sink.uri = str(fix(Path(self.sink.uri)))
+        if isinstance(self.sink, MilvusSinkConfig):
+            uri = self.sink.uri
+            self.sink.uri = resolve_unix_uri(uri, base) if self.sink.is_server else str(fix(Path(uri)))
         self.encoder.model = resolve_model_ref(self.encoder.model, base)
+        self.encoder._base_dir = base
         return self
 
 
 def resolve_model_ref(model: str, base: Path) -> str:
-    """A model given as a path ('./m', '../m', '/m', '~/m', or an existing folder) becomes absolute;
-    anything else is a hub id and is left alone."""
-    if model.startswith((".", "/", "~")) or (base / model).is_dir():
-        p = Path(model).expanduser()
-        return str(p if p.is_absolute() else (base / p).resolve())
-    return model
+    """A model given as a path (see `connector.locations.local_model_path`) becomes absolute, resolved
+    from `base`; a hub id is left alone."""
+    folder = local_model_path(model, base)
+    return model if folder is None else str(folder)
 
 
 def secret_from_env(var: Optional[str], what: str) -> Optional[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from connector.errors import ConfigError
+from connector.statedir import private_dir, private_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,8 +125,8 @@ class Ledger:
     FILENAME = "ledger.sqlite"
 
     def __init__(self, state_dir: Path):
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / self.FILENAME
+        self.path = private_sqlite(private_dir(state_dir) / self.FILENAME)
+        self.exists = True
         self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions only
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -134,13 +135,31 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    @classmethod
+    def open_read_only(cls, state_dir: Path) -> "Ledger":
+        """The ledger in `state_dir` for reading only (`status`, `failed`): creates no folder and
+        no file. Without a ledger there (nothing synced yet) an empty in-memory one stands in,
+        and `exists` is False."""
+        path = Path(state_dir) / cls.FILENAME
+        if path.is_file():
+            return cls._read_only(path, check_same_thread=True)
+        empty = object.__new__(cls)
+        empty.path, empty.exists = path, False
+        empty.db = sqlite3.connect(":memory:", isolation_level=None)
+        empty.db.executescript(SCHEMA)
+        return empty
+
     def reader(self) -> "Ledger":
         """Another connection to the same ledger, for reads from another thread (the sync's plan
         stage): it sees what the writer has committed. Close it when done."""
-        other = object.__new__(Ledger)
-        other.path = self.path
-        other.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)
+        return self._read_only(self.path, check_same_thread=False)
+
+    @classmethod
+    def _read_only(cls, path: Path, check_same_thread: bool) -> "Ledger":
+        other = object.__new__(cls)
+        other.path, other.exists = path, True
+        other.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=check_same_thread)
         return other
 
     # ---- target binding -----------------------------------------------------------------

@@ -1,7 +1,8 @@
 """One writer per state dir: an exclusive lock on `state_dir/lock` holding the owner's pid.
 
 The lock is an OS file lock (flock), so the kernel releases it when its process dies, even
-by kill -9: a lock left by a dead process is simply taken over.
+by kill -9: a lock left by a dead process is simply taken over. The lock file is opened without
+following symlinks (a link planted at its path fails, it never redirects the pid write).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 from connector.errors import ConnectorError
+from connector.statedir import private_dir, private_file
 
 
 class AlreadyRunningError(ConnectorError):
@@ -25,8 +27,8 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "StateLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.path.parent)
+        fd = private_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

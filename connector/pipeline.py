@@ -46,7 +46,6 @@ import time
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 from connector.config import SyncConfig
 from connector.encoders.base import Encoder
@@ -54,6 +53,7 @@ from connector.encoders.cache import EmbeddingCache
 from connector.errors import StoreError, StoreUnreachableError, TransientError
 from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.ownership import claim
+from connector.locations import public_url
 from connector.preprocess.chunking import Chunker
 from connector.preprocess.factory import make_preprocessor
 from connector.records import REFUSED_KINDS, Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
@@ -98,11 +98,7 @@ def sink_target(config: SyncConfig) -> str:
     """A secret-free description of the store + collection a config writes to."""
     s = config.sink
     where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or getattr(s, "uri", "")
-    where = str(where)
-    if "://" in where:  # no user:password@ and no ?api-key=... in anything printed
-        parts = urlsplit(where)
-        where = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
-    return f"{s.type}:{where}#{s.collection}"
+    return f"{s.type}:{public_url(str(where))}#{s.collection}"  # no user:password@ or ?api-key=...
 
 
 def chunk_metadata(metadata: dict, spans: list[tuple[int, int, dict]], chunk: Chunk) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from connector.errors import ConfigError, ConnectorError
+from connector.statedir import open_private, private_dir
 
 ARTIFACT = "projection.npz"
 
@@ -38,6 +39,7 @@ class Projection:
     source_fingerprint: str  # what produced the vectors it was fitted on (the model's identity)
     sample_size: int
     explained_variance: float  # fraction of the sample's variance the k components keep
+    fitted_from: str | None = None  # where the sample came from: "store" or "source"
 
     @property
     def k(self) -> int:
@@ -69,16 +71,16 @@ class Projection:
 
     def describe(self) -> dict:
         return {"k": self.k, "source_dim": self.source_dim, "explained_variance": self.explained_variance,
-                "sample_size": self.sample_size, "source_fingerprint": self.source_fingerprint,
-                "sha256": self.sha256}
+                "sample_size": self.sample_size, "fitted_from": self.fitted_from,
+                "source_fingerprint": self.source_fingerprint, "sha256": self.sha256}
 
     def save(self, state_dir: Path) -> Path:
         """Write the artifact atomically (a crash never leaves half a matrix)."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path = state_dir / ARTIFACT
+        path = private_dir(state_dir) / ARTIFACT
         tmp = path.with_suffix(".tmp.npz")
         meta = json.dumps({k: v for k, v in self.describe().items() if k not in ("k", "source_dim")})
-        np.savez(tmp, mean=self.mean, components=self.components, meta=np.array(meta))
+        with open_private(tmp) as f:
+            np.savez(f, mean=self.mean, components=self.components, meta=np.array(meta))
         os.replace(tmp, path)
         return path
 
@@ -119,7 +121,7 @@ def load(state_dir: Path) -> Projection:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         projection = Projection(data["mean"], data["components"], meta["source_fingerprint"], meta["sample_size"],
-                                meta["explained_variance"])
+                                meta["explained_variance"], meta.get("fitted_from"))
     if projection.sha256 != meta["sha256"]:
         raise ProjectionError(f"{path} is damaged (its content does not match its sha256); fit it again")
     return projection

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from connector.testing import make_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """The connector's per-user cache (model file hashes) in a temporary folder, not the user's home;
+    subprocesses started by tests inherit it."""
+    from connector.encoders.filehash import CACHE_DIR_ENV
+
+    folder = tmp_path_factory.mktemp("connector-cache")
+    previous = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = previous
 
 
 @pytest.fixture(scope="session")

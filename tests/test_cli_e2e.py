@@ -544,3 +544,51 @@ def test_secrets_never_appear_in_output(tmp_path, tiny_model_dir, monkeypatch):
     for file in (tmp_path / "state").rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes()
+
+
+def test_control_characters_in_file_names_are_escaped_in_human_output(tmp_path, tiny_model_dir):
+    forged = "evil\n  FAILED forged.md: looks real\x1b[31m.txt"  # fails (binary), would forge a line
+    red = "red\x1b[31m\u202etxt.md"  # readable: shows up in a dry run's change list
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / forged).write_bytes(b"\x00\x01\x02 binary \x00")
+    (docs / red).write_text("A readable document.", encoding="utf-8")
+    config = {"source": {"type": "files", "path": "./docs"},
+              "encoder": {"model": str(tiny_model_dir), "max_length": 128},
+              "chunking": {"max_tokens": 32, "overlap_tokens": 4},
+              "sink": {"type": "qdrant", "path": "./store", "collection": "kb"}, "state_dir": "./state"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    cfg = str(path)
+
+    def check(out: str) -> None:
+        assert "\x1b" not in out and "\u202e" not in out
+        assert not any(line.startswith("  FAILED forged") for line in out.splitlines())
+        assert "FAILED evil\\n  FAILED forged.md: looks real\\x1b[31m.txt: " in out
+
+    code, _, out = run("sync", "-c", cfg, "--dry-run")
+    assert code == 3
+    check(out)
+    assert "red\\x1b[31m\\u202etxt.md" in out
+    code, _, out = run("sync", "-c", cfg)
+    assert code == 3
+    check(out)
+    code, _, out = run("status", "-c", cfg)
+    check(out)
+    code, data, _ = run("status", "-c", cfg, "--json")  # JSON stays exact
+    assert [f["doc_id"] for f in data["failed_documents"]] == [forged]
+
+
+def test_status_and_failed_before_any_sync_create_nothing(project):
+    cfg = str(project)
+    before = sorted(project.parent.rglob("*"))
+    results = [run(command, "-c", cfg, *json) for command in ("status", "failed") for json in ([], ["--json"])]
+    assert sorted(project.parent.rglob("*")) == before  # no state dir, no ledger, no store file
+    for code, data, out in results:
+        assert code == 0, out
+        assert data["ledger_exists"] is False if data else "nothing was synced with this config" in out
+    code, status, _ = run("status", "-c", cfg, "--json")
+    assert status["ledger"]["documents"] == 0 and status["store"]["exists"] is False
+    assert run("sync", "-c", cfg)[0] == 0
+    code, status, out = run("status", "-c", cfg, "--json")
+    assert code == 0 and status["ledger_exists"] is True and status["ledger"]["documents"] == len(EXPECTED_DOC_IDS)

@@ -109,3 +109,64 @@ def test_patterns_that_only_look_like_paths_out_are_fine(tmp_path):
     data = {"source": {"path": "d", "include": ["**/v1..2.md", "./notes/*.txt", "~$*.docx", "a:b.md"]},
             "sink": {"type": "qdrant", "path": "a"}}
     assert load_config(write(tmp_path, data)).source.include == data["source"]["include"]
+
+
+@pytest.mark.parametrize("sink", [
+    {"type": "qdrant", "url": "http://127.0.0.1:99999"},
+    {"type": "qdrant", "url": "http://127.0.0.1:abc"},
+    {"type": "qdrant", "url": "myhost:70000"},
+    {"type": "milvus", "uri": "http://127.0.0.1:99999"},
+    {"type": "milvus", "uri": "https://127.0.0.1:abc"},
+    {"type": "milvus", "uri": "grpc://127.0.0.1:19530"},  # pymilvus's MilvusClient refuses grpc://
+])
+def test_a_bad_server_url_is_a_config_error(tmp_path, sink):
+    from click.testing import CliRunner
+
+    from connector.cli import cli
+
+    path = write(tmp_path, dict(BASE, sink={**sink, "collection": "kb"}))
+    with pytest.raises(ConfigError, match="sink"):
+        load_config(path)
+    result = CliRunner().invoke(cli, ["status", "-c", str(path)], catch_exceptions=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("unix:/run/milvus/milvus.sock", "unix:/run/milvus/milvus.sock"),
+    ("unix:///run/milvus/milvus.sock", "unix:///run/milvus/milvus.sock"),
+    ("unix:./milvus.sock", "unix:{base}/milvus.sock"),  # relative, like every path: from the config's folder
+])
+def test_a_unix_socket_uri_is_a_milvus_server(tmp_path, uri, expected):
+    from connector.schemas_layout import load_layout
+    from connector.pipeline import sink_target
+    from connector.sinks.milvus import MilvusSink
+
+    config = load_config(write(tmp_path, dict(BASE, sink={"type": "milvus", "uri": uri, "collection": "kb"})))
+    expected = expected.format(base=(tmp_path / "sub").resolve())
+    assert config.sink.is_server and config.sink.uri == expected
+    assert sink_target(config) == f"milvus:{expected}#kb"
+    sink = MilvusSink.from_config(config.sink, load_layout("chunks"))  # no .db refusal, no Milvus Lite needed
+    assert sink.is_server and sink.uri == expected
+
+
+def test_a_relative_model_path_resolves_from_the_config_folder_only(tmp_path, tiny_model_dir, monkeypatch):
+    # "models/m" does not exist next to the config: it is a hub id, even if the current folder has
+    # a models/m (the encoder must not decide otherwise than the config).
+    import shutil
+
+    from connector.errors import ModelLoadError
+    from connector.pipeline import make_encoder
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model_dir, work / "models" / "m")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_config(write(tmp_path, dict(BASE, encoder={"model": "models/m"})))
+    assert config.encoder.model == "models/m"
+    with pytest.raises(ModelLoadError, match="Hugging Face hub"):
+        make_encoder(config)
+    (tmp_path / "sub" / "models").mkdir()
+    shutil.copytree(tiny_model_dir, tmp_path / "sub" / "models" / "m")  # now it is a folder next to the config
+    config = load_config(write(tmp_path, dict(BASE, encoder={"model": "models/m"})))
+    assert config.encoder.model == str((tmp_path / "sub" / "models" / "m").resolve())
+    assert make_encoder(config).folder == (tmp_path / "sub" / "models" / "m").resolve()

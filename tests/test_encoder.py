@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import shutil
 from pathlib import Path
 
@@ -205,6 +206,74 @@ def test_fingerprint_sees_a_changed_sparse_head(tiny_model_dir, tmp_path):
     head["bias"] += 0.5
     torch.save(head, copy / "sparse_linear.pt")
     assert BGEM3Encoder(str(copy), max_length=64).fingerprint["content_sha256"] != before
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_fingerprint_covers_the_middle_of_the_weights(tmp_path):
+    # Two models of the same shape and size, differing only in the middle of the weight file
+    # (a fine-tune changes weights, not sizes); the file is larger than 2 MiB, so the old
+    # "first and last MiB" hash could not see the difference.
+    first = make_model(tmp_path / "first", vocab_size=20000)
+    second = Path(shutil.copytree(first, tmp_path / "second"))
+    weights = second / "model.safetensors"
+    assert weights.stat().st_size > 3 << 20
+    _flip_middle_byte(weights)
+    assert weights.stat().st_size == (first / "model.safetensors").stat().st_size
+    a = BGEM3Encoder(str(first), max_length=64).fingerprint["content_sha256"]
+    b = BGEM3Encoder(str(second), max_length=64).fingerprint["content_sha256"]
+    assert a != b
+
+
+def test_file_hashes_are_cached_until_the_file_changes(tiny_model_dir, tmp_path):
+    from connector.encoders import filehash
+
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    before = filehash.files_hashed
+    first = BGEM3Encoder(str(copy), max_length=64).fingerprint["content_sha256"]
+    hashed = filehash.files_hashed - before
+    assert hashed >= 2  # the weights, the config, the sparse head, the tokenizer files
+    assert BGEM3Encoder(str(copy), max_length=64).fingerprint["content_sha256"] == first
+    assert filehash.files_hashed - before == hashed  # second time: nothing read
+
+    _flip_middle_byte(copy / "model.safetensors")  # same size, new content
+    changed = BGEM3Encoder(str(copy), max_length=64).fingerprint["content_sha256"]
+    assert changed != first and filehash.files_hashed - before == hashed + 1  # only the weights again
+
+    cache_file = filehash.cache_dir() / filehash.CACHE_FILE
+    for garbage in (b"{not json", b"[1, 2]", b'{"%s": {"sha256": 5}}' % str(copy.resolve() / "config.json").encode()):
+        cache_file.write_bytes(garbage)  # a corrupt cache costs a hash, never an error
+        assert BGEM3Encoder(str(copy), max_length=64).fingerprint["content_sha256"] == changed
+    json.loads(cache_file.read_text())  # and is written again whole
+
+
+def test_the_file_hash_cache_stays_whole_with_two_processes(tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from connector.encoders import filehash
+
+    files = []
+    for n in range(30):
+        files.append(tmp_path / f"file-{n}")
+        files[-1].write_bytes(os.urandom(1000 + n))
+    cache = tmp_path / "cache"
+    env = {**os.environ, filehash.CACHE_DIR_ENV: str(cache)}
+    script = "import sys\nfrom connector.encoders.filehash import file_sha256\nfor p in sys.argv[1:]: file_sha256(p)"
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, order)], env=env)
+             for order in (files, files[::-1])]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    entries = json.loads((cache / filehash.CACHE_FILE).read_text())  # whole JSON, whatever the interleaving
+    assert entries and set(entries) <= {str(f.resolve()) for f in files}
+    for path, entry in entries.items():  # racing writers may drop an entry, never spoil one
+        assert entry["sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert [p.name for p in cache.iterdir()] == [filehash.CACHE_FILE]  # no temporary file left
 
 
 def test_from_config(tiny_model_dir):

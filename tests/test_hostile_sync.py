@@ -60,6 +60,12 @@ def test_hostile_corpus_syncs_exactly_what_is_readable(tmp_path, tiny_model_dir,
     assert all(f["reason"].startswith(f"[{expected['failed'][f['doc_id']]}]") for f in status["failed_documents"])
     assert status["ledger"]["documents"] == len(expected["synced"]) and status["store"]["points"] == len(points)
 
+    # human output shows control characters in file names escaped: no forged line, no colour
+    for command in ("sync", "status"):
+        human = CliRunner().invoke(cli, [command, "-c", str(cfg)], catch_exceptions=False).output
+        assert "\x1b" not in human and "FAILED hostile/binary\\n  FAILED forged\\x1b[0m.txt: " in human
+        assert not any(line.lstrip().startswith("FAILED forged") for line in human.splitlines())
+
     # a second sync changes nothing; ignoring every kind that failed makes the exit code 0
     config["ignore_failures"] = sorted(set(expected["failed"].values()))
     cfg.write_text(yaml.safe_dump(config), encoding="utf-8")

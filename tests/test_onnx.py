@@ -4,6 +4,7 @@ once per model and cache folder, and runs a sync through the CLI."""
 from __future__ import annotations
 
 import json
+import stat
 import sys
 
 import numpy as np
@@ -190,6 +191,7 @@ def test_sync_through_the_cli_with_onnx_int8(tmp_path, tiny_model_dir):
     assert first["documents"]["new"] == 2 and first["documents"]["failed"] == 0
     assert first["chunks"]["encoded"] >= 2
     assert list((tmp_path / "state" / "onnx").glob("*/model.int8.onnx"))
+    assert stat.S_IMODE((tmp_path / "state" / "onnx").stat().st_mode) == 0o700  # the state dir is private
     with make_sink(parse_config(config, tmp_path).sink) as sink:
         assert sink.count() == first["chunks"]["upserted"]
     assert sync()["documents"]["unchanged"] == 2

@@ -242,3 +242,28 @@ def test_backfill_resumes_after_kill_9(tmp_path, tiny_model_dir, backend):
     assert sorted(p.id for p in target_points) == sorted(p.id for p in source_points)
     assert done_before < max(p.id for p in target_points)
     assert not checkpoint.exists()
+
+
+def test_fit_without_from_uses_the_store_once_it_holds_points_and_says_so(tmp_path, tiny_model_dir):
+    cfg = str(make_project(tmp_path, tiny_model_dir, "qdrant", None))
+    code, first, out = run("projection", "fit", "-c", cfg, "--dim", str(K))  # no collection yet: the source
+    assert code == 0 and first["fitted_from"] == "source", out
+    assert not (tmp_path / "store").exists()  # looking for the collection created no store
+    assert run("sync", "-c", cfg)[0] == 0
+    code, second, out = run("projection", "fit", "-c", cfg, "--dim", str(K))
+    assert code == 0 and second["fitted_from"] == "store", out
+    assert load(load_config(cfg).state_dir).describe()["fitted_from"] == "store"
+    human = CliRunner().invoke(cli, ["projection", "fit", "-c", cfg, "--dim", str(K)], catch_exceptions=False)
+    assert human.exit_code == 0 and "of the store's vectors" in human.stdout
+    code, forced, out = run("projection", "fit", "-c", cfg, "--dim", str(K), "--from", "source")
+    assert code == 0 and forced["fitted_from"] == "source", out
+
+
+def test_fit_takes_the_state_dir_lock(tmp_path, tiny_model_dir):
+    from connector.lock import StateLock
+
+    cfg = str(make_project(tmp_path, tiny_model_dir, "qdrant", None))
+    with StateLock(load_config(cfg).state_dir):  # a sync (or another fit) is running
+        code, data, out = run("projection", "fit", "-c", cfg, "--dim", str(K), "--from", "source")
+    assert code == 1 and "already running" in data["error"], out
+    assert not (tmp_path / "state" / "projection.npz").exists()

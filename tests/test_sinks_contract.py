@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from connector.config import MilvusSinkConfig, QdrantSinkConfig
+from connector.config import MilvusSinkConfig, QdrantSinkConfig, load_config
 from connector.errors import MissingExtraError, SchemaMismatchError, StoreError, TerminalError, TransientError
 from connector.records import Point, SparseVector, lexical_score, point_id, sha256_text
 from connector.schemas_layout import Layout, VectorSpec, load_layout
@@ -572,3 +572,60 @@ def test_milvus_server_going_away_is_transient_and_coming_back_works(tmp_path):
         again.close()
     finally:
         server.stop()
+
+
+@pytest.mark.server
+def test_milvus_server_through_a_unix_socket(tmp_path, milvus_server):  # noqa: F811
+    """`uri: unix:/path/milvus.sock` reaches a server as pymilvus does (gRPC over a Unix socket);
+    the socket here forwards to the test server's TCP port."""
+    import socket
+    import threading
+
+    socket_path = tmp_path / "milvus.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen()
+    connections = []
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            upstream = socket.create_connection(("127.0.0.1", milvus_server.port))
+            connections.extend([client, upstream])
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    config = tmp_path / "config.yaml"  # a relative socket path resolves from the config's folder
+    config.write_text("source: {path: ./docs}\nsink: {type: milvus, uri: 'unix:./milvus.sock', "
+                      "collection: over_unix_socket, timeout: 10}\n", encoding="utf-8")
+    sink = make_sink(load_config(config).sink)
+    try:
+        assert sink.is_server
+        if sink.describe() is not None:
+            sink.drop()
+        sink.ensure_collection(DIM)
+        sink.upsert(make_points(5, collection="over_unix_socket"))
+        assert sink.count() == 5 and connections  # it really went through the socket
+        sink.drop()
+    finally:
+        sink.close()
+        listener.close()
+        for s in connections:
+            s.close()

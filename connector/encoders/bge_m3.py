@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from connector.encoders.base import Encoder
+from connector.encoders.filehash import file_sha256
 from connector.encoders.packed_linear import pack_linears
 from connector.errors import ConfigError, ModelLoadError
+from connector.locations import local_model_path
 from connector.records import SparseVector, Vectors
 
 #: Weight files, in order of preference; only one of them is downloaded.
@@ -39,7 +41,6 @@ MODEL_FILES = (
     "1_Pooling/config.json",
 )
 
-_HASH_EDGE = 1 << 20  # bytes hashed from each end of the weight file
 MAX_PADDING = 0.02  # the largest share of a batch's tokens that may be padding (see length_batches);
 # measured on bge-m3's shape: 0.02 encodes ~8% faster than 0.10 (benchmarks/RESULTS.md)
 
@@ -59,7 +60,8 @@ class BGEM3Encoder(Encoder):
     included. Up to `batch_size` texts go through the model at once, sorted by length; a batch
     ends early where more than 2% of its tokens would be padding (`length_batches`).
     `threads` sets torch's intra-op threads for the whole process
-    (default: the physical cores available to this process).
+    (default: the physical cores available to this process). A relative model path resolves
+    from `base_dir` (default: the current folder; a config's encoder: the config file's folder).
 
     Raises ModelLoadError when the model cannot be fetched or a file is missing or broken.
     """
@@ -72,6 +74,7 @@ class BGEM3Encoder(Encoder):
         batch_size: int = 16,
         revision: str | None = None,
         threads: int | None = None,
+        base_dir: Path | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
@@ -81,7 +84,7 @@ class BGEM3Encoder(Encoder):
         self.batch_size = batch_size
         torch.set_num_threads(threads or physical_cores())
 
-        local = _local_folder(model)
+        local = _local_folder(model, base_dir or Path.cwd())
         if local is not None:
             self.folder, self._revision, model_ref = local, None, str(local)
         else:
@@ -121,13 +124,14 @@ class BGEM3Encoder(Encoder):
             batch_size=encoder_config.batch_size,
             revision=encoder_config.revision,
             threads=encoder_config.threads,
+            base_dir=encoder_config.base_dir,
             **extra,
         )
 
     @property
     def fingerprint(self) -> dict:
         """model (hub id or resolved folder), revision (hub commit, None for a folder),
-        content_sha256 (config, sparse head, tokenizer and the weight file's size and ends)
+        content_sha256 (every byte of the config, sparse head, tokenizer and weight files)
         and max_length."""
         return dict(self._fingerprint)
 
@@ -245,36 +249,31 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+#: Files whose content decides the vectors, besides the weight file.
+HASHED_FILES = ("config.json", "sparse_linear.pt", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model")
+
+
 def content_hash(folder: Path, weights_file: str) -> str:
-    """A cheap content hash of a model folder: config.json, sparse_linear.pt, the tokenizer
-    files, and the weight file's name, size and first and last MB (2 MB read, even for 2.2 GB)."""
+    """The content hash of a model folder: the sha256 of every byte of config.json,
+    sparse_linear.pt, the tokenizer files and the weight file. Each file's hash is cached by
+    `filehash.file_sha256`, so bge-m3's 2.2 GB are read once, not on every run."""
     digest = hashlib.sha256()
-    for name in ("config.json", "sparse_linear.pt", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model"):
+    for name in (*HASHED_FILES, weights_file):
         path = folder / name
         if path.is_file():
-            digest.update(f"{name}:{path.stat().st_size}\n".encode())
-            digest.update(path.read_bytes())
-    weights = folder / weights_file
-    size = weights.stat().st_size
-    digest.update(f"{weights_file}:{size}\n".encode())
-    with open(weights, "rb") as f:
-        digest.update(f.read(_HASH_EDGE))
-        f.seek(max(0, size - _HASH_EDGE))
-        digest.update(f.read(_HASH_EDGE))
+            digest.update(f"{name}:{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
-def _local_folder(model: str) -> Path | None:
-    """The model's folder if `model` is a path; None if it is a hub id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1:
+def _local_folder(model: str, base: Path) -> Path | None:
+    """The model's folder if `model` is a path (relative to `base`); None if it is a hub id."""
+    folder = local_model_path(model, base)
+    if folder is not None and not folder.is_dir():
         raise ModelLoadError(
-            f"model folder not found: {model}. Set encoder.model to a folder holding BAAI/bge-m3's files "
+            f"model folder not found: {folder}. Set encoder.model to a folder holding BAAI/bge-m3's files "
             "(config.json, model.safetensors, tokenizer.json, sparse_linear.pt, ...) or to a hub id such as BAAI/bge-m3"
         )
-    return None
+    return folder
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

@@ -13,16 +13,17 @@ from typing import Iterable
 import numpy as np
 
 from connector.records import SparseVector, Vectors
+from connector.statedir import private_dir, private_sqlite
 
 
 class EmbeddingCache:
     FILENAME = "embeddings.sqlite"
 
     def __init__(self, state_dir: Path, fingerprint: str):
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
+        path = private_sqlite(private_dir(state_dir) / self.FILENAME)
         # used by the sync's encode and write stages (threads), one at a time (the sync holds a lock)
-        self.db = sqlite3.connect(state_dir / self.FILENAME, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS embeddings (fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL,"

@@ -44,6 +44,7 @@ import numpy as np
 
 from connector.encoders.bge_m3 import BGEM3Encoder, _load_weights, bge_m3_outputs, physical_cores
 from connector.errors import ConfigError, MissingExtraError, ModelLoadError
+from connector.statedir import private_dir
 
 log = logging.getLogger("connector.onnx")
 
@@ -95,11 +96,13 @@ class OnnxEncoder(BGEM3Encoder):
         batch_size: int = 16,
         revision: str | None = None,
         threads: int | None = None,
+        base_dir: Path | None = None,
     ):
         _import_onnxruntime()
         if quantize not in ("none", "int8"):
             raise ConfigError(f"quantize must be 'none' or 'int8', not {quantize!r}")
-        super().__init__(model, max_length=max_length, batch_size=batch_size, revision=revision, threads=threads)
+        super().__init__(model, max_length=max_length, batch_size=batch_size, revision=revision, threads=threads,
+                         base_dir=base_dir)
         self.quantize = quantize
         self.threads = threads or physical_cores()
         self.export_dir = Path(cache_dir) / f"{self._fingerprint['content_sha256'][:16]}-g{GRAPH_VERSION}"
@@ -129,6 +132,7 @@ class OnnxEncoder(BGEM3Encoder):
     def _loaded_session(self):
         if self._session is None:
             fp32 = self.export_dir / "model.onnx"
+            private_dir(self.export_dir.parent)
             if not fp32.is_file():
                 export_fused(self.folder, self.dimension, self.num_heads, fp32)
             if self.quantize == "int8" and not self.model_path.is_file():

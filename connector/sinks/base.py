@@ -135,7 +135,8 @@ class Sink(ABC):
         return self.retry.call(f"{operation} on collection '{self.collection}'", fn, *args, **kwargs)
 
     def describe(self) -> CollectionInfo | None:
-        """The existing collection, or None if it does not exist."""
+        """The existing collection, or None if it does not exist. Creates nothing: an embedded
+        store whose folder or file does not exist yet is not opened."""
         return self._call("describe", self._describe)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Point]:

@@ -40,6 +40,7 @@ from connector.errors import (
     TerminalError,
     TransientError,
 )
+from connector.locations import check_server_url, is_milvus_server_uri
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
 from connector.sinks.base import (
@@ -58,7 +59,6 @@ EMPTY_SPARSE_DIM = 2**32 - 2
 EMPTY_SPARSE_WEIGHT = 1e-6
 CONSISTENCY = "Strong"  # reads see every write the store confirmed before them
 METRICS = {"cosine": "COSINE", "dot": "IP", "ip": "IP", "euclid": "L2", "l2": "L2"}
-SERVER_PREFIXES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
 # pymilvus status codes worth retrying (pymilvus.client.types.Status.CONNECT_FAILED,
 # pymilvus.exceptions.ErrorCode.RATE_LIMIT)
@@ -145,12 +145,17 @@ class MilvusSink(Sink):
         page_size: int | None = None,
     ):
         super().__init__(collection, batch_size, layout, page_size)
-        self.is_server = uri.startswith(SERVER_PREFIXES)
-        if not self.is_server:
+        self.is_server = is_milvus_server_uri(uri)
+        if self.is_server:
+            try:
+                check_server_url(uri, "http://localhost:19530")
+            except ValueError as err:
+                raise ConfigError(f"sink.uri: {err}") from None
+        else:
             if not uri.endswith(".db"):
                 raise ConfigError(
                     f"sink.uri {uri!r}: a Milvus Lite path must end in .db (e.g. ./milvus.db); "
-                    "a server URI starts with http:// or https://"
+                    "a server URI starts with http://, https://, tcp:// or unix:"
                 )
             uri = str(Path(uri).expanduser().resolve())
         self._pymilvus = require_pymilvus(lite=not self.is_server)
@@ -178,7 +183,7 @@ class MilvusSink(Sink):
     # ---- plumbing --------------------------------------------------------------------
     def _secrets(self) -> list[str | None]:
         secrets = [self._token]
-        if self.is_server:
+        if self.is_server and "://" in self.uri:
             parsed = urlparse(self.uri)
             secrets += [parsed.password, f"{parsed.username}:{parsed.password}" if parsed.password else None]
         return secrets
@@ -240,6 +245,8 @@ class MilvusSink(Sink):
 
     # ---- primitives --------------------------------------------------------------------
     def _describe(self) -> CollectionInfo | None:
+        if not self.is_server and self._client is None and not Path(self.uri).exists():
+            return None  # opening Milvus Lite would create the file
         DataType = self._pymilvus.DataType
         with self._op("describe"):
             if not self.client.has_collection(self.collection, timeout=self.timeout):

@@ -189,6 +189,8 @@ class QdrantSink(Sink):
 
     # ---- primitives --------------------------------------------------------------------
     def _describe(self) -> CollectionInfo | None:
+        if self.is_local and self._client is None and not self.path.exists():
+            return None  # opening embedded Qdrant would create the folder
         with self._op("describe"):
             if not self.client.collection_exists(self.collection):
                 return None

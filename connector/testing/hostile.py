@@ -208,8 +208,11 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
         "hostile/mixed-zh-en.md": "# 混合 Mixed\n\n同步 sync 工具把 documents 写入 Qdrant 和 Milvus。\n",
     }.items():
         put(rel, text, text=text)
+    # control characters in file names: doc_ids stay exact; human output shows them escaped
+    put("hostile/name\n  FAILED forged.md: a line break and \x1b[31mcolour.txt", "A file with a hostile name.")
 
     # --- hostile input that must fail, each with its kind ---------------------------------------
+    put("hostile/binary\n  FAILED forged\x1b[0m.txt", b"\x00\x01 binary behind a hostile name", "binary")
     put("hostile/binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4, "binary")
     put("hostile/invalid-utf8.txt", "naïve café, 中文, Grüße — ".encode() * 4 + b"broken \xc3\x28 \xe2\x82 \xff\xfe end\n", "encoding")
     put("hostile/empty.txt", b"", "empty")
