@@ -7,6 +7,7 @@ import os
 import re
 import stat as stat_module
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -127,6 +128,8 @@ class FilesSource(Source):
         self.root = Path(config.path)
         self._include = [glob_to_regex(p) for p in config.include]
         self._exclude = [glob_to_regex(p) for p in config.exclude]
+        # A .docx is a zip: its parts count against the size limit unpacked.
+        self._readers = {**DOCUMENT_READERS, ".docx": partial(read_docx, max_unpacked_bytes=int(config.max_file_mb * _MIB))}
         # 'drafts/**' excludes the folder itself: it is not even listed.
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")
@@ -202,12 +205,8 @@ class FilesSource(Source):
                 yield FailedDocument(rel, "not a regular file (a pipe, socket or device)", kind="unreadable"), rel
                 return
             metadata: dict[str, Any] = {"path": rel, "modified": _modified(stat)}
-            if suffix == ".jsonl":
-                yield from jsonl_records(rel, _open_binary(path), self.config.jsonl, metadata)
-                return
-            if suffix == ".csv":
-                limit = int(self.config.max_file_mb * _MIB)
-                yield from csv_records(rel, _open_binary(path), self.config.csv, metadata, limit)
+            if suffix in RECORD_SUFFIXES:
+                yield from self._records(rel, path, suffix, metadata)
                 return
             if stat.st_size > self.config.max_file_mb * _MIB:
                 reason = (
@@ -221,14 +220,39 @@ class FilesSource(Source):
             yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
             return
         try:
-            parsed = DOCUMENT_READERS[suffix](data)
+            parsed = self._readers[suffix](data)
             if not has_visible_text(parsed.text):
                 raise ReadFailure("empty", "the file has no text" if data.strip() else "the file is empty")
         except ReadFailure as failure:
             yield FailedDocument(rel, failure.reason, kind=failure.kind), rel
+            return
+        except Exception as err:  # RecursionError, MemoryError, a reader's bug: the file fails, the sync goes on
+            del data
+            yield FailedDocument(rel, _crash_reason(suffix, err), kind="corrupt"), rel
             return
         del data
         metadata.update(parsed.metadata or {})
         if parsed.title:
             metadata["title"] = parsed.title
         yield Document(rel, parsed.text, metadata, parsed.sections), rel
+
+    def _records(self, rel: str, path: Path, suffix: str, metadata: dict[str, Any]) -> Iterator[tuple[Document | FailedDocument, str]]:
+        """The records of a .jsonl or .csv file. An unexpected error ends the file with a 'corrupt'
+        failure under its path: the records read before it stay, and the sync never prunes
+        documents that came from a file that failed."""
+        max_record = int(self.config.max_record_mb * _MIB)
+        if suffix == ".jsonl":
+            records = jsonl_records(rel, _open_binary(path), self.config.jsonl, metadata, max_record)
+        else:
+            records = csv_records(rel, _open_binary(path), self.config.csv, metadata, max_record)
+        try:
+            yield from records
+        except Exception as err:  # RecursionError, MemoryError, a reader's bug
+            yield FailedDocument(rel, _crash_reason(suffix, err), kind="corrupt"), rel
+
+
+def _crash_reason(suffix: str, err: Exception) -> str:
+    return (
+        f"reading the {suffix} file failed: {one_line(err)}; the file is damaged or built to exhaust readers: "
+        f"repair or re-save it, or exclude it"
+    )
