@@ -48,20 +48,21 @@ def _unpacked(data: bytes, limit: int) -> io.BytesIO:
     Fails as 'too_large' when the sizes in the zip's directory add up to more than `limit`. Each
     part is unpacked in pieces and never beyond its declared size, so a directory that lies costs
     nothing (python-docx alone would inflate a whole part at once, then cut it to that size)."""
-    package = zipfile.ZipFile(io.BytesIO(data))
-    entries = [entry for entry in package.infolist() if not entry.is_dir()]
-    total = sum(entry.file_size for entry in entries)
-    if total > limit:
-        biggest = max(entries, key=lambda entry: entry.file_size)
-        raise ReadFailure(
-            "too_large",
-            f"the .docx unpacks to {total / _MIB:.1f} MiB ({biggest.filename} alone {biggest.file_size / _MIB:.1f} MiB), "
-            f"over source.max_file_mb ({limit / _MIB:g}); raise the limit or exclude the file",
-        )
     out = io.BytesIO()
-    with package, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+    with zipfile.ZipFile(io.BytesIO(data)) as package, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+        entries = [entry for entry in package.infolist() if not entry.is_dir()]
+        total = sum(entry.file_size for entry in entries)
+        if total > limit:
+            biggest = max(entries, key=lambda entry: entry.file_size)
+            raise ReadFailure(
+                "too_large",
+                f"the .docx unpacks to {total / _MIB:.1f} MiB ({biggest.filename} alone "
+                f"{biggest.file_size / _MIB:.1f} MiB), over source.max_file_mb ({limit / _MIB:g}); "
+                f"raise the limit or exclude the file",
+            )
         for entry in entries:
-            with package.open(entry) as part, copy.open(entry.filename, "w") as target:
+            big = entry.file_size >= zipfile.ZIP64_LIMIT
+            with package.open(entry) as part, copy.open(entry.filename, "w", force_zip64=big) as target:
                 while piece := part.read(_MIB):  # zipfile stops at the declared size and checks the CRC there
                     target.write(piece)
     out.seek(0)

@@ -103,17 +103,22 @@ class FilesSource(Source):
       are dropped, block elements become line breaks, the title comes from <title>.
     - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
       pages' texts joined by blank lines; `metadata.page_count`; the title from the document info.
-    - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows) in document order; the title
-      from the core properties, else the first heading.
+    - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows; a cell merged down several
+      rows shows in the first) in document order; the title from the core properties, else the
+      first heading.
     - .jsonl: one JSON object per line, fields from `config.jsonl`; .csv: a header row, then one
       record per row, columns from `config.csv`. A bad line or row fails alone; one without a
       usable id fails as `path:line N`, one with an id but no usable text fails under its id (so
       the sync keeps what it stored for that id). A CSV without its id or text column fails as a
-      whole, under its path.
+      whole, under its path. A line or row over `config.max_record_mb` fails alone as 'too_large'
+      under `path:line N` (it is never held whole in memory).
     - Every failure has a `kind` (records.FAILURE_KINDS) and its file as `origin`: files with no
-      visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (record files
-      are streamed and have no limit), damaged ones as 'corrupt', password-protected ones as
-      'encrypted', and a format whose optional package is missing as 'missing_extra'.
+      visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (a .docx also
+      when its parts unpack to more; record files are streamed: see max_record_mb), damaged ones,
+      and any unexpected error of a reader (RecursionError, MemoryError, ...), as 'corrupt',
+      password-protected ones as 'encrypted', and a format whose optional package is missing as
+      'missing_extra'.
+    - Work per file is linear in its size (deeply nested HTML included).
     - A doc_id seen twice in one read: the second is a FailedDocument named after where it is
       ('duplicate doc_id ... (first seen in ...)').
     - metadata: `path` (relative), `modified` (file mtime, ISO 8601 UTC), `title` when known; for
@@ -129,7 +134,8 @@ class FilesSource(Source):
         self._include = [glob_to_regex(p) for p in config.include]
         self._exclude = [glob_to_regex(p) for p in config.exclude]
         # A .docx is a zip: its parts count against the size limit unpacked.
-        self._readers = {**DOCUMENT_READERS, ".docx": partial(read_docx, max_unpacked_bytes=int(config.max_file_mb * _MIB))}
+        max_docx = int(config.max_file_mb * _MIB)
+        self._readers = {**DOCUMENT_READERS, ".docx": partial(read_docx, max_unpacked_bytes=max_docx)}
         # 'drafts/**' excludes the folder itself: it is not even listed.
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")
@@ -236,7 +242,9 @@ class FilesSource(Source):
             metadata["title"] = parsed.title
         yield Document(rel, parsed.text, metadata, parsed.sections), rel
 
-    def _records(self, rel: str, path: Path, suffix: str, metadata: dict[str, Any]) -> Iterator[tuple[Document | FailedDocument, str]]:
+    def _records(
+        self, rel: str, path: Path, suffix: str, metadata: dict[str, Any]
+    ) -> Iterator[tuple[Document | FailedDocument, str]]:
         """The records of a .jsonl or .csv file. An unexpected error ends the file with a 'corrupt'
         failure under its path: the records read before it stay, and the sync never prunes
         documents that came from a file that failed."""
