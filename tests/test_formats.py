@@ -554,6 +554,8 @@ def test_overlong_csv_rows_fail_alone_and_are_never_held_whole(tmp_path):
     assert items["c-2"].text == "two\nlines"
     write(tmp_path / "t.csv", 'id,text\nc-1,"just under, ""quoted""\n' + "y" * (MIB - 100) + '"\n')
     assert len(only(tmp_path, max_record_mb=1).text) > MIB - 100
+    write(tmp_path / "t.csv", "id,text," + "h" * (2 * MIB) + "\nc-1,x,y\n")
+    assert "header row" in failed(only(tmp_path, max_record_mb=1), "too_large").reason
 
 
 @settings(max_examples=50, deadline=None)

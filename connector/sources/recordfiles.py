@@ -234,13 +234,11 @@ _START_FIELD, _IN_FIELD, _QUOTED, _QUOTE_IN_QUOTED = range(4)
 def _csv_rows(rel: str, reader, lines: _CsvLines, columns: CsvColumns, file_metadata: dict[str, Any]) -> Iterator[Item]:
     try:
         header = [name.strip() for name in next(reader)]
-    except (StopIteration, csv.Error, _RowTooLong) as err:
-        if isinstance(err, StopIteration):
-            reason = "no header row"
-        elif isinstance(err, _RowTooLong):
-            reason = f"the header row is longer than source.max_record_mb ({lines.limit / _MIB:g} MiB)"
-        else:
-            reason = f"unreadable header row: {one_line(err)}"
+    except _RowTooLong:
+        yield FailedDocument(rel, _too_long("header row", lines.limit), kind="too_large"), rel
+        return
+    except (StopIteration, csv.Error) as err:
+        reason = "no header row" if isinstance(err, StopIteration) else f"unreadable header row: {one_line(err)}"
         yield FailedDocument(rel, reason, kind="malformed"), rel
         return
     index: dict[str, int] = {}
