@@ -172,9 +172,10 @@ def test_file_over_max_file_mb_is_too_large_and_never_read(tmp_path, monkeypatch
     assert read == ["small.txt"]
 
 
-def test_max_file_mb_must_be_positive(tmp_path):
+@pytest.mark.parametrize("limit", ["max_file_mb", "max_record_mb"])
+def test_size_limits_must_be_positive(tmp_path, limit):
     with pytest.raises(ValueError):
-        FilesSourceConfig(path=tmp_path, max_file_mb=0)
+        FilesSourceConfig(path=tmp_path, **{limit: 0})
 
 
 def test_fifo_is_unreadable_without_blocking(tmp_path):
