@@ -67,7 +67,13 @@ class FilesSourceConfig(Strict):
     csv: CsvColumns = Field(default_factory=CsvColumns)
     max_file_mb: float = Field(
         100, gt=0,
-        description="Files bigger than this many MiB fail as 'too_large' (.jsonl/.csv are streamed: no limit).",
+        description="Files bigger than this many MiB fail as 'too_large'; a .docx also when its parts unpack to "
+        "more (.jsonl/.csv are streamed: see max_record_mb).",
+    )
+    max_record_mb: float = Field(
+        10, gt=0,
+        description="A .jsonl line or .csv row longer than this many MiB fails alone as 'too_large' (never held "
+        "whole in memory); the file's other records still load.",
     )
     follow_symlinks_outside: bool = Field(
         False,

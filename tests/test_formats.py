@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 import io
 import json
 import os
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ from connector.records import FAILURE_KINDS, Document, FailedDocument
 from connector.sources.files import FilesSource
 from connector.sources.reading import ReadFailure
 from connector.sources.textfile import decode_text
-from connector.testing.hostile import ENCODED_SAMPLES, build_hostile_corpus, minimal_docx, minimal_pdf
+from connector.testing.hostile import (
+    ENCODED_SAMPLES, build_hostile_corpus, docx_bomb, lying_docx, minimal_docx, minimal_pdf, pdf_bomb,
+)
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -168,9 +172,10 @@ def test_file_over_max_file_mb_is_too_large_and_never_read(tmp_path, monkeypatch
     assert read == ["small.txt"]
 
 
-def test_max_file_mb_must_be_positive(tmp_path):
+@pytest.mark.parametrize("limit", ["max_file_mb", "max_record_mb"])
+def test_size_limits_must_be_positive(tmp_path, limit):
     with pytest.raises(ValueError):
-        FilesSourceConfig(path=tmp_path, max_file_mb=0)
+        FilesSourceConfig(path=tmp_path, **{limit: 0})
 
 
 def test_fifo_is_unreadable_without_blocking(tmp_path):
@@ -433,6 +438,196 @@ def test_a_csv_id_repeated_in_its_file_fails_that_row_alone(tmp_path):
     assert [i for i, d in items.items() if isinstance(d, Document)] == ["t.csv#x", "t.csv#y", "t.csv#z"]
     assert items["t.csv#x"].text == "first"
     assert failed(items["t.csv:line 4"], "duplicate").reason == "duplicate doc_id 't.csv#x' (first seen in t.csv:line 2)"
+
+
+# --- bounded work per document ------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def calls(function, *args) -> int:
+    """How many Python and C functions `function(*args)` calls: a measure of work that does not
+    depend on the machine's speed or load."""
+    count = 0
+
+    def counter(frame, event, arg):
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(counter)
+    try:
+        function(*args)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def peak_memory(function, *args) -> int:
+    """The most bytes Python held at once while `function(*args)` ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        function(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def nested_divs(depth: int) -> str:
+    return "<html><body>" + "<div>x " * depth + "</div>" * depth + "</body></html>"
+
+
+def test_deeply_nested_html_costs_linear_work():
+    from connector.sources.htmlfile import html_text
+
+    assert html_text(nested_divs(3)) == ("x\n\nx\n\nx", None)
+    small, large = calls(html_text, nested_divs(500)), calls(html_text, nested_divs(2000))
+    assert large < 5 * small  # four times the depth: 16 times the work if quadratic
+
+
+def test_docx_paragraphs_cost_linear_work_however_many_styles():
+    docx = importlib.import_module("docx")
+    from docx.enum.style import WD_STYLE_TYPE
+
+    from connector.sources.docxfile import read_docx
+
+    def document(n: int) -> bytes:
+        document = docx.Document()
+        for i in range(n):
+            document.styles.add_style(f"Custom {i}", WD_STYLE_TYPE.PARAGRAPH)
+            document.add_paragraph(f"paragraph {i}")
+        out = io.BytesIO()
+        document.save(out)
+        return out.getvalue()
+
+    small, large = document(100), document(400)
+    assert read_docx(small).text.endswith("paragraph 99")
+    assert calls(read_docx, large) < 5 * calls(read_docx, small)  # 4x styles and paragraphs: 16x if quadratic
+
+
+def test_docx_unpacking_over_max_file_mb_is_too_large(tmp_path):
+    importlib.import_module("docx")
+    write(tmp_path / "bomb.docx", docx_bomb(2))  # well under 1 MiB zipped
+    assert (tmp_path / "bomb.docx").stat().st_size < MIB
+    reason = failed(only(tmp_path, max_file_mb=2), "too_large").reason
+    assert "word/document.xml alone 3.0 MiB" in reason and "source.max_file_mb (2)" in reason
+    assert isinstance(only(tmp_path, max_file_mb=4), Document)
+
+
+def test_docx_whose_zip_directory_lies_is_corrupt_in_bounded_memory(tmp_path):
+    """zipfile reads no more than the declared size and fails the CRC check; the size check relies on it."""
+    importlib.import_module("docx")
+    write(tmp_path / "liar.docx", lying_docx(actual_bytes=20 * MIB, declared_bytes=1000))
+    items = {}
+    assert peak_memory(lambda: items.update(read_all(tmp_path))) < 4 * MIB
+    assert "CRC" in failed(items["liar.docx"], "corrupt").reason
+
+
+def test_pdf_bomb_fails_as_corrupt_in_bounded_memory(tmp_path):
+    """pypdf (>= 6.10.2, pyproject's `pdf` extra) stops inflating a stream at 75 MB by default."""
+    importlib.import_module("pypdf")
+    write(tmp_path / "bomb.pdf", pdf_bomb(300))  # 300 MiB from about 300 KB
+    items = {}
+    assert peak_memory(lambda: items.update(read_all(tmp_path))) < 200 * MIB
+    assert "LimitReachedError" in failed(items["bomb.pdf"], "corrupt").reason
+
+
+def test_a_pypdf_that_does_not_bound_streams_is_refused(tmp_path, monkeypatch):
+    pypdf = importlib.import_module("pypdf")
+    monkeypatch.setattr(pypdf, "__version__", "5.9.0")  # before 6.0.0 nothing bounded FlateDecode output
+    write(tmp_path / "a.pdf", minimal_pdf(["Hello"]))
+    reason = failed(only(tmp_path), "missing_extra").reason
+    assert "pypdf 5.9.0" in reason and 'pip install -U "connector[pdf]"' in reason
+
+
+def test_overlong_jsonl_line_fails_alone_and_is_never_held_whole(tmp_path):
+    huge = json.dumps({"id": "huge", "text": "word " * (4 * MIB)})  # 20 MiB on one line
+    write(tmp_path / "r.jsonl", '{"id": "a", "text": "first"}\n' + huge + '\n{"id": "b", "text": "last"}\n')
+    del huge
+    items = {}
+    assert peak_memory(lambda: items.update(read_all(tmp_path, max_record_mb=1))) < 8 * MIB
+    assert [doc_id for doc_id, item in items.items() if isinstance(item, Document)] == ["r.jsonl#a", "r.jsonl#b"]
+    assert "source.max_record_mb (1 MiB)" in failed(items["r.jsonl:line 2"], "too_large").reason
+
+
+def test_overlong_csv_rows_fail_alone_and_are_never_held_whole(tmp_path):
+    one_line = "z" * (20 * MIB)
+    many_lines = '"' + ('he said ""hi"", twice\n' + "y" * 1000 + "\n") * 2000 + '"'  # 2 MiB in 4000 lines
+    write(tmp_path / "t.csv", f'id,text\nc-1,first\nlong-1,{one_line}\nc-2,"two\nlines"\nlong-2,{many_lines}\nc-3,last\n')
+    del one_line, many_lines
+    items = {}
+    assert peak_memory(lambda: items.update(read_all(tmp_path, max_record_mb=1))) < 8 * MIB
+    assert [doc_id for doc_id, item in items.items() if isinstance(item, Document)] == ["t.csv#c-1", "t.csv#c-2", "t.csv#c-3"]
+    failed(items["t.csv:line 3"], "too_large")
+    assert "source.max_record_mb (1 MiB)" in failed(items["t.csv:line 6"], "too_large").reason
+    assert items["t.csv#c-2"].text == "two\nlines"
+    write(tmp_path / "t.csv", 'id,text\nc-1,"just under, ""quoted""\n' + "y" * (MIB - 100) + '"\n')
+    assert len(only(tmp_path, max_record_mb=1).text) > MIB - 100
+    write(tmp_path / "t.csv", "id,text," + "h" * (2 * MIB) + "\nc-1,x,y\n")
+    assert "header row" in failed(only(tmp_path, max_record_mb=1), "too_large").reason
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.text(alphabet='ab ,"\r\n', max_size=30)), min_size=1, max_size=8), st.integers(12, 40))
+def test_csv_rows_around_overlong_ones_read_as_the_csv_module_reads_them(tmp_path_factory, rows, limit):
+    """Quoted fields with doubled quotes and line breaks, unquoted ones with stray quotes: a row
+    over the limit fails at its line, and every other row comes back exactly."""
+    folder = tmp_path_factory.mktemp("csv")
+    out, line, expected = io.StringIO(), 1, {}  # line: the lines written
+    out.write("id,text\n")
+    for i, (quoted, text) in enumerate(rows):
+        text = "t" + text
+        if not quoted:  # a quote inside an unquoted field, as csv.writer would never write it
+            text = text.replace(",", "").replace("\r", "").replace("\n", "")
+        row = _csv_line(f"r{i}", text) if quoted else f"r{i},{text}\n"
+        out.write(row)
+        fits = len(row) <= limit
+        expected[f"t.csv#r{i}" if fits else f"t.csv:line {line + 1}"] = text if fits else None
+        line += len(row.splitlines())
+    write(folder / "t.csv", out.getvalue())
+    items = read_all(folder, max_record_mb=limit / MIB)
+    assert set(items) == set(expected)
+    for doc_id, text in expected.items():
+        if text is None:
+            failed(items[doc_id], "too_large")
+        else:
+            assert items[doc_id].text == text
+
+
+def _csv_line(*fields: str) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(fields)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), MemoryError(), KeyError("bug")])
+def test_any_reader_error_fails_the_document_as_corrupt(tmp_path, monkeypatch, error):
+    def crash(data):
+        raise error
+
+    monkeypatch.setitem(files_module.DOCUMENT_READERS, ".html", crash)
+    write(tmp_path / "a.html", "<p>page</p>")
+    write(tmp_path / "b.txt", "fine")
+    items = read_all(tmp_path)
+    reason = failed(items["a.html"], "corrupt").reason
+    assert f"failed: {type(error).__name__}" in reason and ":;" not in reason
+    assert isinstance(items["b.txt"], Document)
+
+
+def test_a_record_reader_error_fails_the_file_and_keeps_the_records_read(tmp_path, monkeypatch):
+    read_records = files_module.jsonl_records
+
+    def crash_after_one(*args):
+        records = read_records(*args)
+        yield next(records)
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(files_module, "jsonl_records", crash_after_one)
+    write(tmp_path / "r.jsonl", '{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n')
+    write(tmp_path / "s.txt", "fine")
+    items = read_all(tmp_path)
+    assert "RecursionError" in failed(items["r.jsonl"], "corrupt").reason
+    assert isinstance(items["r.jsonl#a"], Document) and isinstance(items["s.txt"], Document)
+    assert "r.jsonl#b" not in items
 
 
 # --- the hostile corpus -------------------------------------------------------------------------------

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
+from typing import Callable
 
 from connector.sources.reading import Parsed, ReadFailure, one_line, optional_import
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _HEADING_STYLE = re.compile(r"^(Heading ?\d|Title)$", re.IGNORECASE)
+_MIB = 1024 * 1024
 
 
-def read_docx(data: bytes) -> Parsed:
+def read_docx(data: bytes, max_unpacked_bytes: int | None = None) -> Parsed:
     """Paragraphs as blocks separated by blank lines, a table as one block of 'cell | cell' rows;
     the title from the core properties, else the first heading (or Title-styled paragraph).
 
-    Raises ReadFailure 'corrupt', 'encrypted', 'empty' or 'missing_extra'."""
+    A .docx is a zip: when its parts unpack to more than `max_unpacked_bytes` (None: no limit)
+    it fails as 'too_large' before anything is unpacked, and no part is unpacked beyond the size
+    the zip declares for it. Time and memory grow linearly with the parts' size.
+
+    Raises ReadFailure 'corrupt', 'encrypted', 'empty', 'too_large' or 'missing_extra'."""
     docx = optional_import("docx", "docx", ".docx")
     if data.startswith(_OLE_MAGIC):
         # Password-protected Office files are OLE containers holding an 'EncryptedPackage' stream.
@@ -23,12 +30,43 @@ def read_docx(data: bytes) -> Parsed:
             raise ReadFailure("encrypted", "the .docx file is password-protected; save a copy without a password to index it")
         raise ReadFailure("corrupt", "this is an old binary Word file (.doc) named .docx; save it as .docx")
     try:
-        document = docx.Document(io.BytesIO(data))
+        package = io.BytesIO(data) if max_unpacked_bytes is None else _unpacked(data, max_unpacked_bytes)
+        document = docx.Document(package)
+        del package
         blocks, heading = _blocks(document)
         title = _core_title(document) or heading
+    except ReadFailure:
+        raise
     except Exception as err:  # zipfile, lxml and python-docx raise many kinds of errors on damaged files
         raise ReadFailure("corrupt", f"damaged .docx file: {one_line(err)}") from None
     return Parsed("\n\n".join(blocks), title)
+
+
+def _unpacked(data: bytes, limit: int) -> io.BytesIO:
+    """The package with every part unpacked (stored), for python-docx to read.
+
+    Fails as 'too_large' when the sizes in the zip's directory add up to more than `limit`. Each
+    part is unpacked in pieces and never beyond its declared size, so a directory that lies costs
+    nothing (python-docx alone would inflate a whole part at once, then cut it to that size)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as package, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+        entries = [entry for entry in package.infolist() if not entry.is_dir()]
+        total = sum(entry.file_size for entry in entries)
+        if total > limit:
+            biggest = max(entries, key=lambda entry: entry.file_size)
+            raise ReadFailure(
+                "too_large",
+                f"the .docx unpacks to {total / _MIB:.1f} MiB ({biggest.filename} alone "
+                f"{biggest.file_size / _MIB:.1f} MiB), over source.max_file_mb ({limit / _MIB:g}); "
+                f"raise the limit or exclude the file",
+            )
+        for entry in entries:
+            big = entry.file_size >= zipfile.ZIP64_LIMIT
+            with package.open(entry) as part, copy.open(entry.filename, "w", force_zip64=big) as target:
+                while piece := part.read(_MIB):  # zipfile stops at the declared size and checks the CRC there
+                    target.write(piece)
+    out.seek(0)
+    return out
 
 
 def _blocks(document) -> tuple[list[str], str | None]:
@@ -36,10 +74,10 @@ def _blocks(document) -> tuple[list[str], str | None]:
 
     blocks: list[str] = []
     heading = None
+    is_heading = _heading_test(document)
     for item in document.iter_inner_content():
         if isinstance(item, Table):
-            rows = [_row_line(row) for row in item.rows]
-            table = "\n".join(row for row in rows if row)
+            table = "\n".join(row for row in _row_lines(item) if row)
             if table:
                 blocks.append(table)
             continue
@@ -47,29 +85,55 @@ def _blocks(document) -> tuple[list[str], str | None]:
         if not text:
             continue
         blocks.append(text)
-        if heading is None and _is_heading(item):
+        if heading is None and is_heading(item):
             heading = " ".join(text.split())
     return blocks, heading
 
 
-def _row_line(row) -> str:
-    """'cell | cell' with a merged cell once (python-docx repeats it for every grid column it spans)."""
-    cells, previous = [], None
-    for cell in row.cells:
-        if cell._tc is not previous:
-            cells.append(" ".join(cell.text.split()))
-        previous = cell._tc
-    return " | ".join(cells) if any(cells) else ""
+def _row_lines(table) -> list[str]:
+    """'cell | cell' per row, a cell merged across columns once; a cell merged down several rows
+    shows its text in the first of them only, so the text stays as long as the file's (python-docx
+    repeats it in every row, finding the cell above by a recursive search: quadratic, and a
+    RecursionError for a cell merged down about a thousand rows)."""
+    from docx.table import _Cell
+
+    lines = []
+    for tr in table._tbl.tr_lst:
+        cells = ["" if tc.vMerge == "continue" else " ".join(_Cell(tc, table).text.split()) for tc in tr.tc_lst]
+        lines.append(" | ".join(cells) if any(cells) else "")
+    return lines
 
 
-def _is_heading(paragraph) -> bool:
-    # The style id ('Heading1') is there even when the file has no styles part to name it.
-    names = [paragraph._p.style or ""]
+def _heading_test(document) -> Callable[[object], bool]:
+    """Whether a paragraph is a heading: its style id or its style's name is 'Heading N' or 'Title'.
+
+    The styles are indexed once (python-docx searches every style for every paragraph). As in
+    python-docx, an unknown id, or one of a style that is not a paragraph style, means the
+    default paragraph style; the id alone counts when the file has no styles part to name it."""
+    from docx.enum.style import WD_STYLE_TYPE
+    from docx.styles import BabelFish
+
+    names: dict[str, str | None] = {}  # style id -> name, for paragraph styles
+    default = ""
     try:
-        names.append(paragraph.style.name if paragraph.style is not None else "")
-    except Exception:
-        pass
-    return any(_HEADING_STYLE.match(name) for name in names if name)
+        seen = set()
+        for style in document.styles.element.style_lst:
+            if style.styleId in seen:
+                continue  # the first style with an id wins
+            seen.add(style.styleId)
+            if style.type == WD_STYLE_TYPE.PARAGRAPH:
+                names[style.styleId] = BabelFish.internal2ui(style.name_val) if style.name_val is not None else None
+        default_style = document.styles.default(WD_STYLE_TYPE.PARAGRAPH)
+        default = (default_style.name or "") if default_style is not None else ""
+    except Exception:  # a damaged styles part costs the style names, not the document
+        names, default = {}, ""
+
+    def is_heading(paragraph) -> bool:
+        style_id = paragraph._p.style
+        name = names.get(style_id, default) if style_id else default
+        return any(_HEADING_STYLE.match(candidate) for candidate in (style_id, name) if candidate)
+
+    return is_heading
 
 
 def _core_title(document) -> str | None:

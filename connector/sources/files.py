@@ -7,6 +7,7 @@ import os
 import re
 import stat as stat_module
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -125,17 +126,22 @@ class FilesSource(Source):
       are dropped, block elements become line breaks, the title comes from <title>.
     - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
       pages' texts joined by blank lines; `metadata.page_count`; the title from the document info.
-    - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows) in document order; the title
-      from the core properties, else the first heading.
+    - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows; a cell merged down several
+      rows shows in the first) in document order; the title from the core properties, else the
+      first heading.
     - .jsonl: one JSON object per line, fields from `config.jsonl`; .csv: a header row, then one
       record per row, columns from `config.csv`. A bad line or row fails alone; one without a
       usable id fails as `path:line N`, one with an id but no usable text fails under its id (so
       the sync keeps what it stored for that id). A CSV without its id or text column fails as a
-      whole, under its path.
+      whole, under its path. A line or row over `config.max_record_mb` fails alone as 'too_large'
+      under `path:line N` (it is never held whole in memory).
     - Every failure has a `kind` (records.FAILURE_KINDS) and its file as `origin`: files with no
-      visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (record files
-      are streamed and have no limit), damaged ones as 'corrupt', password-protected ones as
-      'encrypted', and a format whose optional package is missing as 'missing_extra'.
+      visible text fail as 'empty', files over `config.max_file_mb` as 'too_large' (a .docx also
+      when its parts unpack to more; record files are streamed: see max_record_mb), damaged ones,
+      and any unexpected error of a reader (RecursionError, MemoryError, ...), as 'corrupt',
+      password-protected ones as 'encrypted', and a format whose optional package is missing as
+      'missing_extra'.
+    - Work per file is linear in its size (deeply nested HTML included).
     - A doc_id seen twice in one read (a record id repeated within its file): the second is a
       FailedDocument 'duplicate' named after where it is ('duplicate doc_id ... (first seen in
       ...)'); the first is kept.
@@ -155,6 +161,9 @@ class FilesSource(Source):
         self.root_real = Path(os.path.realpath(self.root))  # resolved again by read()
         self._include = [glob_to_regex(p) for p in config.include]
         self._exclude = [glob_to_regex(p) for p in config.exclude]
+        # A .docx is a zip: its parts count against the size limit unpacked.
+        max_docx = int(config.max_file_mb * _MIB)
+        self._readers = {**DOCUMENT_READERS, ".docx": partial(read_docx, max_unpacked_bytes=max_docx)}
         # 'drafts/**' excludes the folder itself: it is not even listed.
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")
@@ -244,12 +253,8 @@ class FilesSource(Source):
             yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
             return
         metadata: dict[str, Any] = {"path": rel, "modified": _modified(stat)}
-        if suffix == ".jsonl":
-            yield from jsonl_records(rel, stream, self.config.jsonl, metadata)
-            return
-        if suffix == ".csv":
-            limit = int(self.config.max_file_mb * _MIB)
-            yield from csv_records(rel, stream, self.config.csv, metadata, limit)
+        if suffix in RECORD_SUFFIXES:
+            yield from self._records(rel, stream, suffix, metadata)
             return
         if stat.st_size > self.config.max_file_mb * _MIB:
             stream.close()
@@ -266,11 +271,15 @@ class FilesSource(Source):
             yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
             return
         try:
-            parsed = DOCUMENT_READERS[suffix](data)
+            parsed = self._readers[suffix](data)
             if not has_visible_text(parsed.text):
                 raise ReadFailure("empty", "the file has no text" if data.strip() else "the file is empty")
         except ReadFailure as failure:
             yield FailedDocument(rel, failure.reason, kind=failure.kind), rel
+            return
+        except Exception as err:  # RecursionError, MemoryError, a reader's bug: the file fails, the sync goes on
+            del data
+            yield FailedDocument(rel, _crash_reason(suffix, err), kind="corrupt"), rel
             return
         del data
         metadata.update(parsed.metadata or {})
@@ -307,3 +316,26 @@ class FilesSource(Source):
             f"{rel} -> {real} is outside source.path ({self.root_real}); move the file into the folder, "
             f"or set source.follow_symlinks_outside: true to read files that symlinks lead to",
         )
+
+    def _records(
+        self, rel: str, stream: BinaryIO, suffix: str, metadata: dict[str, Any]
+    ) -> Iterator[tuple[Document | FailedDocument, str]]:
+        """The records of a .jsonl or .csv file. An unexpected error ends the file with a 'corrupt'
+        failure under its path: the records read before it stay, and the sync never prunes
+        documents that came from a file that failed."""
+        max_record = int(self.config.max_record_mb * _MIB)
+        if suffix == ".jsonl":
+            records = jsonl_records(rel, stream, self.config.jsonl, metadata, max_record)
+        else:
+            records = csv_records(rel, stream, self.config.csv, metadata, max_record)
+        try:
+            yield from records
+        except Exception as err:  # RecursionError, MemoryError, a reader's bug
+            yield FailedDocument(rel, _crash_reason(suffix, err), kind="corrupt"), rel
+
+
+def _crash_reason(suffix: str, err: Exception) -> str:
+    return (
+        f"reading the {suffix} file failed: {one_line(err)}; the file is damaged or built to exhaust readers: "
+        f"repair or re-save it, or exclude it"
+    )

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
-from bs4 import BeautifulSoup, NavigableString, UnicodeDammit
+from bs4 import BeautifulSoup, NavigableString, PageElement, Tag, UnicodeDammit
 
 from connector.sources.reading import Parsed, ReadFailure, binary_reason
 
 # HTML elements whose text is not content.
-_DROPPED_TAGS = ["script", "style", "noscript", "template", "head"]
-# Block elements, and whether they end a paragraph or a line, so paragraphs survive get_text().
-# They are marked with two control characters (removed from the page first), so nested blocks
-# give one break, not one per level.
+_DROPPED_TAGS = {"script", "style", "noscript", "template", "head"}
+# Block elements, and whether they end a paragraph or a line, so paragraphs survive. They are
+# marked with two control characters (removed from the page first), so nested blocks give one
+# break, not one per level.
 _LINE, _PARAGRAPH = "\x00", "\x01"
 _BLOCK_BREAKS = {
     **dict.fromkeys(
@@ -22,7 +23,10 @@ _BLOCK_BREAKS = {
     ),
     **dict.fromkeys("li tr dt dd caption br td th".split(), _LINE),
 }
-_BREAKS = re.compile(r"\s*[\x00\x01][\s\x00\x01]*")
+# Every maximal run of whitespace and markers (found in one linear scan; a pattern that must
+# end in a marker would rescan long whitespace runs inside <pre> from every position).
+_RUNS = re.compile(r"[\s\x00\x01]+")
+_SPACES = re.compile(r"\s+")
 _PRESERVE_WHITESPACE = {"pre", "textarea"}
 
 
@@ -40,17 +44,44 @@ def read_html(data: bytes) -> Parsed:
 
 
 def html_text(markup: str) -> tuple[str, str | None]:
-    """(text, title) of an HTML page."""
+    """(text, title) of an HTML page, in one walk of the tree: time and memory grow linearly
+    with the page, however deeply its elements nest."""
     soup = BeautifulSoup(markup.replace(_LINE, "").replace(_PARAGRAPH, ""), "lxml")
     title = " ".join(soup.title.get_text().split()) if soup.title else None
-    for tag in soup.find_all(_DROPPED_TAGS):
-        tag.decompose()
-    # HTML whitespace: any run is one space, except inside <pre>.
-    for string in soup.find_all(string=True):
-        if type(string) is NavigableString and not any(p.name in _PRESERVE_WHITESPACE for p in string.parents):
-            string.replace_with(re.sub(r"\s+", " ", string))
-    for tag in soup.find_all(list(_BLOCK_BREAKS)):
-        tag.insert_before(_BLOCK_BREAKS[tag.name])
-        tag.insert_after(_BLOCK_BREAKS[tag.name])
-    text = _BREAKS.sub(lambda m: "\n\n" if _PARAGRAPH in m.group(0) else "\n", soup.get_text())
+    text = _RUNS.sub(_break, "".join(_pieces(soup)))
     return text.strip(), title or None
+
+
+def _pieces(soup: BeautifulSoup) -> Iterator[str]:
+    """The page's strings in document order, with a break marker before and after each block
+    element; dropped elements are skipped, and whitespace runs become one space outside <pre>.
+
+    An explicit stack instead of recursion (no depth limit), and no change to the tree (bs4's
+    insert_after walks the subtree of the element, and a walk up to the root for every string
+    costs the depth: both are quadratic on deeply nested pages)."""
+    kept = soup.interesting_string_types  # the strings get_text() returns: no comments, doctypes, ...
+    preserving = 0  # how many <pre>/<textarea> enclose the current element
+    stack: list[tuple[Tag | None, Iterator[PageElement]]] = [(None, iter(soup.contents))]
+    while stack:
+        tag, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            if tag is not None:
+                preserving -= tag.name in _PRESERVE_WHITESPACE
+                yield _BLOCK_BREAKS.get(tag.name, "")
+        elif isinstance(child, Tag):
+            if child.name not in _DROPPED_TAGS:
+                yield _BLOCK_BREAKS.get(child.name, "")
+                preserving += child.name in _PRESERVE_WHITESPACE
+                stack.append((child, iter(child.contents)))
+        elif type(child) in kept:
+            yield child if preserving or type(child) is not NavigableString else _SPACES.sub(" ", child)
+
+
+def _break(run: re.Match[str]) -> str:
+    """A run of whitespace and markers: a blank line if it holds a paragraph marker, a line
+    break if it holds a line marker, else unchanged."""
+    if _PARAGRAPH in run.group(0):
+        return "\n\n"
+    return "\n" if _LINE in run.group(0) else run.group(0)

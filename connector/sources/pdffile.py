@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 
 from connector.records import Section
 from connector.sources.reading import Parsed, ReadFailure, one_line, optional_import
@@ -12,6 +13,8 @@ from connector.sources.reading import Parsed, ReadFailure, one_line, optional_im
 # pypdf logs a warning for every flaw it repairs; without logging configured, Python would print
 # them on stderr. A NullHandler keeps them out of the output, and configured handlers still get them.
 logging.getLogger("pypdf").addHandler(logging.NullHandler())
+# The first pypdf with limits on every decoded stream (keep in step with pyproject's `pdf` extra).
+_BOUNDED_PYPDF = (6, 10, 2)
 
 
 def read_pdf(data: bytes) -> Parsed:
@@ -21,6 +24,12 @@ def read_pdf(data: bytes) -> Parsed:
     Raises ReadFailure 'corrupt', 'encrypted' (a user password is set), 'empty' (no text layer)
     or 'missing_extra'."""
     pypdf = optional_import("pypdf", "pdf", ".pdf")
+    if _release(pypdf.__version__) < _BOUNDED_PYPDF:
+        raise ReadFailure(
+            "missing_extra",
+            f"pypdf {pypdf.__version__} does not bound decompressed streams (a small PDF could take all memory); "
+            f'reading .pdf files needs pypdf >= {".".join(map(str, _BOUNDED_PYPDF))}: pip install -U "connector[pdf]"',
+        )
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
         if reader.is_encrypted and _decrypt(reader, pypdf) is None:
@@ -42,6 +51,10 @@ def read_pdf(data: bytes) -> Parsed:
         raise ReadFailure("empty", f"no text in the PDF's {page_count} page(s) (a scan without a text layer?); run OCR on it first")
     text = "\n\n".join(section.text for section in sections)
     return Parsed(text, title, tuple(sections), {"page_count": page_count})
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(number) for number in re.findall(r"\d+", version)[:3])
 
 
 def _decrypt(reader, pypdf):

@@ -50,7 +50,8 @@ def optional_import(module: str, extra: str, suffix: str) -> ModuleType:
 
 
 def one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
+    detail = getattr(err, "strerror", None) or str(err)
+    text = f"{type(err).__name__}: {detail}" if detail else type(err).__name__  # MemoryError() has no message
     return " ".join(text.split())[:300]
 
 

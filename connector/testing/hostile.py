@@ -1,25 +1,30 @@
 """A corpus of real-world and hostile files for FilesSource, with the outcome it must give.
 
     from connector.testing.hostile import build_hostile_corpus
-    expected = build_hostile_corpus(Path("corpus"))          # small and fast
+    expected = build_hostile_corpus(Path("corpus"))          # small and fast (about a second)
     expected = build_hostile_corpus(Path("corpus"), big=True)  # with a 50 MB file and a 5 MB line
 
 `expected["synced"]` is the set of doc_ids that must load, `expected["failed"]` maps every doc_id
 that must fail to its kind (records.FAILURE_KINDS), and `expected["texts"]` gives the exact text of
 the documents whose decoding is the point of the case. The outcome is for a FilesSource with the
-default config (`max_file_mb` given here if yours differs); when the `pdf` or `docx` extra is not
+default config (`max_file_mb` and `max_record_mb` given here if yours differ); when the `pdf` or `docx` extra is not
 installed, the files of that format are expected to fail as 'missing_extra'.
 
-No optional package is needed to build the corpus: PDF and DOCX files are written by hand.
+No optional package is needed to build the corpus: PDF and DOCX files are written by hand. Among
+the hostile cases: HTML nested 20 000 levels deep, a .docx and a PDF that unpack to more than
+their limits ("zip bombs"), a .docx whose zip directory lies about a part's size, and a JSONL line
+and a CSV row over `max_record_mb`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ ENCODED_SAMPLES: dict[str, tuple[str, str]] = {
     ),
 }
 
+_MIB = 1024 * 1024
 _LOREM = (
     "The connector keeps a vector store in sync with a body of documents. "
     "Every chunk is encoded once; unchanged documents cost nothing.\n"
@@ -70,6 +76,33 @@ def minimal_pdf(pages: list[str], title: str | None = None, encrypt_stub: bool =
     if encrypt_stub:
         objects.append(b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -4 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32 + b"> >>")
         trailer += b" /Encrypt %d 0 R /ID [<00112233445566778899aabbccddeeff> <00112233445566778899aabbccddeeff>]" % len(objects)
+    return _assemble_pdf(objects, trailer)
+
+
+def pdf_bomb(inflated_mib: int = 80) -> bytes:
+    """A one-page PDF whose FlateDecode content stream inflates to `inflated_mib` MiB (of spaces,
+    then one line of text) from about 1/1000 of that: more than pypdf's 75 MB output limit by default."""
+    return _pdf_bomb(inflated_mib)
+
+
+@functools.lru_cache(maxsize=2)
+def _pdf_bomb(inflated_mib: int) -> bytes:
+    compressor = zlib.compressobj(6)
+    spaces = b" " * _MIB
+    stream = b"".join([compressor.compress(spaces) for _ in range(inflated_mib)])
+    stream += compressor.compress(b"BT /F1 12 Tf 72 712 Td (bomb) Tj ET") + compressor.flush()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    return _assemble_pdf(objects, b"")
+
+
+def _assemble_pdf(objects: list[bytes], trailer: bytes) -> bytes:
+    """A PDF file of numbered objects (the first is the catalog) with its cross-reference table."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -143,11 +176,47 @@ def minimal_docx(blocks: list[Any], title: str | None = None) -> bytes:
     return out.getvalue()
 
 
-def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100) -> dict[str, Any]:
+def docx_bomb(unpacked_mib: float) -> bytes:
+    """A .docx whose word/document.xml unpacks to more than `unpacked_mib` MiB, from about a
+    hundredth of that (one paragraph repeated)."""
+    return _docx_bomb(unpacked_mib)
+
+
+@functools.lru_cache(maxsize=2)
+def _docx_bomb(unpacked_mib: float) -> bytes:
+    paragraph = b'<w:p><w:r><w:t xml:space="preserve">lorem ipsum</w:t></w:r></w:p>' * 16384  # 1 MiB
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(minimal_docx(["x"]))) as skeleton, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for name in skeleton.namelist():
+            if name != "word/document.xml":
+                z.writestr(name, skeleton.read(name))
+        with z.open("word/document.xml", "w", force_zip64=True) as document:
+            document.write(f'<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="{_W}"><w:body>'.encode())
+            for _ in range(int(unpacked_mib) + 1):
+                document.write(paragraph)
+            document.write(b"</w:body></w:document>")
+    return out.getvalue()
+
+
+def lying_docx(actual_bytes: int = 2 * 10**6, declared_bytes: int = 1000) -> bytes:
+    """A .docx whose zip directory says word/document.xml is `declared_bytes` long while it
+    inflates to `actual_bytes`."""
+    data = bytearray(minimal_docx(["lorem ipsum " * (actual_bytes // 12)]))
+    name = b"word/document.xml"
+    entry = data.index(b"PK\x01\x02")  # the zip directory's first entry
+    while data[entry + 46 : entry + 46 + len(name)] != name:  # the fixed part of a directory entry is 46 bytes
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + 24 : entry + 28] = declared_bytes.to_bytes(4, "little")  # its uncompressed size
+    return bytes(data)
+
+
+def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100, max_record_mb: float = 10) -> dict[str, Any]:
     """Write every real-world and hostile case into `root`; return the outcome FilesSource must give.
 
-    `big=True` makes the big file 50 MB and the long line 5 MB (default: 2 MB and 256 KB).
-    `max_file_mb` is the source's limit; a sparse file one byte over it tests 'too_large'."""
+    `big=True` makes the big file 50 MB, the long line 5 MB and the nested HTML 100 000 levels deep
+    (default: 2 MB, 256 KB and 20 000). `max_file_mb` and `max_record_mb` are the source's limits:
+    a sparse file one byte over the first and a .docx unpacking to more test 'too_large', and so do
+    a JSONL line and a CSV row over the second."""
     root = Path(root).resolve()  # symlinks in the corpus point at absolute paths
     root.mkdir(parents=True, exist_ok=True)
     synced: set[str] = set()
@@ -239,6 +308,22 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     put("hostile/bad-row.csv", "id,text\nrow-1,fine\nrow-2,too,many,fields\nrow-3,fine too\n",
         records={"hostile/bad-row.csv#row-1": None, "hostile/bad-row.csv:line 3": "malformed",
                  "hostile/bad-row.csv#row-3": None})
+    # --- bounded work per document: linear time, limited memory, one failure per bad record ------
+    depth = 100_000 if big else 20_000
+    put("hostile/deeply-nested.html", "<html><body>" + "<div>" * depth + "deep text" + "</div>" * depth + "</body></html>",
+        text="deep text")
+    put("hostile/docx-bomb.docx", docx_bomb(max_file_mb), "too_large", extra="docx")
+    put("hostile/docx-lying-size.docx", lying_docx(), "corrupt", extra="docx")
+    put("hostile/pdf-bomb.pdf", pdf_bomb(), "corrupt", extra="pdf")
+    over = int(max_record_mb * _MIB) + 1024
+    put("hostile/long-record.jsonl", '{"id": "long-jsonl-1", "text": "before"}\n'
+        + json.dumps({"id": "long-jsonl-2", "text": "x" * over}) + '\n{"id": "long-jsonl-3", "text": "after"}\n',
+        records={"hostile/long-record.jsonl#long-jsonl-1": None, "hostile/long-record.jsonl:line 2": "too_large",
+                 "hostile/long-record.jsonl#long-jsonl-3": None})
+    quoted = '"' + ('he said ""hi""\n' + "y" * 1000 + "\n") * (over // 1000) + '"'  # one row of many lines
+    put("hostile/long-row.csv", f"id,text\nlong-csv-1,before\nlong-csv-2,{quoted}\nlong-csv-3,after\n",
+        records={"hostile/long-row.csv#long-csv-1": None, "hostile/long-row.csv:line 3": "too_large",
+                 "hostile/long-row.csv#long-csv-3": None})
     too_large = root / "hostile/too-large.txt"
     with open(too_large, "wb") as f:  # sparse: takes no disk space, and the source never reads it
         f.write(b"too large\n")
