@@ -13,13 +13,20 @@ from connector.sources.reading import Parsed, ReadFailure, one_line, optional_im
 # them on stderr. A NullHandler keeps them out of the output, and configured handlers still get them.
 logging.getLogger("pypdf").addHandler(logging.NullHandler())
 
+_NO_AES = (
+    "the PDF is AES-encrypted and reading it needs the cryptography package, which the pdf extra "
+    'brings; install it with: pip install "connector[pdf]"'
+)
+
 
 def read_pdf(data: bytes) -> Parsed:
     """Pages as sections ({"page": n}, 1-based; pages without text are left out), the text being
     their texts joined by blank lines, the title from the document info.
 
-    Raises ReadFailure 'corrupt', 'encrypted' (a user password is set), 'empty' (no text layer)
-    or 'missing_extra'."""
+    An encrypted PDF is opened with the empty user password (encrypted only against editing or
+    printing: anyone can read it). Raises ReadFailure 'corrupt', 'encrypted' (a user password is
+    set), 'empty' (no text layer) or 'missing_extra' (pypdf, or the cryptography package that
+    AES-encrypted PDFs need, is not installed)."""
     pypdf = optional_import("pypdf", "pdf", ".pdf")
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
@@ -34,6 +41,8 @@ def read_pdf(data: bytes) -> Parsed:
         title = _title(reader)
     except ReadFailure:
         raise
+    except pypdf.errors.DependencyError as err:  # raised wherever pypdf first decrypts AES data
+        raise ReadFailure("missing_extra", _NO_AES + f" ({one_line(err)})") from None
     except pypdf.errors.FileNotDecryptedError:
         raise ReadFailure("encrypted", "the PDF is password-protected; save a copy without a password to index it") from None
     except Exception as err:  # pypdf raises many kinds of errors on damaged files
@@ -45,13 +54,8 @@ def read_pdf(data: bytes) -> Parsed:
 
 
 def _decrypt(reader, pypdf):
-    """Open a PDF that has only an owner password (readable by anyone); None if a password is needed."""
-    try:
-        result = reader.decrypt("")
-    except pypdf.errors.DependencyError as err:
-        raise ReadFailure(
-            "missing_extra", f"the PDF is AES-encrypted; reading it needs the cryptography package: pip install cryptography ({one_line(err)})"
-        ) from None
+    """Open a PDF with the empty user password; None if it needs a real one."""
+    result = reader.decrypt("")
     return None if result == pypdf.PasswordType.NOT_DECRYPTED else result
 
 
