@@ -18,7 +18,7 @@ from connector.config import DEFAULT_INCLUDE, CsvColumns, FilesSourceConfig
 from connector.records import FAILURE_KINDS, Document, FailedDocument
 from connector.sources.files import FilesSource
 from connector.sources.reading import ReadFailure
-from connector.sources.textfile import decode_text
+from connector.sources.decoding import decode_text
 from connector.testing.hostile import ENCODED_SAMPLES, build_hostile_corpus, minimal_docx, minimal_pdf
 
 
