@@ -51,16 +51,30 @@ _LANGUAGE_OF_CODEC = {
 }
 # The most frequent characters of written Chinese (simplified and traditional, and Cantonese's own):
 # in real Chinese text they are a third of all characters; in other bytes read as Chinese, a few.
+# (Not the simplest kanji: EUC-JP's kana read as Big5 are Big5's first, fewest-stroke characters.)
 _FREQUENT_HAN = frozenset(
     "的一是不了在人有我他这个们中来上大为和国地到以说时要就出会可也你对生能而子那得于着下自之年过发后作里"
     "用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些主样理心她本前开但因只从想实"
     "這個們來為國說時會對過發後裡麼經現當沒動還進樣開實從點長間體總與問題關係區電話"
     "嘅咗佢哋唔係喺啲嗰冇乜嘢咁噉嚟睇"
-    "日本長出三見月分生五間東四今金九入高円外八六下気七山話女北午百書先名川千水半男西校語土木聞食車何南"
-    "万毎白天母火右読友左休父雨"
 )
-_MIN_FREQUENT_HAN = 0.2
+# Hiragana that Japanese text hardly uses (small vowels, obsolete kana, p-sounds: loanwords are in
+# katakana); EUC-KR's composed syllables read as EUC-JP start with 'ぴ'.
+_RARE_HIRAGANA = frozenset("ぁぃぅぇぉゎゐゑゔゕゖぱぴぷぺぽ")
+# The most frequent hiragana (particles and endings) and Hangul syllables.
+_FREQUENT_HIRAGANA = frozenset("のにるたとはしいをでてがなれからさっりすあもこまうくよきんめおけそつだ")
+_FREQUENT_HANGUL = frozenset(
+    "이다에의는로하을가고지서한은기으년대사시를리도인스일자수정아어나게요니있해적전부성주상제연과국세보여와"
+    "들것만무장실동라내비원소조생경마우계화위진신안오었면문선개구결관트드공습"
+)
+# Real text has at least this share of its language's frequent characters above.
+_MIN_FREQUENT = 0.2
 _MAX_HANJA = 0.25
+# One Chinese character inside a Hangul word: hanja words are written whole (文書, 大韓民國).
+_LONE_HANJA = re.compile(r"(?<=[\uac00-\ud7a3])[\u4e00-\u9fff](?=[\uac00-\ud7a3])")
+# What a reading in another language than its codec's costs: a kanji-only Japanese title alone
+# may pass, but it loses to any clean reading in the right language.
+_LANGUAGE_MISMATCH = 0.5
 # A reading whose unlikeliness (unlikely characters per non-ASCII character, plus
 # charset-normalizer's mess ratio) is above this is not text in that encoding.
 MAX_UNLIKELINESS = 0.25
@@ -173,9 +187,13 @@ def _legacy(data: bytes, declared: str | None, first: str) -> tuple[str, str]:
     """A legacy (non-Unicode) encoding: the declared one if it reads well, else the best reading."""
     declared = _DECLARED_ALIASES.get(declared, declared)
     if declared and not declared.startswith(("utf_16", "utf_32", "utf_8")):  # bytes without NULs are not UTF-16
-        readings = _readings(data, (declared,))
-        if readings and readings[0].unlikeliness <= MAX_UNLIKELINESS:
-            return readings[0].text, readings[0].codec
+        try:
+            text = data.decode(declared)
+        except (UnicodeDecodeError, LookupError):
+            pass
+        else:  # the file's own word: only noise overrules it
+            if unlikeliness(text) <= MAX_UNLIKELINESS:
+                return text, declared
     readings = _readings(data, _CJK_CODECS + _charset_normalizer_guess(data))
     best = _best(readings)
     if best is None or best.unlikeliness > MAX_UNLIKELINESS:
@@ -246,7 +264,7 @@ def mess(text: str) -> float:
 def unlikeliness(text: str, language: str | None = None) -> float:
     """How unlike real text a decoding is: 0 for clean text. The share of its non-ASCII characters
     that real text rarely holds (see `_unlikely_characters`), plus, for Chinese, Japanese and
-    Korean, 1 if the text is not in the `language` its codec is made for (EUC-KR bytes read as
+    Korean, a penalty if the text is not in the `language` its codec is made for (EUC-KR bytes read as
     GB2312 give pure Chinese characters, EUC-JP bytes read as GB2312 keep their kana), and for
     other text charset-normalizer's mess ratio."""
     sample = text[:_MESS_CHARS]
@@ -259,15 +277,28 @@ def unlikeliness(text: str, language: str | None = None) -> float:
     # charset-normalizer's mess detector flags real Japanese ('色々な') and Korean: not used here
     found = _cjk_language(non_ascii)
     if language and found != language:
-        return share + 1
+        return share + _LANGUAGE_MISMATCH
     han = [c for c in non_ascii if _script(c) == "han"]
-    if found == "zh":  # no kana or Hangul to go by: real Chinese is made of its most frequent characters
-        frequent = sum(c in _FREQUENT_HAN for c in han) / len(han)
-        share += max(0.0, _MIN_FREQUENT_HAN - frequent) * 2
-    elif found == "ko":  # Korean is written in Hangul, with a few Chinese characters (hanja) at most
+    # real text is largely made of its language's most frequent characters; a misreading is not
+    if found == "zh":
+        share += _infrequency(han, _FREQUENT_HAN)
+    elif found == "ja":
+        share += _infrequency([c for c in non_ascii if "\u3041" <= c <= "\u309f"], _FREQUENT_HIRAGANA)
+    else:  # Korean is written in Hangul, with a few words in Chinese characters (hanja)
+        share += _infrequency([c for c in non_ascii if _script(c) == "hangul"], _FREQUENT_HANGUL)
         share += max(0.0, len(han) / len(non_ascii) - _MAX_HANJA) * 2
+        share += len(_LONE_HANJA.findall(sample)) / len(non_ascii)
     rare = sum(1 for c in han if c not in _FREQUENT_HAN and not _common_ideograph(c, found))
     return share + 0.5 * rare / len(non_ascii)
+
+
+def _infrequency(chars: list[str], frequent: frozenset[str]) -> float:
+    """How far the share of frequent characters falls short of what real text has (0 to 0.4),
+    weighted by how many characters there are to judge (a few say little)."""
+    if not chars:
+        return 0.0
+    found = sum(c in frequent for c in chars) / len(chars)
+    return max(0.0, _MIN_FREQUENT - found) * 2 * min(1.0, len(chars) / 10)
 
 
 def _cjk_language(chars: list[str]) -> str:
@@ -283,7 +314,7 @@ def _unlikely_characters(non_ascii: list[str], sample: str) -> float:
     """Weighted count of characters that a wrong decoding produces and real text rarely holds:
     controls, private-use and unassigned code points; lone Hangul jamo and half-width forms
     (what Korean or Japanese bytes read with the wrong codec turn into); Hangul syllables outside
-    the 2 350 of KS X 1001 (rare ideographs are counted by `unlikeliness`); letters of
+    the 2 350 of KS X 1001 (rare ideographs are counted by `unlikeliness`); rare hiragana; letters of
     a second script beside the text's main one (kana in Korean); and accented Latin letters
     strung together with no ASCII letter between them (CJK bytes read as a single-byte code)."""
     scripts = [_script(c) for c in non_ascii]
@@ -298,6 +329,8 @@ def _unlikely_characters(non_ascii: list[str], sample: str) -> float:
             unlikely += 0 if char * 2 in sample else 1
         elif script == "hangul" and not _common_hangul(char):
             unlikely += 0.5
+        elif char in _RARE_HIRAGANA:
+            unlikely += 1
         elif script not in ("han", "other", main) and not (script == "latin" and main is None):
             unlikely += 1
     if main == "latin":
