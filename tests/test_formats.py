@@ -19,7 +19,9 @@ from connector.records import FAILURE_KINDS, Document, FailedDocument
 from connector.sources.files import FilesSource
 from connector.sources.reading import ReadFailure
 from connector.sources.decoding import decode_text
-from connector.testing.hostile import ENCODED_SAMPLES, build_hostile_corpus, minimal_docx, minimal_pdf
+from connector.testing.hostile import (
+    DECLARED_HTML_SAMPLES, ENCODED_SAMPLES, build_hostile_corpus, minimal_docx, minimal_pdf,
+)
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -107,6 +109,34 @@ def test_damaged_utf8_fails_with_encoding_and_the_offset(tmp_path):
 def test_bytes_no_encoding_fits_fail_with_encoding(tmp_path):
     write(tmp_path / "noise.txt", bytes(range(0x80, 0x100)) * 8)
     failed(only(tmp_path), "encoding")
+
+
+@pytest.mark.parametrize("name", list(DECLARED_HTML_SAMPLES))
+def test_html_is_decoded_with_its_declared_charset(tmp_path, name):
+    encoding, markup, text = DECLARED_HTML_SAMPLES[name]
+    write(tmp_path / name, markup.encode(encoding))
+    doc = only(tmp_path)
+    assert isinstance(doc, Document), doc
+    assert doc.text == text and doc.metadata["title"] in ("図書館", "도서관", "UTF-8")
+
+
+def test_iso2022_and_hz_signals_do_not_misfire(tmp_path):
+    cases = {
+        "ansi.txt": b"\x1b(B\x1b[mplain \x1b[31mred\x1b[0m text\n",  # tput's reset and colours: not ISO-2022
+        "tilde.md": b"Use ~{ab~} in the template, then ~{cd~}.\n",  # a tilde before braces: not HZ
+    }
+    for name, data in cases.items():
+        write(tmp_path / name, data)
+    items = read_all(tmp_path)
+    for name, data in cases.items():
+        assert items[name].text == data.decode("ascii") and "encoding" not in items[name].metadata
+
+
+def test_two_equally_plausible_readings_fail_instead_of_storing_mojibake(tmp_path):
+    # Korean in cp949; read as Big5-HKSCS it is '巩狼 ⑾ 02-123-4567', which the old detector stored
+    write(tmp_path / "phone.txt", "문의 ☎ 02-123-4567\n".encode("cp949"))
+    reason = failed(only(tmp_path), "encoding").reason
+    assert "cp949" in reason and "big5hkscs" in reason and "UTF-8" in reason
 
 
 @settings(max_examples=200, deadline=None)

@@ -81,6 +81,8 @@ MAX_UNLIKELINESS = 0.25
 # Two different readings whose unlikeliness differs by less than this are equally plausible.
 AMBIGUITY_MARGIN = 0.03
 _DETECT_BYTES = 1024 * 1024
+# Control characters no text holds (tab, line breaks, form feed and escape are text).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
 _MESS_CHARS = 64 * 1024
 
 
@@ -119,9 +121,15 @@ def declared_charset(data: bytes) -> str | None:
         return None
     label = (match.group(1) or match.group(2)).decode("ascii", "replace")
     try:
-        return codecs.lookup(label).name.replace("-", "_")
+        info = codecs.lookup(label)
     except LookupError:
         return None
+    name = info.name.replace("-", "_")
+    # Python also knows transforms and escapes by these names: no page is written in them
+    return None if not info._is_text_encoding or name in _NOT_CHARSETS else name
+
+
+_NOT_CHARSETS = {"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined", "utf_7"}
 
 
 _DECLARATION = re.compile(
@@ -145,12 +153,24 @@ def _decode_with_bom(data: bytes, codec: str) -> tuple[str, str | None]:
 
 
 def _wide_unicode(data: bytes) -> tuple[str, str | None]:
-    """UTF-16 or UTF-32 without a byte order mark (their NUL bytes are the sign), else binary."""
-    readings = _readings(data, _WIDE_UNICODE)
+    """UTF-16 or UTF-32 without a byte order mark (their NUL bytes are the sign), else binary.
+    The start of the file picks the codec (binary files are big); then the whole must decode."""
+    head = data[:_DETECT_BYTES]
+    readings = []
+    for codec in _WIDE_UNICODE:
+        try:
+            text = codecs.getincrementaldecoder(codec)().decode(head, final=len(head) == len(data))
+        except UnicodeDecodeError:
+            continue
+        if not _CONTROL_CHARACTERS.search(text):
+            readings.append(_Reading(codec, text, unlikeliness(text)))
     best = _best(readings)
     if best is None or best.unlikeliness > MAX_UNLIKELINESS:
         raise ReadFailure("binary", binary_reason(data) or "binary content, not text")
-    return best.text, best.codec
+    try:
+        return data.decode(best.codec), best.codec
+    except UnicodeDecodeError as err:
+        raise ReadFailure("encoding", f"starts as {best.codec.upper()} text but is not valid {best.codec.upper()} at byte {err.start}; save the file as UTF-8") from None
 
 
 def _iso2022(data: bytes) -> tuple[str, str]:

@@ -37,6 +37,50 @@ ENCODED_SAMPLES: dict[str, tuple[str, str]] = {
         "Le café de la rue était fermé. Nous avons mangé une crème brûlée à côté, "
         "près de la fenêtre où l'été brillait. Grüße aus München!\n",
     ),
+    # Each of these was refused or stored garbled before the decoder weighed every signal.
+    "ja-shift-jis-iteration-mark.txt": (  # '色々' made charset-normalizer give up
+        "shift_jis", "多くの利用者は色々な形式の文書を同期したいと考えています。\n設定ファイルを一つ書けば、変更された文書だけが毎晩更新されます。\n"
+    ),
+    "ja-euc-jp.txt": (  # read as EUC-KR mojibake
+        "euc_jp", "多くの利用者は色々な形式の文書を同期したいと考えています。\n人々の意見は様々でしたが、最後には全員が賛成しました。\n"
+    ),
+    "ja-iso2022-jp.txt": ("iso2022_jp", "図書館の本は二週間まで借りられます。\n返却が遅れた場合は、窓口にご連絡ください。\n"),
+    "ko-cp949-chat.txt": ("cp949", "ㅋㅋㅋ 똠얌꿍 진짜 맛있었어요 ㅠㅠ 또 가고 싶다 ♡\n햏님도 다음에 같이 가요!\n"),
+    "ko-johab.txt": ("johab", "어제는 똠얌꿍과 쌀국수를 먹었어요. 뷁!\n다음에 또 가요.\n"),  # read as cp949 mojibake
+    "ko-iso2022-kr.txt": ("iso2022_kr", "도서관의 책은 이 주일 동안 빌릴 수 있습니다.\n반납이 늦어지면 창구로 연락해 주세요.\n"),
+    "zh-hk-big5hkscs.txt": ("big5hkscs", "佢嘅𨋢壞咗。\n"),  # HKSCS characters; read as cp932 mojibake
+    "zh-hz.txt": ("hz", "图书馆的书可以借两个星期。\n如果不能按时归还，请联系服务台。\n"),  # stored with its ~{ ~} escapes
+    "utf16-le-no-bom.txt": ("utf-16-le", "No byte order mark: 图书馆的书可以借两个星期。\n"),  # NUL bytes: 'binary'
+    "utf16-be-no-bom.txt": ("utf-16-be", "도서관의 책은 이 주일 동안 빌릴 수 있습니다.\n"),
+    "utf32-le-no-bom.txt": ("utf-32-le", "UTF-32 without a mark: 多くの利用者 😀\n"),
+}
+
+#: HTML pages in the charset they declare: name -> (encoding, markup, the page's exact text).
+#: UTF-16/32 without a byte order mark were refused as binary (their NUL bytes) before.
+_LIBRARY_PAGE = (
+    '<html><head><meta charset="{charset}"><title>図書館</title></head>'
+    "<body><p>多くの利用者は色々な形式の文書を同期したいと考えています。</p></body></html>"
+)
+DECLARED_HTML_SAMPLES: dict[str, tuple[str, str, str]] = {
+    "utf16-le-no-bom.html": ("utf-16-le", _LIBRARY_PAGE.format(charset="utf-16"), "多くの利用者は色々な形式の文書を同期したいと考えています。"),
+    "utf16-be-no-bom.html": ("utf-16-be", _LIBRARY_PAGE.format(charset="utf-16"), "多くの利用者は色々な形式の文書を同期したいと考えています。"),
+    "utf32-le-no-bom.html": ("utf-32-le", _LIBRARY_PAGE.format(charset="utf-32"), "多くの利用者は色々な形式の文書を同期したいと考えています。"),
+    "shift-jis-http-equiv.html": (
+        "shift_jis",
+        '<html><head><meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS"><title>図書館</title></head>'
+        "<body><p>人々の意見は様々でした。</p></body></html>",
+        "人々の意見は様々でした。",
+    ),
+    "euc-kr-xml-declaration.html": (
+        "euc_kr",
+        '<?xml version="1.0" encoding="EUC-KR"?><html><head><title>도서관</title></head>'
+        "<body><p>반납이 늦어지면 창구로 연락해 주세요.</p></body></html>",
+        "반납이 늦어지면 창구로 연락해 주세요.",
+    ),
+    "utf8-declared-shift-jis.html": (  # the declaration is wrong: valid UTF-8 wins, as in browsers' sniffing
+        "utf-8", '<html><head><meta charset="shift_jis"><title>UTF-8</title></head><body><p>Grüße, 中文</p></body></html>',
+        "Grüße, 中文",
+    ),
 }
 
 _LOREM = (
@@ -175,6 +219,8 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     # --- formats that must load -------------------------------------------------------------------
     for name, (encoding, text) in ENCODED_SAMPLES.items():
         put(f"formats/{name}", text.encode(encoding), text=text.removeprefix("\ufeff"))
+    for name, (encoding, markup, text) in DECLARED_HTML_SAMPLES.items():
+        put(f"formats/{name}", markup.encode(encoding), text=text)
     put("formats/guide.md", "# Setup guide\n\nInstall it, then run `connector sync`.\n",
         text="# Setup guide\n\nInstall it, then run `connector sync`.\n")
     put("formats/page.html", "<html><head><title>Help</title><script>x()</script></head><body><p>Open settings.</p></body></html>",
