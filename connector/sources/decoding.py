@@ -42,6 +42,14 @@ _PREFERRED = (
     "cp1252", "latin_1", "gb18030", "big5", "cp932", "shift_jis", "euc_jp", "euc_kr", "cp949",
     "cp1251", "cp1250", "koi8_r", "iso8859_15",
 )
+# <?xml ... encoding="..."?>, <meta charset="...">, <meta http-equiv=... content="...; charset=...">
+_DECLARATION = re.compile(
+    rb"""<\?xml[^>]*?encoding\s*=\s*["']([\w.:-]+)["']"""
+    rb"""|<meta[^>]*?charset\s*=\s*["']?\s*([\w.:-]+)""",
+    re.IGNORECASE,
+)
+# Python knows transforms and escapes by these names too: no page is written in them.
+_NOT_CHARSETS = {"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined", "utf_7"}
 # The WHATWG rule browsers follow: a page declared as ASCII or Latin-1 is read as windows-1252.
 _DECLARED_ALIASES = {"ascii": "cp1252", "latin_1": "cp1252"}
 _LANGUAGE_OF_CODEC = {
@@ -70,6 +78,7 @@ _FREQUENT_HANGUL = frozenset(
 # Real text has at least this share of its language's frequent characters above.
 _MIN_FREQUENT = 0.2
 _MAX_HANJA = 0.25
+_REPEATED_JAMO = re.compile(r"([\u3131-\u318e])\1")
 # One Chinese character inside a Hangul word: hanja words are written whole (文書, 大韓民國).
 _LONE_HANJA = re.compile(r"(?<=[\uac00-\ud7a3])[\u4e00-\u9fff](?=[\uac00-\ud7a3])")
 # What a reading in another language than its codec's costs: a kanji-only Japanese title alone
@@ -78,8 +87,12 @@ _LANGUAGE_MISMATCH = 0.5
 # A reading whose unlikeliness (unlikely characters per non-ASCII character, plus
 # charset-normalizer's mess ratio) is above this is not text in that encoding.
 MAX_UNLIKELINESS = 0.25
+# Text behind a UTF-16/32 byte order mark with a higher mess ratio is noise with a mark.
+_MAX_BOM_MESS = 0.1
 # Two different readings whose unlikeliness differs by less than this are equally plausible.
 AMBIGUITY_MARGIN = 0.03
+# Ideographs (unified, extensions A to H, compatibility) and the iteration marks 々 〆 〇.
+_HAN_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x3134F), (0xF900, 0xFAFF), (0x3005, 0x3007))
 _DETECT_BYTES = 1024 * 1024
 # Control characters no text holds (tab, line breaks, form feed and escape are text).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
@@ -125,18 +138,8 @@ def declared_charset(data: bytes) -> str | None:
     except LookupError:
         return None
     name = info.name.replace("-", "_")
-    # Python also knows transforms and escapes by these names: no page is written in them
     return None if not info._is_text_encoding or name in _NOT_CHARSETS else name
 
-
-_NOT_CHARSETS = {"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined", "utf_7"}
-
-
-_DECLARATION = re.compile(
-    rb"""<\?xml[^>]*?encoding\s*=\s*["']([\w.:-]+)["']"""
-    rb"""|<meta[^>]*?charset\s*=\s*["']?\s*([\w.:-]+)""",
-    re.IGNORECASE,
-)
 
 
 def _decode_with_bom(data: bytes, codec: str) -> tuple[str, str | None]:
@@ -144,7 +147,7 @@ def _decode_with_bom(data: bytes, codec: str) -> tuple[str, str | None]:
         text = data.decode(codec)
     except UnicodeDecodeError as err:
         raise ReadFailure("encoding", f"not valid {codec.upper()} despite its byte order mark: {err.reason} at byte {err.start}") from None
-    if codec != "utf-8-sig" and mess(text) > 0.1:
+    if codec != "utf-8-sig" and mess(text) > _MAX_BOM_MESS:
         # Any even number of bytes decodes as UTF-16: a mark at the start is not proof.
         raise ReadFailure(
             "encoding", f"starts with a {codec.upper()} byte order mark but is not {codec.upper()} text; save the file as UTF-8"
@@ -340,13 +343,14 @@ def _unlikely_characters(non_ascii: list[str], sample: str) -> float:
     scripts = [_script(c) for c in non_ascii]
     counts = {s: scripts.count(s) for s in set(scripts) if s not in ("han", "other")}
     main = max(counts, key=counts.get, default=None)
+    repeated_jamo = set(_REPEATED_JAMO.findall(sample))
     unlikely = 0.0
     for char, script in zip(non_ascii, scripts):
         category = unicodedata.category(char)
         if category in ("Cc", "Co", "Cn", "Cs") or "\uff61" <= char <= "\uffdc":
             unlikely += 1
         elif "\u3131" <= char <= "\u318e":  # a lone jamo; repeated ones are chat ('ㅋㅋ', 'ㅠㅠ')
-            unlikely += 0 if char * 2 in sample else 1
+            unlikely += 0 if char in repeated_jamo else 1
         elif script == "hangul" and not _common_hangul(char):
             unlikely += 0.5
         elif char in _RARE_HIRAGANA:
@@ -364,7 +368,7 @@ def _script(char: str) -> str:
         return "kana"
     if 0xAC00 <= code <= 0xD7A3:
         return "hangul"
-    if 0x4E00 <= code <= 0x9FFF or 0x3005 <= code <= 0x3007 or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x3134F or 0xF900 <= code <= 0xFAFF:
+    if any(low <= code <= high for low, high in _HAN_RANGES):
         return "han"
     if not unicodedata.category(char).startswith("L"):
         return "other"
@@ -387,7 +391,7 @@ def _common_ideograph(char: str, language: str) -> bool:
         return 0xB0 <= _first_byte(char, "euc_jp") <= 0xCF
     if language == "ko":
         return 0xCA <= _first_byte(char, "euc_kr") <= 0xFD
-    return 0xB0 <= _first_byte(char, "gb2312") <= 0xD7 or 0xA440 <= int.from_bytes(_encoded(char, "cp950")) <= 0xC67E
+    return 0xB0 <= _first_byte(char, "gb2312") <= 0xD7 or 0xA440 <= int.from_bytes(_encoded(char, "cp950"), "big") <= 0xC67E
 
 
 @lru_cache(maxsize=16384)

@@ -8,18 +8,21 @@
 that must fail to its kind (records.FAILURE_KINDS), and `expected["texts"]` gives the exact text of
 the documents whose decoding is the point of the case. The outcome is for a FilesSource with the
 default config (`max_file_mb` given here if yours differs); when the `pdf` or `docx` extra is not
-installed, the files of that format are expected to fail as 'missing_extra'.
+installed, the files of that format are expected to fail as 'missing_extra' (the AES-encrypted PDF
+also when `cryptography`, which the `pdf` extra brings, is missing).
 
 No optional package is needed to build the corpus: PDF and DOCX files are written by hand.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,31 @@ def minimal_pdf(pages: list[str], title: str | None = None, encrypt_stub: bool =
     return bytes(out)
 
 
+#: A one-page PDF encrypted with AES-256 (revision 6) and an empty user password, as pypdf writes it
+#: (zlib + base64): anyone may open it, but reading it needs AES (the `cryptography` package).
+#: Such PDFs failed as 'corrupt' when only pypdf was installed.
+_AES_PDF = """
+eNqNVM2LHEUcPemhFBHvYkFYNAfT9avvgmHCZndGjYZddjSCErE+dyfsdC89vWFjzobkkoMg+g/kEj/w4ikQPe4GRJb1kKPGg0hA
+EC+CB63u/cjgeHBmDlWvf/Xe483rWlhdHr4MZxhaePjz9wcIMMGVu4x6PVS8eXUr4mLJNnazWkfFql2PU0zzwBrq91EsQztI5w50
+c6h4fRym+F3M2nl8CRVL1XbZYJg5yv7zaCtUxzx6qFRciGFsz1U7mYvkrwSKlaEt41qcVtu1z6ZahmGVz3QLwPzYZP5l4bLJfFMs
+/mWdz+m3HKgYbbum27YgoOKcncaOvXg1bl6JzdhbVAxKX4VxuY6Lt8flYjkdHwMzAmJG4I1Yrjcb2Mj2+bSpo50g+tnk1qmtn0Yf
+3um/v//XD09/tLu4/+iT3aeu3bt/sFHc/fT0b3t/fvPO/h/3d564GfdunH3vq49f+fb5MwfPXH/uy717X//+3a8vfH731C+3nz1/
++hHfXbr8xeTh7evX7my89ODFv5/c//FB6+NI6siRnHF0EYucIZYn3qjI61XMqeFGKmpoznK82cQaF6PGlsHWARUruKcl1y4E6ljk
+EJ2wVpMYjBTGG2JTkMoFyjWlKpMoThIFSEpaZYnmnkvKgWolhITAglYkGWkCyQBIaahy+T97K6ukRInnXFBPIzPAwHOWhGaKS0fy
+0kRKKJGEsmSdEUSFmAihjhsBAaxKBJy0nBLHg05G0axsiBfS6aBpapsx7AozasLRanG72RhcactXLFd+ZSuW7dAFXCwORhfZSVCM
+Hndr1EyG+JCg3dSPNysD3LM+p2MAaBLAowzc6yiV8lqEkCOSxOb8EvFWceaj5oqC5MZCspKDMLENItOAl9YkbY2IPFAiuI9MeKGE
+lIyLxLkTyhuXo1UQNHGJAaEQCfXGQzAm06zGepJfE2k9s0RGpr2CFESAYI0MhFsFJLjUnynvTh0TIlghcvLBUggmcMInGOSKd0/K
+x5jkcxhQNodRAXMY43oO42aGr6nteDPWXX9H4w9itlesVVW+Vw4vi9eW8zXRYypCzC3I/WG5mjI6CDxp7U1uZi5C//+MXOre8frq
+VoPl8cUxbWzddMFA9oUWFgYrQ/QPsmh9BA==
+"""
+AES_PDF_TEXT = "Readable by anyone: AES-256, empty user password"
+
+
+def aes_pdf() -> bytes:
+    """The bytes of the AES-encrypted PDF above."""
+    return zlib.decompress(base64.b64decode("".join(_AES_PDF.split())))
+
+
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 _CONTENT_TYPES = (
     '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
@@ -198,6 +226,7 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     failed: dict[str, str] = {}
     texts: dict[str, str] = {}
     has = {extra: _installed(module) for extra, module in (("pdf", "pypdf"), ("docx", "docx"))}
+    has["pdf-aes"] = has["pdf"] and (_installed("cryptography") or _installed("Crypto"))  # what pypdf's AES needs
 
     def put(rel: str, content: bytes | str, kind: str | None = None, text: str | None = None, extra: str | None = None,
             records: dict[str, str | None] | None = None):
@@ -226,6 +255,7 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     put("formats/page.html", "<html><head><title>Help</title><script>x()</script></head><body><p>Open settings.</p></body></html>",
         text="Open settings.")
     put("formats/report.pdf", minimal_pdf(["Hello page 1", "Second page (two)"], title="Report"), extra="pdf")
+    put("formats/aes-empty-password.pdf", aes_pdf(), text=AES_PDF_TEXT, extra="pdf-aes")
     put("formats/letter.docx", minimal_docx(
         [("Heading1", "Quarterly letter"), "Dear team,", [["item", "amount"], ["coffee", "12"]], "Thanks."],
         title="Q3 letter"), extra="docx", text="Quarterly letter\n\nDear team,\n\nitem | amount\ncoffee | 12\n\nThanks.")
