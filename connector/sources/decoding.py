@@ -51,7 +51,7 @@ _DECLARATION = re.compile(
 # Python knows transforms and escapes by these names too: no page is written in them.
 _NOT_CHARSETS = {"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined", "utf_7"}
 # The WHATWG rule browsers follow: a page declared as ASCII or Latin-1 is read as windows-1252.
-_DECLARED_ALIASES = {"ascii": "cp1252", "latin_1": "cp1252"}
+_DECLARED_ALIASES = {"ascii": "cp1252", "iso8859_1": "cp1252"}
 _LANGUAGE_OF_CODEC = {
     **dict.fromkeys(("cp932", "shift_jis", "shift_jis_2004", "euc_jp", "euc_jis_2004", "iso2022_jp"), "ja"),
     **dict.fromkeys(("cp949", "euc_kr", "johab", "iso2022_kr"), "ko"),

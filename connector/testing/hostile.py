@@ -80,6 +80,10 @@ DECLARED_HTML_SAMPLES: dict[str, tuple[str, str, str]] = {
         "<body><p>반납이 늦어지면 창구로 연락해 주세요.</p></body></html>",
         "반납이 늦어지면 창구로 연락해 주세요.",
     ),
+    "latin1-declared-euro.html": (  # declared ISO-8859-1, written in windows-1252 ('€' is 0x80): read as browsers do
+        "cp1252", '<html><head><meta charset="iso-8859-1"><title>Preis</title></head><body><p>Preis: 5 € – günstig</p></body></html>',
+        "Preis: 5 € – günstig",
+    ),
     "utf8-declared-shift-jis.html": (  # the declaration is wrong: valid UTF-8 wins, as in browsers' sniffing
         "utf-8", '<html><head><meta charset="shift_jis"><title>UTF-8</title></head><body><p>Grüße, 中文</p></body></html>',
         "Grüße, 中文",
