@@ -20,9 +20,10 @@ from connector.config import DEFAULT_INCLUDE, CsvColumns, FilesSourceConfig
 from connector.records import FAILURE_KINDS, Document, FailedDocument
 from connector.sources.files import FilesSource
 from connector.sources.reading import ReadFailure
-from connector.sources.textfile import decode_text
+from connector.sources.decoding import decode_text
 from connector.testing.hostile import (
-    ENCODED_SAMPLES, build_hostile_corpus, docx_bomb, lying_docx, minimal_docx, minimal_pdf, pdf_bomb,
+    DECLARED_HTML_SAMPLES, ENCODED_SAMPLES, build_hostile_corpus, docx_bomb, lying_docx, minimal_docx, minimal_pdf,
+    pdf_bomb,
 )
 
 
@@ -111,6 +112,34 @@ def test_damaged_utf8_fails_with_encoding_and_the_offset(tmp_path):
 def test_bytes_no_encoding_fits_fail_with_encoding(tmp_path):
     write(tmp_path / "noise.txt", bytes(range(0x80, 0x100)) * 8)
     failed(only(tmp_path), "encoding")
+
+
+@pytest.mark.parametrize("name", list(DECLARED_HTML_SAMPLES))
+def test_html_is_decoded_with_its_declared_charset(tmp_path, name):
+    encoding, markup, text = DECLARED_HTML_SAMPLES[name]
+    write(tmp_path / name, markup.encode(encoding))
+    doc = only(tmp_path)
+    assert isinstance(doc, Document), doc
+    assert doc.text == text and doc.metadata["title"] in ("図書館", "도서관", "Preis", "UTF-8")
+
+
+def test_iso2022_and_hz_signals_do_not_misfire(tmp_path):
+    cases = {
+        "ansi.txt": b"\x1b(B\x1b[mplain \x1b[31mred\x1b[0m text\n",  # tput's reset and colours: not ISO-2022
+        "tilde.md": b"Use ~{ab~} in the template, then ~{cd~}.\n",  # a tilde before braces: not HZ
+    }
+    for name, data in cases.items():
+        write(tmp_path / name, data)
+    items = read_all(tmp_path)
+    for name, data in cases.items():
+        assert items[name].text == data.decode("ascii") and "encoding" not in items[name].metadata
+
+
+def test_two_equally_plausible_readings_fail_instead_of_storing_mojibake(tmp_path):
+    # Korean in cp949; read as Big5-HKSCS it is '巩狼 ⑾ 02-123-4567', which the old detector stored
+    write(tmp_path / "phone.txt", "문의 ☎ 02-123-4567\n".encode("cp949"))
+    reason = failed(only(tmp_path), "encoding").reason
+    assert "cp949" in reason and "big5hkscs" in reason and "UTF-8" in reason
 
 
 @settings(max_examples=200, deadline=None)
@@ -235,26 +264,55 @@ def test_corrupt_pdf(tmp_path, data):
     assert "damaged PDF" in failed(only(tmp_path), "corrupt").reason
 
 
-def encrypted_pdf(text: str, user_password: str) -> bytes:
+PDF_ALGORITHMS = ["RC4-40", "RC4-128", "AES-128", "AES-256-R5", "AES-256"]
+
+
+def encrypted_pdf(text: str, user_password: str, algorithm: str = "RC4-128") -> bytes:
     """A one-page PDF encrypted with an owner password and `user_password` ("" opens without one)."""
     writer = pypdf_writer(minimal_pdf([text]))
-    writer.encrypt(user_password=user_password, owner_password="owner", algorithm="RC4-128")
+    writer.encrypt(user_password=user_password, owner_password="owner", algorithm=algorithm)
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
 
 
-def test_pdf_with_a_user_password_is_encrypted(tmp_path):
-    write(tmp_path / "locked.pdf", encrypted_pdf("secret", user_password="secret"))
+@pytest.mark.parametrize("algorithm", PDF_ALGORITHMS)
+def test_pdf_with_a_user_password_is_encrypted(tmp_path, algorithm):
+    write(tmp_path / "locked.pdf", encrypted_pdf("secret", user_password="secret", algorithm=algorithm))
     write(tmp_path / "stub.pdf", minimal_pdf(["secret"], encrypt_stub=True))
     items = read_all(tmp_path)
     assert "password" in failed(items["locked.pdf"], "encrypted").reason
     failed(items["stub.pdf"], "encrypted")
 
 
-def test_pdf_with_only_an_owner_password_is_read(tmp_path):
-    write(tmp_path / "owner.pdf", encrypted_pdf("open to all", user_password=""))
+@pytest.mark.parametrize("algorithm", PDF_ALGORITHMS)
+def test_pdf_with_only_an_owner_password_is_read(tmp_path, algorithm):
+    write(tmp_path / "owner.pdf", encrypted_pdf("open to all", user_password="", algorithm=algorithm))
     assert only(tmp_path).text == "open to all"
+
+
+def test_the_pdf_extra_brings_what_aes_needs():
+    from importlib.metadata import requires
+
+    pdf_requirements = [r for r in requires("connector") if 'extra == "pdf"' in r]
+    assert any(r.startswith("pypdf[crypto]") for r in pdf_requirements), pdf_requirements
+
+
+def test_aes_pdf_without_cryptography_is_missing_extra_not_corrupt(tmp_path, monkeypatch):
+    """pypdf picks its AES implementation when it is imported: with `import cryptography` failing
+    (and no pycryptodome) it falls back to one that raises DependencyError on first use."""
+    write(tmp_path / "aes128.pdf", encrypted_pdf("open to all", user_password="", algorithm="AES-128"))
+    write(tmp_path / "aes256.pdf", encrypted_pdf("open to all", user_password="", algorithm="AES-256"))
+    write(tmp_path / "rc4.pdf", encrypted_pdf("open to all", user_password="", algorithm="RC4-128"))
+    for name in [n for n in sys.modules if n == "pypdf" or n.startswith("pypdf.")]:
+        monkeypatch.delitem(sys.modules, name)  # the next `import pypdf` runs afresh; restored afterwards
+    monkeypatch.setitem(sys.modules, "cryptography", None)
+    monkeypatch.setitem(sys.modules, "Crypto", None)
+    items = read_all(tmp_path)
+    assert sys.modules["pypdf"]._crypt_providers.crypt_provider[0] == "local_crypt_fallback"
+    for name in ("aes128.pdf", "aes256.pdf"):
+        assert 'pip install "connector[pdf]"' in failed(items[name], "missing_extra").reason
+    assert items["rc4.pdf"].text == "open to all"  # RC4 needs no extra package
 
 
 def test_pdf_without_text_is_empty(tmp_path):

@@ -119,13 +119,17 @@ class FilesSource(Source):
       .jsonl or .csv file that path, '#' and the record's id (`data/tickets.jsonl#T-7`), so a record
       cannot take the doc_id of a file or of another file's record.
     - Order: sorted by relative path (records in file order).
-    - .txt/.md: the encoding is detected (a byte order mark, else UTF-8, else charset-normalizer's
-      guess if it is a good one; `metadata.encoding` then names it); NUL bytes or many control
-      bytes fail as 'binary'. The title of a .md file is its first `# ` heading.
-    - .html/.htm: the declared charset (else UTF-8, else detected); script/style/noscript/template
-      are dropped, block elements become line breaks, the title comes from <title>.
+    - .txt/.md: the encoding is detected (decoding.decode_text: a byte order mark, UTF-16/32 NUL
+      patterns, ISO-2022 escapes, UTF-8, HZ, then the most plausible strict reading, refused when
+      two differ and are equally plausible; `metadata.encoding` names any encoding but UTF-8);
+      bytes that no text holds fail as 'binary', undecidable ones as 'encoding'. The title of a
+      .md file is its first `# ` heading.
+    - .html/.htm: decoded the same way, with the charset the page declares (<meta>, <?xml?>) as a
+      signal; script/style/noscript/template are dropped, block elements become line breaks, the
+      title comes from <title>.
     - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
       pages' texts joined by blank lines; `metadata.page_count`; the title from the document info.
+      Encrypted PDFs are opened with the empty user password.
     - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows; a cell merged down several
       rows shows in the first) in document order; the title from the core properties, else the
       first heading.

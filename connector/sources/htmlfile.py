@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Iterator
 
-from bs4 import BeautifulSoup, NavigableString, PageElement, Tag, UnicodeDammit
+from bs4 import BeautifulSoup, NavigableString, PageElement, Tag
 
-from connector.sources.reading import Parsed, ReadFailure, binary_reason
+from connector.sources.decoding import declared_charset, decode_text
+from connector.sources.reading import Parsed
 
 # HTML elements whose text is not content.
 _DROPPED_TAGS = {"script", "style", "noscript", "template", "head"}
@@ -31,14 +32,9 @@ _PRESERVE_WHITESPACE = {"pre", "textarea"}
 
 
 def read_html(data: bytes) -> Parsed:
-    """The page's text (declared charset, else UTF-8, else a detected one) and its <title>."""
-    if not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        reason = binary_reason(data)
-        if reason:
-            raise ReadFailure("binary", reason)
-    markup = UnicodeDammit(data, ["utf-8"], is_html=True).unicode_markup
-    if markup is None:
-        raise ReadFailure("encoding", "cannot detect the HTML file's encoding; declare <meta charset>")
+    """The page's text and its <title>; the bytes are decoded as decoding.decode_text says, with
+    the charset the page declares (<meta charset>, http-equiv, <?xml encoding?>) as one signal."""
+    markup, _ = decode_text(data, declared_charset(data))
     text, title = html_text(markup)
     return Parsed(text, title)
 

@@ -16,13 +16,20 @@ logging.getLogger("pypdf").addHandler(logging.NullHandler())
 # The first pypdf with limits on every decoded stream (keep in step with pyproject's `pdf` extra).
 _BOUNDED_PYPDF = (6, 10, 2)
 
+_NO_AES = (
+    "the PDF is AES-encrypted and reading it needs the cryptography package, which the pdf extra "
+    'brings; install it with: pip install "connector[pdf]"'
+)
+
 
 def read_pdf(data: bytes) -> Parsed:
     """Pages as sections ({"page": n}, 1-based; pages without text are left out), the text being
     their texts joined by blank lines, the title from the document info.
 
-    Raises ReadFailure 'corrupt', 'encrypted' (a user password is set), 'empty' (no text layer)
-    or 'missing_extra'."""
+    An encrypted PDF is opened with the empty user password (encrypted only against editing or
+    printing: anyone can read it). Raises ReadFailure 'corrupt', 'encrypted' (a user password is
+    set), 'empty' (no text layer) or 'missing_extra' (pypdf, or the cryptography package that
+    AES-encrypted PDFs need, is not installed)."""
     pypdf = optional_import("pypdf", "pdf", ".pdf")
     if _release(pypdf.__version__) < _BOUNDED_PYPDF:
         raise ReadFailure(
@@ -43,6 +50,8 @@ def read_pdf(data: bytes) -> Parsed:
         title = _title(reader)
     except ReadFailure:
         raise
+    except pypdf.errors.DependencyError as err:  # raised wherever pypdf first decrypts AES data
+        raise ReadFailure("missing_extra", _NO_AES + f" ({one_line(err)})") from None
     except pypdf.errors.FileNotDecryptedError:
         raise ReadFailure("encrypted", "the PDF is password-protected; save a copy without a password to index it") from None
     except Exception as err:  # pypdf raises many kinds of errors on damaged files
@@ -58,13 +67,8 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def _decrypt(reader, pypdf):
-    """Open a PDF that has only an owner password (readable by anyone); None if a password is needed."""
-    try:
-        result = reader.decrypt("")
-    except pypdf.errors.DependencyError as err:
-        raise ReadFailure(
-            "missing_extra", f"the PDF is AES-encrypted; reading it needs the cryptography package: pip install cryptography ({one_line(err)})"
-        ) from None
+    """Open a PDF with the empty user password; None if it needs a real one."""
+    result = reader.decrypt("")
     return None if result == pypdf.PasswordType.NOT_DECRYPTED else result
 
 

@@ -8,7 +8,8 @@
 that must fail to its kind (records.FAILURE_KINDS), and `expected["texts"]` gives the exact text of
 the documents whose decoding is the point of the case. The outcome is for a FilesSource with the
 default config (`max_file_mb` and `max_record_mb` given here if yours differ); when the `pdf` or `docx` extra is not
-installed, the files of that format are expected to fail as 'missing_extra'.
+installed, the files of that format are expected to fail as 'missing_extra' (the AES-encrypted PDF
+also when `cryptography`, which the `pdf` extra brings, is missing).
 
 No optional package is needed to build the corpus: PDF and DOCX files are written by hand. Among
 the hostile cases: HTML nested 20 000 levels deep, a .docx and a PDF that unpack to more than
@@ -18,6 +19,7 @@ and a CSV row over `max_record_mb`.
 
 from __future__ import annotations
 
+import base64
 import functools
 import importlib
 import io
@@ -41,6 +43,54 @@ ENCODED_SAMPLES: dict[str, tuple[str, str]] = {
         "latin-1",
         "Le café de la rue était fermé. Nous avons mangé une crème brûlée à côté, "
         "près de la fenêtre où l'été brillait. Grüße aus München!\n",
+    ),
+    # Each of these was refused or stored garbled before the decoder weighed every signal.
+    "ja-shift-jis-iteration-mark.txt": (  # '色々' made charset-normalizer give up
+        "shift_jis", "多くの利用者は色々な形式の文書を同期したいと考えています。\n設定ファイルを一つ書けば、変更された文書だけが毎晩更新されます。\n"
+    ),
+    "ja-euc-jp.txt": (  # read as EUC-KR mojibake
+        "euc_jp", "多くの利用者は色々な形式の文書を同期したいと考えています。\n人々の意見は様々でしたが、最後には全員が賛成しました。\n"
+    ),
+    "ja-iso2022-jp.txt": ("iso2022_jp", "図書館の本は二週間まで借りられます。\n返却が遅れた場合は、窓口にご連絡ください。\n"),
+    "ko-cp949-chat.txt": ("cp949", "ㅋㅋㅋ 똠얌꿍 진짜 맛있었어요 ㅠㅠ 또 가고 싶다 ♡\n햏님도 다음에 같이 가요!\n"),
+    "ko-johab.txt": ("johab", "어제는 똠얌꿍과 쌀국수를 먹었어요. 뷁!\n다음에 또 가요.\n"),  # read as cp949 mojibake
+    "ko-iso2022-kr.txt": ("iso2022_kr", "도서관의 책은 이 주일 동안 빌릴 수 있습니다.\n반납이 늦어지면 창구로 연락해 주세요.\n"),
+    "zh-hk-big5hkscs.txt": ("big5hkscs", "佢嘅𨋢壞咗。\n"),  # HKSCS characters; read as cp932 mojibake
+    "zh-hz.txt": ("hz", "图书馆的书可以借两个星期。\n如果不能按时归还，请联系服务台。\n"),  # stored with its ~{ ~} escapes
+    "utf16-le-no-bom.txt": ("utf-16-le", "No byte order mark: 图书馆的书可以借两个星期。\n"),  # NUL bytes: 'binary'
+    "utf16-be-no-bom.txt": ("utf-16-be", "도서관의 책은 이 주일 동안 빌릴 수 있습니다.\n"),
+    "utf32-le-no-bom.txt": ("utf-32-le", "UTF-32 without a mark: 多くの利用者 😀\n"),
+}
+
+#: HTML pages in the charset they declare: name -> (encoding, markup, the page's exact text).
+#: UTF-16/32 without a byte order mark were refused as binary (their NUL bytes) before.
+_LIBRARY_PAGE = (
+    '<html><head><meta charset="{charset}"><title>図書館</title></head>'
+    "<body><p>多くの利用者は色々な形式の文書を同期したいと考えています。</p></body></html>"
+)
+DECLARED_HTML_SAMPLES: dict[str, tuple[str, str, str]] = {
+    "utf16-le-no-bom.html": ("utf-16-le", _LIBRARY_PAGE.format(charset="utf-16"), "多くの利用者は色々な形式の文書を同期したいと考えています。"),
+    "utf16-be-no-bom.html": ("utf-16-be", _LIBRARY_PAGE.format(charset="utf-16"), "多くの利用者は色々な形式の文書を同期したいと考えています。"),
+    "utf32-le-no-bom.html": ("utf-32-le", _LIBRARY_PAGE.format(charset="utf-32"), "多くの利用者は色々な形式の文書を同期したいと考えています。"),
+    "shift-jis-http-equiv.html": (
+        "shift_jis",
+        '<html><head><meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS"><title>図書館</title></head>'
+        "<body><p>人々の意見は様々でした。</p></body></html>",
+        "人々の意見は様々でした。",
+    ),
+    "euc-kr-xml-declaration.html": (
+        "euc_kr",
+        '<?xml version="1.0" encoding="EUC-KR"?><html><head><title>도서관</title></head>'
+        "<body><p>반납이 늦어지면 창구로 연락해 주세요.</p></body></html>",
+        "반납이 늦어지면 창구로 연락해 주세요.",
+    ),
+    "latin1-declared-euro.html": (  # declared ISO-8859-1, written in windows-1252 ('€' is 0x80): read as browsers do
+        "cp1252", '<html><head><meta charset="iso-8859-1"><title>Preis</title></head><body><p>Preis: 5 € – günstig</p></body></html>',
+        "Preis: 5 € – günstig",
+    ),
+    "utf8-declared-shift-jis.html": (  # the declaration is wrong: valid UTF-8 wins, as in browsers' sniffing
+        "utf-8", '<html><head><meta charset="shift_jis"><title>UTF-8</title></head><body><p>Grüße, 中文</p></body></html>',
+        "Grüße, 中文",
     ),
 }
 
@@ -113,6 +163,31 @@ def _assemble_pdf(objects: list[bytes], trailer: bytes) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer, xref)
     return bytes(out)
+
+
+#: A one-page PDF encrypted with AES-256 (revision 6) and an empty user password, as pypdf writes it
+#: (zlib + base64): anyone may open it, but reading it needs AES (the `cryptography` package).
+#: Such PDFs failed as 'corrupt' when only pypdf was installed.
+_AES_PDF = """
+eNqNVM2LHEUcPemhFBHvYkFYNAfT9avvgmHCZndGjYZddjSCErE+dyfsdC89vWFjzobkkoMg+g/kEj/w4ikQPe4GRJb1kKPGg0hA
+EC+CB63u/cjgeHBmDlWvf/Xe483rWlhdHr4MZxhaePjz9wcIMMGVu4x6PVS8eXUr4mLJNnazWkfFql2PU0zzwBrq91EsQztI5w50
+c6h4fRym+F3M2nl8CRVL1XbZYJg5yv7zaCtUxzx6qFRciGFsz1U7mYvkrwSKlaEt41qcVtu1z6ZahmGVz3QLwPzYZP5l4bLJfFMs
+/mWdz+m3HKgYbbum27YgoOKcncaOvXg1bl6JzdhbVAxKX4VxuY6Lt8flYjkdHwMzAmJG4I1Yrjcb2Mj2+bSpo50g+tnk1qmtn0Yf
+3um/v//XD09/tLu4/+iT3aeu3bt/sFHc/fT0b3t/fvPO/h/3d564GfdunH3vq49f+fb5MwfPXH/uy717X//+3a8vfH731C+3nz1/
++hHfXbr8xeTh7evX7my89ODFv5/c//FB6+NI6siRnHF0EYucIZYn3qjI61XMqeFGKmpoznK82cQaF6PGlsHWARUruKcl1y4E6ljk
+EJ2wVpMYjBTGG2JTkMoFyjWlKpMoThIFSEpaZYnmnkvKgWolhITAglYkGWkCyQBIaahy+T97K6ukRInnXFBPIzPAwHOWhGaKS0fy
+0kRKKJGEsmSdEUSFmAihjhsBAaxKBJy0nBLHg05G0axsiBfS6aBpapsx7AozasLRanG72RhcactXLFd+ZSuW7dAFXCwORhfZSVCM
+Hndr1EyG+JCg3dSPNysD3LM+p2MAaBLAowzc6yiV8lqEkCOSxOb8EvFWceaj5oqC5MZCspKDMLENItOAl9YkbY2IPFAiuI9MeKGE
+lIyLxLkTyhuXo1UQNHGJAaEQCfXGQzAm06zGepJfE2k9s0RGpr2CFESAYI0MhFsFJLjUnynvTh0TIlghcvLBUggmcMInGOSKd0/K
+x5jkcxhQNodRAXMY43oO42aGr6nteDPWXX9H4w9itlesVVW+Vw4vi9eW8zXRYypCzC3I/WG5mjI6CDxp7U1uZi5C//+MXOre8frq
+VoPl8cUxbWzddMFA9oUWFgYrQ/QPsmh9BA==
+"""
+AES_PDF_TEXT = "Readable by anyone: AES-256, empty user password"
+
+
+def aes_pdf() -> bytes:
+    """The bytes of the AES-encrypted PDF above."""
+    return zlib.decompress(base64.b64decode("".join(_AES_PDF.split())))
 
 
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
@@ -223,6 +298,7 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     failed: dict[str, str] = {}
     texts: dict[str, str] = {}
     has = {extra: _installed(module) for extra, module in (("pdf", "pypdf"), ("docx", "docx"))}
+    has["pdf-aes"] = has["pdf"] and (_installed("cryptography") or _installed("Crypto"))  # what pypdf's AES needs
 
     def put(rel: str, content: bytes | str, kind: str | None = None, text: str | None = None, extra: str | None = None,
             records: dict[str, str | None] | None = None):
@@ -244,11 +320,14 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     # --- formats that must load -------------------------------------------------------------------
     for name, (encoding, text) in ENCODED_SAMPLES.items():
         put(f"formats/{name}", text.encode(encoding), text=text.removeprefix("\ufeff"))
+    for name, (encoding, markup, text) in DECLARED_HTML_SAMPLES.items():
+        put(f"formats/{name}", markup.encode(encoding), text=text)
     put("formats/guide.md", "# Setup guide\n\nInstall it, then run `connector sync`.\n",
         text="# Setup guide\n\nInstall it, then run `connector sync`.\n")
     put("formats/page.html", "<html><head><title>Help</title><script>x()</script></head><body><p>Open settings.</p></body></html>",
         text="Open settings.")
     put("formats/report.pdf", minimal_pdf(["Hello page 1", "Second page (two)"], title="Report"), extra="pdf")
+    put("formats/aes-empty-password.pdf", aes_pdf(), text=AES_PDF_TEXT, extra="pdf-aes")
     put("formats/letter.docx", minimal_docx(
         [("Heading1", "Quarterly letter"), "Dear team,", [["item", "amount"], ["coffee", "12"]], "Thanks."],
         title="Q3 letter"), extra="docx", text="Quarterly letter\n\nDear team,\n\nitem | amount\ncoffee | 12\n\nThanks.")
