@@ -627,11 +627,13 @@ class SyncRun:
     def _write_deferred(self, report: SyncReport, final: bool) -> None:
         """Write the deferred documents, WINDOW_CHUNKS points at a time, vectors from the cache."""
         plans: list[DocPlan] = []
+        points = 0
         for plan in self._deferred.take():
             plans.append(plan)
-            if sum(len(p.write) for p in plans) >= WINDOW_CHUNKS:
+            points += len(plan.write)
+            if points >= WINDOW_CHUNKS:
                 self._write_plans(plans, report, final)
-                plans = []
+                plans, points = [], 0
         if plans:
             self._write_plans(plans, report, final)
 

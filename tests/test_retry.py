@@ -128,3 +128,26 @@ def test_a_single_point_too_large_is_an_error():
     sink = MemorySink(limit=0)
     with pytest.raises(BatchTooLargeError):
         sink.upsert(make_points(2))
+
+
+def test_with_a_breaker_a_call_after_a_failed_one_is_tried_once_and_an_open_circuit_sends_nothing():
+    from connector.retry import CircuitBreaker, CircuitOpenError
+
+    sleeps = []
+    retry = policy(sleeps)
+    retry.breaker = CircuitBreaker(threshold=3, clock=lambda: 0.0)
+    down = Flaky(100, TransientError("connection refused"))
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            retry.call("upsert", down)
+    assert down.calls == 5 + 1 + 1  # the whole schedule once, then one attempt per call
+    assert retry.breaker.is_open
+    with pytest.raises(CircuitOpenError, match="not tried"):
+        retry.call("upsert", down)
+    assert down.calls == 7
+    retry.breaker.succeeded()  # a probe got through
+    assert retry.call("upsert", Flaky(0, None)) == "ok" and retry.breaker.failures == 0
+    bad = Flaky(1, TerminalError("bad request"))
+    with pytest.raises(TerminalError):
+        retry.call("upsert", bad)
+    assert retry.breaker.failures == 0 and not retry.breaker.is_open  # the store answered
