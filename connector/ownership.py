@@ -56,6 +56,9 @@ def claim(sink: Sink, ledger: Ledger, shared: bool, take_over: bool = False) -> 
     except TerminalError as err:  # e.g. a Qdrant server too old to keep collection metadata
         recorded = False
         log.debug("could not record the owner: %s", err)
+    if recorded and sink.owner() != wanted:  # another state dir claimed it at the same moment
+        raise OwnershipError(f"{where} was claimed by another state dir at the same moment; run the sync again "
+                             "to see which one owns it")
     if not recorded:
         log.info("the store keeps no collection metadata: nothing stops another state dir from writing %s", where)
     elif current is not None:

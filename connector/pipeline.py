@@ -602,11 +602,12 @@ class SyncRun:
         down when a probe is due, stop the sync when it has been down too long, and write the
         deferred documents once it answers."""
         breaker = self.breaker
-        if breaker is not None and breaker.is_open:
-            if breaker.budget_spent():
-                raise self._outage_stop(report)
-            if not (breaker.probe_due() and breaker.probe(self.sink.probe)):
-                return
+        if breaker is None:
+            return
+        if breaker.budget_spent() and len(self._deferred):
+            raise self._outage_stop(report)
+        if breaker.is_open and not (breaker.probe_due() and breaker.probe(self.sink.probe)):
+            return
         if len(self._deferred):
             self._write_deferred(report, final=False)
 
@@ -615,9 +616,9 @@ class SyncRun:
         down, until the outage budget is spent."""
         while len(self._deferred):
             breaker = self.breaker
+            if breaker.budget_spent():
+                raise self._outage_stop(report)
             if breaker.is_open:
-                if breaker.budget_spent():
-                    raise self._outage_stop(report)
                 time.sleep(min(breaker.seconds_to_next_probe(), TICK_SECONDS))
                 if breaker.probe_due():
                     breaker.probe(self.sink.probe)
@@ -629,6 +630,9 @@ class SyncRun:
         plans: list[DocPlan] = []
         points = 0
         for plan in self._deferred.take():
+            if self.breaker.is_open:  # down again: the rest waits, without fetching its vectors
+                self._deferred.add(plan)
+                continue
             plans.append(plan)
             points += len(plan.write)
             if points >= WINDOW_CHUNKS:
@@ -699,16 +703,16 @@ class SyncRun:
         vectors of its documents): one slice at a time, so neither waits long for the other, and
         a text is never encoded twice."""
         texts = {c.sha256: c.text for c in chunks}
-        with self._encode_lock:
+        with self._encode_lock:  # the tokenizer too: it is not safe to use from two threads at once
             found = self.cache.get_many(texts)
-        missing = [sha for sha in texts if sha not in found]
-        if len(missing) > ENCODE_SLICE:
-            # by token count, longest first, so that each slice gives the encoder batches as full as one
-            # call with every text would (its batches end where padding would exceed 2%)
-            ids = self.encoder.tokenizer([texts[sha] for sha in missing], add_special_tokens=False,
-                                         return_attention_mask=False)["input_ids"]
-            tokens = {sha: len(i) for sha, i in zip(missing, ids)}
-            missing.sort(key=lambda sha: -tokens[sha])
+            missing = [sha for sha in texts if sha not in found]
+            if len(missing) > ENCODE_SLICE:
+                # by token count, longest first, so that each slice gives the encoder batches as full as
+                # one call with every text would (its batches end where padding would exceed 2%)
+                ids = self.encoder.tokenizer([texts[sha] for sha in missing], add_special_tokens=False,
+                                             return_attention_mask=False)["input_ids"]
+                tokens = {sha: len(i) for sha, i in zip(missing, ids)}
+                missing.sort(key=lambda sha: -tokens[sha])
         encoded_count = 0
         for start in range(0, len(missing), ENCODE_SLICE):
             if stop is not None and stop.is_set():

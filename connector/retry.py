@@ -91,10 +91,13 @@ class CircuitBreaker:
     closed  calls go through the retry policy. Once one has failed every retry, the next calls are
             tried once each; after `threshold` failed calls in a row the circuit opens.
     open    calls fail at once with CircuitOpenError. The caller probes the store with one small
-            request when `probe_due()`: after 1 s, then 2, 4, ... up to `max_interval` seconds.
-            A successful probe (or call) closes the circuit.
-    `budget_spent()` says when the store has been down longer than `budget` seconds in this run.
-    `clock` is injectable, so tests walk through the states without waiting.
+            request when `probe_due()`: after 1 s, then 2, 4, ... up to `max_interval` seconds (the
+            interval keeps growing until a real call succeeds). A successful probe closes the
+            circuit, so that the caller tries its writes again.
+    The store counts as down from the first failed call until a real call (not a probe) succeeds:
+    `budget_spent()` says when that has added up to `budget` seconds in this run, so a store that
+    answers probes but keeps failing writes cannot hold a sync for longer than a store that is gone.
+    Only the sync's write stage (one thread) uses a breaker. `clock` is injectable for tests.
     """
 
     def __init__(self, threshold: int = 3, budget: float = 300.0, first_interval: float = 1.0,
@@ -105,66 +108,75 @@ class CircuitBreaker:
         self.max_interval = max_interval
         self.clock = clock
         self.failures = 0  # calls in a row that failed every retry
-        self.outages: list[dict] = []  # {"started", "ended" (None while open), "probes"}: for reports
-        self._opened_at: float | None = None
+        self.outages: list[dict] = []  # {"started", "ended" (None while down), "probes"}: for reports
+        self._open = False
+        self._down_since: float | None = None  # first failed call of the current streak
         self._interval = first_interval
         self._next_probe = 0.0
         self._spent_before = 0.0  # seconds of earlier outages of this run
 
     @property
     def is_open(self) -> bool:
-        return self._opened_at is not None
+        return self._open
 
     def failed(self) -> None:
         """A call failed every retry with a transient error."""
         self.failures += 1
-        if not self.is_open and self.failures >= self.threshold:
-            self._opened_at = self.clock()
-            self._interval = self.first_interval
-            self._next_probe = self._opened_at + self._interval
-            self.outages.append({"started": wall_clock(), "ended": None, "probes": 0})
+        if self._down_since is None:
+            self._down_since = self.clock()
+        if not self._open and self.failures >= self.threshold:
+            self._open = True
+            if not self.outages or self.outages[-1]["ended"] is not None:
+                self.outages.append({"started": wall_clock(), "ended": None, "probes": 0})
+            self._next_probe = self.clock() + self._interval
             log.warning("the store failed %d calls in a row: writes pause, encoding goes on; probing it in %.0fs",
                         self.failures, self._interval)
 
     def succeeded(self) -> None:
-        """The store answered (even with an error that is not transient)."""
+        """A real call got an answer from the store (even an error that is not transient)."""
         self.failures = 0
-        if self.is_open:
-            self._spent_before += self.clock() - self._opened_at
-            self._opened_at = None
+        self._open = False
+        self._interval = self.first_interval
+        if self._down_since is not None:
+            self._spent_before += self.clock() - self._down_since
+            self._down_since = None
+        if self.outages and self.outages[-1]["ended"] is None:
             self.outages[-1]["ended"] = wall_clock()
             log.warning("the store answers again: writes resume")
 
     def probe_due(self) -> bool:
-        return self.is_open and self.clock() >= self._next_probe
+        return self._open and self.clock() >= self._next_probe
 
     def seconds_to_next_probe(self) -> float:
-        return max(0.0, self._next_probe - self.clock()) if self.is_open else 0.0
+        return max(0.0, self._next_probe - self.clock()) if self._open else 0.0
 
     def probe(self, request: Callable[[], object]) -> bool:
-        """Send one small request (no retries); close the circuit if it succeeds."""
+        """Send one small request (no retries). If the store answers, close the circuit so that the
+        caller tries again; the next failed call opens it at once, and the probes go on at a
+        growing interval."""
         self.outages[-1]["probes"] += 1
+        self._interval = min(self._interval * 2, self.max_interval)
         try:
             request()
         except TransientError as err:
-            self._interval = min(self._interval * 2, self.max_interval)
             self._next_probe = self.clock() + self._interval
             log.info("store probe failed, next in %.0fs: %s", self._interval, err)
             return False
         except Exception:  # noqa: BLE001 - any answer means the store is there again
             pass
-        self.succeeded()
+        self._open = False
+        self.failures = self.threshold - 1  # half-open: one more failed call and it is open again
         return True
 
     def seconds_down(self) -> float:
         """Seconds the store has been down in this run, the current outage included."""
-        current = self.clock() - self._opened_at if self.is_open else 0.0
+        current = self.clock() - self._down_since if self._down_since is not None else 0.0
         return self._spent_before + current
 
     def budget_spent(self) -> bool:
-        return self.is_open and self.seconds_down() >= self.budget
+        return self._down_since is not None and self.seconds_down() >= self.budget
 
     def describe(self) -> str:
-        if not self.is_open:
+        if not self.outages or self.outages[-1]["ended"] is not None:
             return "the store answers"
         return f"the store is unreachable since {self.outages[-1]['started']} (circuit open)"

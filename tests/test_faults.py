@@ -155,22 +155,43 @@ def connect_error():
     return ResponseHandlingException(httpx.ConnectError("[Errno 111] Connection refused"))
 
 
-def test_qdrant_transient_failures_become_dead_letters_and_retry_completes(tmp_path, tiny_model_dir, monkeypatch):
-    """The store answers (probes succeed) but refuses every write: in the end the writes are dead letters."""
+def bad_request():
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    return UnexpectedResponse(400, "Bad Request", b'{"status":{"error":"Wrong input"}}', httpx.Headers())
+
+
+def test_a_store_that_answers_but_refuses_every_write_stops_within_the_outage_budget(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """Probes (a count) succeed, every upsert fails transiently: that store is down, and the time it
+    is down adds up from the first failure, whatever the probes say."""
     cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
     fault = QdrantFault(monkeypatch, connect_error(), after=3)
     code, report, out = run("sync", "-c", str(cfg))
+    assert code == 3 and report["stopped"], out
+    assert report["chunks"]["upserted"] == 12 and report["documents_not_written"] > 0
+    assert report["outages"][-1]["probes"] >= 1 and "store unreachable since" in out
+    assert run("failed", "-c", str(cfg))[1]["dead_letters"] == 0
+    fault.active = False
+    code, again, out = run("sync", "-c", str(cfg))
+    assert code == 0 and again["chunks"]["encoded"] == 0 and again["chunks"]["upserted"] > 0, out
+    assert_store_matches_source(cfg)
+
+
+def test_qdrant_terminal_failures_become_dead_letters_and_retry_completes(tmp_path, tiny_model_dir, monkeypatch):
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    fault = QdrantFault(monkeypatch, bad_request(), after=3)
+    code, report, out = run("sync", "-c", str(cfg))
     assert code == 3, out
     assert report["chunks"]["upserted"] == 12 and report["chunks"]["failed"] > 0
-    assert report["documents_not_written"] == 0  # every write was tried to the end: dead letters
     code, failed, _ = run("failed", "-c", str(cfg))
-    assert failed["documents"] == report["documents"]["failed"]
-    assert failed["groups"][0]["kind"] == "transient" and "Connection refused" in failed["groups"][0]["error"]
+    assert failed["documents"] == report["documents"]["failed"] == failed["dead_letters"]  # one letter a document
+    assert failed["groups"][0]["kind"] == "terminal" and "Wrong input" in failed["groups"][0]["error"]
     code, status, _ = run("status", "-c", str(cfg))
     assert status["ledger"]["dead_letters"] == failed["dead_letters"]
     assert len(status["failed_documents"]) == report["documents"]["failed"]
     code, verified, _ = run("verify", "-c", str(cfg))
-    assert code == 3 and not verified["ok"]  # partly written documents: their points are unknown to the ledger
+    assert code == 3 and not verified["ok"]
 
     fault.active = False
     code, retried, out = run("retry", "-c", str(cfg), "--limit", "1")
@@ -270,11 +291,11 @@ def test_crash_after_the_store_write_before_the_commit_leaves_no_orphans(tmp_pat
 
 # ---- regressions: dead letters must never bring back old or deleted content ----------------
 def dead_letter_then_heal(tmp_path, tiny_model_dir, monkeypatch, edit) -> tuple[Path, QdrantFault]:
-    """Sync, apply `edit` to the source, sync again while every upsert fails (dead letters)."""
+    """Sync, apply `edit` to the source, sync again while the store refuses every upsert (dead letters)."""
     cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
     assert run("sync", "-c", str(cfg))[0] == 0
     edit(tmp_path / "docs")
-    fault = QdrantFault(monkeypatch, connect_error(), after=0)
+    fault = QdrantFault(monkeypatch, bad_request(), after=0)
     assert run("sync", "-c", str(cfg))[0] == 3
     assert run("failed", "-c", str(cfg))[1]["dead_letters"] >= 1
     fault.active = False

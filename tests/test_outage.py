@@ -151,16 +151,18 @@ def test_a_store_down_at_the_start_is_found_before_anything_is_read_or_encoded(t
 
 
 def test_breaker_opens_after_failed_calls_probes_with_growing_intervals_and_closes():
+    from connector.errors import TransientError
+
     now = [0.0]
     breaker = CircuitBreaker(threshold=3, budget=100, first_interval=1, max_interval=8, clock=lambda: now[0])
     breaker.failed()
+    now[0] += 7  # the first call spent its retry schedule
     breaker.failed()
     assert not breaker.is_open and breaker.failures == 2
     breaker.failed()
     assert breaker.is_open and not breaker.probe_due()
 
     def down():
-        from connector.errors import TransientError
         raise TransientError("connection refused")
 
     intervals = []
@@ -170,8 +172,16 @@ def test_breaker_opens_after_failed_calls_probes_with_growing_intervals_and_clos
         now[0] += wait
         assert breaker.probe_due() and not breaker.probe(down)
     assert intervals == [1, 2, 4, 8, 8]
-    assert breaker.seconds_down() == 23 and not breaker.budget_spent()
+    assert breaker.seconds_down() == 7 + 23 and not breaker.budget_spent()
+
+    # the store answers a probe but the next write fails: open again at once, the interval keeps growing,
+    # and the time keeps counting (a store that answers probes but refuses writes is down)
+    now[0] += breaker.seconds_to_next_probe()
+    assert breaker.probe(lambda: None) and not breaker.is_open
+    breaker.failed()
+    assert breaker.is_open and breaker.seconds_to_next_probe() == 8
     now[0] += 100
     assert breaker.budget_spent()
-    assert breaker.probe(lambda: None) and not breaker.is_open and breaker.failures == 0
-    assert breaker.outages[0]["probes"] == 6 and breaker.outages[0]["ended"] is not None
+    breaker.succeeded()  # a real write got through
+    assert not breaker.is_open and breaker.failures == 0 and not breaker.budget_spent()
+    assert len(breaker.outages) == 1 and breaker.outages[0]["probes"] == 6 and breaker.outages[0]["ended"]
