@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Iterator
 
-from bs4 import BeautifulSoup, NavigableString, PageElement, Tag, UnicodeDammit
+from bs4 import BeautifulSoup, NavigableString, PageElement, Tag, UnicodeDammit, XMLParsedAsHTMLWarning
+
+# XHTML and pages with an <?xml ?> declaration are read as HTML on purpose: bs4's advice to
+# parse them as XML does not apply, and printing it on every sync only worries the user.
+warnings.filterwarnings("ignore", category=XMLParsedAsHTMLWarning)
 
 from connector.sources.reading import Parsed, ReadFailure, binary_reason
 

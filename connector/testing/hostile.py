@@ -277,6 +277,11 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
         "hostile/mixed-zh-en.md": "# 混合 Mixed\n\n同步 sync 工具把 documents 写入 Qdrant 和 Milvus。\n",
     }.items():
         put(rel, text, text=text)
+    # an <?xml ?> declaration, then a long comment before <html>: bs4 takes it for XML (and used to
+    # print its warning on every sync); it is read as the HTML it is
+    put("hostile/xml-declared.html", '<?xml version="1.0" encoding="utf-8"?>\n<!-- ' + "Licence header. " * 40
+        + '-->\n<html xmlns="http://www.w3.org/1999/xhtml"><body><p>Declared as XML, read as HTML.</p></body></html>',
+        text="Declared as XML, read as HTML.")
     # control characters in file names: doc_ids stay exact; human output shows them escaped
     put("hostile/name\n  FAILED forged.md: a line break and \x1b[31mcolour.txt", "A file with a hostile name.")
 
