@@ -123,9 +123,10 @@ def _sync_text(report) -> str:
     lines = [
         f"{head}documents: {d['seen']} seen, {d['new']} new, {d['changed']} changed, {d['unchanged']} unchanged, "
         f"{d['deleted']} deleted, {d['failed']} failed",
-        f"chunks: {c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} from cache, "
-        f"{c['upserted']} {'to upsert' if report.dry_run else 'upserted'}, "
-        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}",
+        f"chunks: {c['upserted']} {'to upsert' if report.dry_run else 'upserted'} "
+        f"({c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} with a reused vector), "
+        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}"
+        + (f", {c['failed']} failed" if c["failed"] else ""),
     ]
     for change in report.changes:
         lines.append(f"  {change['action']:7} {printable(change['doc_id'])}"

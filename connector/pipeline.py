@@ -147,7 +147,12 @@ def chunk_payload(chunk: Chunk, metadata: dict) -> dict:
 
 @dataclass
 class SyncReport:
-    """Counts of one sync (or of a dry run: what it would do)."""
+    """Counts of one sync (or of a dry run: what it would do).
+
+    `chunks` counts points: `upserted` written, `deleted`, `failed` (kept as dead letters); and of
+    the points given vectors, `encoded` those the model encoded (a text shared by several points is
+    encoded once, for one of them) and `cached` the others, whose vector came from the embedding
+    cache or from a point of the same text. Without failures, encoded + cached == upserted."""
 
     dry_run: bool = False
     documents: dict = field(
@@ -221,8 +226,8 @@ class Part:
 
     window: Window
     points: list[tuple[int, Point]]
-    encoded: int  # distinct chunk texts encoded
-    cached: int  # distinct chunk texts found in the embedding cache
+    encoded: int  # points whose vector the model computed for them (one per distinct new text)
+    cached: int  # the other points: vector from the embedding cache, or shared with a point of the same text
 
 
 class _StopSync(Exception):
@@ -374,7 +379,7 @@ class SyncRun:
         if dry_run:
             to_encode = len(self._dry_run_shas) - len(self.cache.get_many(self._dry_run_shas)) if self._dry_run_shas else 0
             report.chunks["encoded"] = to_encode
-            report.chunks["cached"] = len(self._dry_run_shas) - to_encode
+            report.chunks["cached"] = report.chunks["upserted"] - to_encode
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
             if self._deletes_waiting:  # left queued while the store was down
@@ -538,7 +543,7 @@ class SyncRun:
                     vectors, encoded = found
                     points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
                                               window.plans[n].payloads[i])) for n, i in part]
-                    yield Part(window, points, encoded, len(vectors) - encoded)
+                    yield Part(window, points, encoded, len(part) - encoded)
 
     # ---- stage 3: write ----------------------------------------------------------------------
     def _write(self, part: Part, report: SyncReport, final: bool = False) -> None:
@@ -653,10 +658,10 @@ class SyncRun:
     def _write_plans(self, plans: list[DocPlan], report: SyncReport, final: bool) -> None:
         window = Window(plans=plans)
         work = [(n, i) for n, plan in enumerate(plans) for i in plan.write]
-        vectors, encoded = self._vectors_for([plans[n].chunks[i] for n, i in work])
+        vectors, _ = self._vectors_for([plans[n].chunks[i] for n, i in work])
         points = [(n, self._point(plans[n].ids[i], vectors[plans[n].chunks[i].sha256], plans[n].payloads[i]))
                   for n, i in work]
-        self._write(Part(window, points, encoded, 0), report, final)
+        self._write(Part(window, points, 0, 0), report, final)  # counted when their window was encoded
 
     def _outage_stop(self, report: SyncReport) -> _StopSync:
         breaker = self.breaker

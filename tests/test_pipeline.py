@@ -237,3 +237,25 @@ def test_a_changed_rule_rewrites_only_the_documents_whose_text_changes(tmp_path,
     third = run_sync(config.model_copy(update={"preprocess": config.preprocess.model_validate(after)}),
                      encoder=tiny_encoder)
     assert third.documents["unchanged"] == 21 and third.chunks["upserted"] == 0
+
+
+def test_chunk_counts_add_up_with_texts_shared_across_documents(tmp_path, tiny_model_dir, tiny_encoder,
+                                                              small_windows):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(12):  # the same footer in twelve documents, across several windows
+        (docs / f"page-{n:02d}.md").write_text("Contact support for help.", encoding="utf-8")
+    for n in range(6):
+        (docs / f"own-{n}.md").write_text(f"Page {n} explains valve {n}.", encoding="utf-8")
+    config = make_config(tmp_path, tiny_model_dir, "s", docs)
+
+    planned = run_sync(config, encoder=tiny_encoder, dry_run=True)
+    report = run_sync(config, encoder=tiny_encoder)
+    for r in (planned, report):
+        assert r.chunks["upserted"] == 18  # points: one per document
+        assert r.chunks["encoded"] == 7  # distinct texts: the footer once, and six others
+        assert r.chunks["encoded"] + r.chunks["cached"] == r.chunks["upserted"]
+    assert len(store_contents(config)) == 18
+    from connector.cli import _sync_text
+
+    assert "chunks: 18 upserted (7 encoded, 11 with a reused vector), 0 deleted" in _sync_text(report)
