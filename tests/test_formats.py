@@ -294,6 +294,23 @@ def test_docx_paragraphs_tables_and_title(tmp_path):
     assert doc.metadata["title"] == "Core title"
 
 
+def test_docx_nested_tables_and_cells_merged_down(tmp_path):
+    docx = importlib.import_module("docx")
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "part", "details"
+    table.cell(1, 0).merge(table.cell(2, 0)).text = "pump"  # merged down two rows
+    table.cell(1, 1).text = "sizes:"
+    inner = table.cell(1, 1).add_table(rows=2, cols=2)
+    inner.cell(0, 0).text, inner.cell(0, 1).text = "small", "10 l"
+    inner.cell(1, 0).text = "large"
+    inner.cell(1, 1).add_table(rows=1, cols=1).cell(0, 0).text = "20 l, nested twice"
+    table.cell(2, 1).text = "steel"
+    document.save(tmp_path / "nested.docx")
+    assert only(tmp_path).text == ("part | details\npump | sizes:\nsmall | 10 l\nlarge | \n20 l, nested twice\n"
+                                   " | steel")
+
+
 def test_docx_title_falls_back_to_the_first_heading(tmp_path):
     docx = importlib.import_module("docx")
     document = docx.Document()  # its core properties have an empty title

@@ -94,13 +94,23 @@ def _row_lines(table) -> list[str]:
     """'cell | cell' per row, a cell merged across columns once; a cell merged down several rows
     shows its text in the first of them only, so the text stays as long as the file's (python-docx
     repeats it in every row, finding the cell above by a recursive search: quadratic, and a
-    RecursionError for a cell merged down about a thousand rows)."""
+    RecursionError for a cell merged down about a thousand rows). A table nested in a cell gives
+    its own rows, right after the row that holds it (python-docx's cell text leaves it out);
+    tables nested however deep are walked with an explicit stack, not recursion."""
     from docx.table import _Cell
 
     lines = []
-    for tr in table._tbl.tr_lst:
+    rows = [iter(table._tbl.tr_lst)]  # the rows still to read, of each table being read
+    while rows:
+        tr = next(rows[-1], None)
+        if tr is None:
+            rows.pop()
+            continue
+        live = [tc for tc in tr.tc_lst if tc.vMerge != "continue"]
         cells = ["" if tc.vMerge == "continue" else " ".join(_Cell(tc, table).text.split()) for tc in tr.tc_lst]
         lines.append(" | ".join(cells) if any(cells) else "")
+        nested = [tbl for tc in live for tbl in tc.tbl_lst]
+        rows.extend(iter(tbl.tr_lst) for tbl in reversed(nested))
     return lines
 
 
