@@ -58,6 +58,15 @@ class CsvColumns(Strict):
     delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator, e.g. ';' or '\\t'.")
 
 
+class DocxParts(Strict):
+    """Which parts of a .docx are read besides the body (its paragraphs and tables)."""
+
+    footnotes: bool = Field(True, description="Footnotes and endnotes, after the body.")
+    headers_footers: bool = Field(
+        False, description="Page headers and footers (each distinct one once), after the body and the notes."
+    )
+
+
 class FilesSourceConfig(Strict):
     type: Literal["files"] = "files"
     path: Path
@@ -65,6 +74,7 @@ class FilesSourceConfig(Strict):
     exclude: list[str] = Field(default_factory=list)
     jsonl: JsonlFields = Field(default_factory=JsonlFields)
     csv: CsvColumns = Field(default_factory=CsvColumns)
+    docx: DocxParts = Field(default_factory=DocxParts)
     max_file_mb: float = Field(
         100, gt=0,
         description="Files bigger than this many MiB fail as 'too_large'; a .docx also when its parts unpack to "

@@ -311,6 +311,26 @@ def test_docx_nested_tables_and_cells_merged_down(tmp_path):
                                    " | steel")
 
 
+def test_docx_footnotes_by_default_headers_and_footers_when_asked(tmp_path):
+    docx = importlib.import_module("docx")
+    write(tmp_path / "notes.docx", minimal_docx(["The pump is rated for 10 bar."], footnotes=["Tested in 2024."]))
+    document = docx.Document()
+    document.add_paragraph("Body of the manual.")
+    document.sections[0].header.paragraphs[0].text = "ACME confidential"
+    document.sections[0].footer.paragraphs[0].text = "Manual v2"
+    second = document.add_section()  # linked to the first: its header and footer are read once
+    document.add_paragraph("Second section.")
+    assert second.header.is_linked_to_previous
+    document.save(tmp_path / "manual.docx")
+
+    items = read_all(tmp_path)
+    assert items["notes.docx"].text == "The pump is rated for 10 bar.\n\nTested in 2024."
+    assert items["manual.docx"].text == "Body of the manual.\n\nSecond section."
+    items = read_all(tmp_path, docx={"footnotes": False, "headers_footers": True})
+    assert items["notes.docx"].text == "The pump is rated for 10 bar."
+    assert items["manual.docx"].text == "Body of the manual.\n\nSecond section.\n\nACME confidential\n\nManual v2"
+
+
 def test_docx_title_falls_back_to_the_first_heading(tmp_path):
     docx = importlib.import_module("docx")
     document = docx.Document()  # its core properties have an empty title
