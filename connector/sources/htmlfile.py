@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Iterator
 
-from bs4 import BeautifulSoup, NavigableString, PageElement, Tag, UnicodeDammit, XMLParsedAsHTMLWarning
-
-# XHTML and pages with an <?xml ?> declaration are read as HTML on purpose: bs4's advice to
-# parse them as XML does not apply, and printing it on every sync only worries the user.
-warnings.filterwarnings("ignore", category=XMLParsedAsHTMLWarning)
+from bs4 import BeautifulSoup, NavigableString, PageElement, Tag, UnicodeDammit
 
 from connector.sources.reading import Parsed, ReadFailure, binary_reason
 
@@ -33,6 +28,7 @@ _BLOCK_BREAKS = {
 _RUNS = re.compile(r"[\s\x00\x01]+")
 _SPACES = re.compile(r"\s+")
 _PRESERVE_WHITESPACE = {"pre", "textarea"}
+_XML_DECLARATION = re.compile(r"<\?xml[^>]*>")  # up to the first ">", as an HTML parser reads it
 
 
 def read_html(data: bytes) -> Parsed:
@@ -51,6 +47,9 @@ def read_html(data: bytes) -> Parsed:
 def html_text(markup: str) -> tuple[str, str | None]:
     """(text, title) of an HTML page, in one walk of the tree: time and memory grow linearly
     with the page, however deeply its elements nest."""
+    declaration = _XML_DECLARATION.match(markup)
+    if declaration:  # XHTML: read as the HTML it is, without bs4's "XML parsed as HTML" warning
+        markup = markup[declaration.end() :]  # (its encoding is already applied)
     soup = BeautifulSoup(markup.replace(_LINE, "").replace(_PARAGRAPH, ""), "lxml")
     title = " ".join(soup.title.get_text().split()) if soup.title else None
     text = _RUNS.sub(_break, "".join(_pieces(soup)))
