@@ -123,9 +123,10 @@ def _sync_text(report) -> str:
     lines = [
         f"{head}documents: {d['seen']} seen, {d['new']} new, {d['changed']} changed, {d['unchanged']} unchanged, "
         f"{d['deleted']} deleted, {d['failed']} failed",
-        f"chunks: {c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} from cache, "
-        f"{c['upserted']} {'to upsert' if report.dry_run else 'upserted'}, "
-        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}",
+        f"chunks: {c['upserted']} {'to upsert' if report.dry_run else 'upserted'} "
+        f"({c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} with a reused vector), "
+        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}"
+        + (f", {c['failed']} failed" if c["failed"] else ""),
     ]
     for change in report.changes:
         lines.append(f"  {change['action']:7} {printable(change['doc_id'])}"
@@ -159,11 +160,12 @@ def search(ctx, config_path, query, mode, limit, collection):
       connector search -c configs/qdrant-local.yaml "reset password" --collection kb_768
     """
     from connector.pipeline import make_encoder
+    from connector.preprocess.factory import make_query_preprocessor
     from connector.search import plan_search
 
     config = load_config(config_path)
     encoder = make_encoder(config)
-    vectors = encoder.encode([query])[0]
+    vectors = encoder.encode([make_query_preprocessor(config)(query)])[0]
     plan = plan_search(config, mode, collection, encoder)
     sink = plan.sink
     try:
@@ -245,16 +247,19 @@ def _no_ledger(config) -> str:
 
 # ---- embed / similarity -------------------------------------------------------------------
 def _encoder_from(config_path: Path | None, model: str | None, max_length: int | None):
+    """The encoder, and the query cleaning, of `-c CONFIG` (its query-scoped rules) or `--model`
+    (none: the texts are encoded as given)."""
     from connector.encoders.bge_m3 import BGEM3Encoder
+    from connector.preprocess.factory import make_query_preprocessor
 
     if (config_path is None) == (model is None):
         raise click.UsageError("give exactly one of -c CONFIG or --model PATH_OR_HUB_ID")
     if config_path is not None:
-        enc = load_config(config_path).encoder
+        config = load_config(config_path)
         if max_length:
-            enc.max_length = max_length
-        return BGEM3Encoder.from_config(enc)
-    return BGEM3Encoder(model, max_length=max_length or 8192)
+            config.encoder.max_length = max_length
+        return BGEM3Encoder.from_config(config.encoder), make_query_preprocessor(config)
+    return BGEM3Encoder(model, max_length=max_length or 8192), lambda text: text
 
 
 def encoder_options(f):
@@ -269,14 +274,14 @@ def encoder_options(f):
 @json_option
 @click.pass_context
 def embed(ctx, config_path, model, max_length, texts):
-    """Encode texts and print their dense and sparse vectors.
+    """Encode texts, cleaned like queries (with -c), and print their dense and sparse vectors.
 
     \b
     Example:
       connector embed --model ./models/bge-m3 --json "first text" "second text"
     """
-    encoder = _encoder_from(config_path, model, max_length)
-    vectors = encoder.encode(list(texts))
+    encoder, clean = _encoder_from(config_path, model, max_length)
+    vectors = encoder.encode([clean(t) for t in texts])
     rows = [{"text": t, "dense": [float(x) for x in v.dense], "sparse": v.sparse.to_json()} for t, v in zip(texts, vectors)]
     if config_path is not None:
         from connector.pipeline import load_projection_for
@@ -300,7 +305,7 @@ def embed(ctx, config_path, model, max_length, texts):
 @json_option
 @click.pass_context
 def similarity(ctx, config_path, model, max_length, text_a, text_b):
-    """Dense cosine, lexical score and hybrid (dense + 0.3 * lexical) of two texts.
+    """Dense cosine, lexical score and hybrid (dense + 0.3 * lexical) of two texts, cleaned like queries (with -c).
 
     \b
     Example:
@@ -308,8 +313,8 @@ def similarity(ctx, config_path, model, max_length, text_a, text_b):
     """
     from connector.records import lexical_score
 
-    encoder = _encoder_from(config_path, model, max_length)
-    a, b = encoder.encode([text_a, text_b])
+    encoder, clean = _encoder_from(config_path, model, max_length)
+    a, b = encoder.encode([clean(text_a), clean(text_b)])
     dense = float(np.dot(a.dense, b.dense))
     lexical = lexical_score(a.sparse, b.sparse)
     data = {"dense": dense, "lexical": lexical, "hybrid": dense + HYBRID_SPARSE_WEIGHT * lexical}

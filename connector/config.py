@@ -58,6 +58,15 @@ class CsvColumns(Strict):
     delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator, e.g. ';' or '\\t'.")
 
 
+class DocxParts(Strict):
+    """Which parts of a .docx are read besides the body (its paragraphs and tables)."""
+
+    footnotes: bool = Field(True, description="Footnotes and endnotes, after the body.")
+    headers_footers: bool = Field(
+        False, description="Page headers and footers (each distinct one once), after the body and the notes."
+    )
+
+
 class FilesSourceConfig(Strict):
     type: Literal["files"] = "files"
     path: Path
@@ -65,6 +74,7 @@ class FilesSourceConfig(Strict):
     exclude: list[str] = Field(default_factory=list)
     jsonl: JsonlFields = Field(default_factory=JsonlFields)
     csv: CsvColumns = Field(default_factory=CsvColumns)
+    docx: DocxParts = Field(default_factory=DocxParts)
     max_file_mb: float = Field(
         100, gt=0,
         description="Files bigger than this many MiB fail as 'too_large'; a .docx also when its parts unpack to "
@@ -97,12 +107,35 @@ class FilesSourceConfig(Strict):
         return patterns
 
 
+Scope = Literal["queries", "documents", "both"]
+
+
 class PreprocessConfig(Strict):
+    """The built-in text cleaning. Character cleaning (NFKC, invisible characters, spacing) applies
+    to documents and queries alike; each rule applies where its `*_scope` says."""
+
     normalize_unicode: bool = Field(True, description="Apply Unicode NFKC.")
     abbreviations: dict[str, str] = Field(
-        default_factory=dict, description="Whole-word, case-insensitive expansions, e.g. {thx: thanks}."
+        default_factory=dict,
+        description="Case-insensitive expansions of words standing alone, e.g. {thx: thanks}.",
+    )
+    abbreviations_scope: Scope = Field(
+        "queries",
+        description="Where abbreviations expand: queries (search, embed, similarity), documents, or both. "
+        "Chat-style abbreviations belong to queries: in documents 'u' is also `git add -u` or '%u'.",
     )
     drop_symbols: list[str] = Field(default_factory=list, description="Strings removed from the text.")
+    drop_symbols_scope: Scope = Field("both", description="Where drop_symbols are removed: queries, documents, or both.")
+
+    def rules_for(self, target: Literal["queries", "documents"]) -> dict:
+        """The settings that shape a text of `target` (queries or documents): the rules whose scope
+        covers it, the others empty. For documents this is part of what decides whether a
+        document changed."""
+        return {
+            "normalize_unicode": self.normalize_unicode,
+            "abbreviations": self.abbreviations if self.abbreviations_scope in (target, "both") else {},
+            "drop_symbols": self.drop_symbols if self.drop_symbols_scope in (target, "both") else [],
+        }
 
     @field_validator("abbreviations")
     @classmethod

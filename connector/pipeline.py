@@ -55,7 +55,7 @@ from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.ownership import claim
 from connector.locations import public_url
 from connector.preprocess.chunking import Chunker
-from connector.preprocess.factory import make_preprocessor
+from connector.preprocess.factory import document_text_settings, make_preprocessor
 from connector.records import REFUSED_KINDS, Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
 from connector.retry import CircuitBreaker
@@ -81,6 +81,23 @@ def stable_metadata(metadata: dict) -> dict:
 
 def document_hash(doc: Document) -> str:
     return stable_hash({"text": doc.text, "metadata": stable_metadata(doc.metadata)})
+
+
+# The text settings (document_text_settings) shape the cleaned text, which the payload, hence the
+# chunk key, already holds: so they decide whether a document is read again (they are part of its
+# content hash), not whether its points are rewritten (they are not part of the fingerprint). A
+# config that changes a rule, or moves it to queries, re-reads every document and rewrites only
+# those whose cleaned text changed. Fingerprints once held those settings: they keep the default
+# value, so that stores synced with the default settings keep their chunk keys.
+DEFAULT_TEXT_SETTINGS = {"preprocess": {"normalize_unicode": True, "abbreviations": {}, "drop_symbols": []}}
+
+
+def content_hash_for(doc: Document, text_settings: dict) -> str:
+    """What decides whether a document must be read again: its text and metadata, and the text
+    settings it is cleaned with (left out when they are the defaults, as before they were part of it)."""
+    if text_settings == DEFAULT_TEXT_SETTINGS:
+        return document_hash(doc)
+    return stable_hash({"document": document_hash(doc), "text_settings": text_settings})
 
 
 def chunk_key(payload: dict, fingerprint: str) -> str:
@@ -130,7 +147,12 @@ def chunk_payload(chunk: Chunk, metadata: dict) -> dict:
 
 @dataclass
 class SyncReport:
-    """Counts of one sync (or of a dry run: what it would do)."""
+    """Counts of one sync (or of a dry run: what it would do).
+
+    `chunks` counts points: `upserted` written, `deleted`, `failed` (kept as dead letters); and of
+    the points given vectors, `encoded` those the model encoded (a text shared by several points is
+    encoded once, for one of them) and `cached` the others, whose vector came from the embedding
+    cache or from a point of the same text. Without failures, encoded + cached == upserted."""
 
     dry_run: bool = False
     documents: dict = field(
@@ -204,8 +226,8 @@ class Part:
 
     window: Window
     points: list[tuple[int, Point]]
-    encoded: int  # distinct chunk texts encoded
-    cached: int  # distinct chunk texts found in the embedding cache
+    encoded: int  # points whose vector the model computed for them (one per distinct new text)
+    cached: int  # the other points: vector from the embedding cache, or shared with a point of the same text
 
 
 class _StopSync(Exception):
@@ -273,6 +295,7 @@ class SyncRun:
         self._encoder: Encoder | None = None
         self._cache: EmbeddingCache | None = None
         self.normalize = make_preprocessor(config)
+        self.text_settings = document_text_settings(config)
         self.progress = progress
         self.pipelined = pipelined  # False: the same stages one after the other (a baseline, and for debugging)
         self.take_over = take_over  # claim the collection even if another state dir owns it
@@ -297,10 +320,7 @@ class SyncRun:
                 {
                     "vectors": vectors_id,
                     "chunking": self.config.chunking.model_dump(),
-                    "preprocess": self.config.preprocess.model_dump(),
-                    # only when set, so that configs without it keep their fingerprint
-                    **({"preprocessors": [p.model_dump() for p in self.config.preprocessors]}
-                       if self.config.preprocessors else {}),
+                    **DEFAULT_TEXT_SETTINGS,  # see content_hash_for
                     "layout": self.sink.layout.name,
                     "projection": self.projection.sha256 if self.projection else None,
                 }
@@ -359,7 +379,7 @@ class SyncRun:
         if dry_run:
             to_encode = len(self._dry_run_shas) - len(self.cache.get_many(self._dry_run_shas)) if self._dry_run_shas else 0
             report.chunks["encoded"] = to_encode
-            report.chunks["cached"] = len(self._dry_run_shas) - to_encode
+            report.chunks["cached"] = report.chunks["upserted"] - to_encode
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
             if self._deletes_waiting:  # left queued while the store was down
@@ -468,7 +488,7 @@ class SyncRun:
             yield window
 
     def _plan(self, doc: Document, reader: Ledger) -> DocPlan | FailedDocument | None:
-        content_hash = document_hash(doc)
+        content_hash = content_hash_for(doc, self.text_settings)
         known = reader.document(doc.doc_id)
         self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
         if known and known.content_hash == content_hash and known.fingerprint == self.fingerprint:
@@ -523,7 +543,7 @@ class SyncRun:
                     vectors, encoded = found
                     points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
                                               window.plans[n].payloads[i])) for n, i in part]
-                    yield Part(window, points, encoded, len(vectors) - encoded)
+                    yield Part(window, points, encoded, len(part) - encoded)
 
     # ---- stage 3: write ----------------------------------------------------------------------
     def _write(self, part: Part, report: SyncReport, final: bool = False) -> None:
@@ -644,10 +664,10 @@ class SyncRun:
     def _write_plans(self, plans: list[DocPlan], report: SyncReport, final: bool) -> None:
         window = Window(plans=plans)
         work = [(n, i) for n, plan in enumerate(plans) for i in plan.write]
-        vectors, encoded = self._vectors_for([plans[n].chunks[i] for n, i in work])
+        vectors, _ = self._vectors_for([plans[n].chunks[i] for n, i in work])
         points = [(n, self._point(plans[n].ids[i], vectors[plans[n].chunks[i].sha256], plans[n].payloads[i]))
                   for n, i in work]
-        self._write(Part(window, points, encoded, 0), report, final)
+        self._write(Part(window, points, 0, 0), report, final)  # counted when their window was encoded
 
     def _outage_stop(self, report: SyncReport) -> _StopSync:
         breaker = self.breaker

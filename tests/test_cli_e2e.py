@@ -286,6 +286,29 @@ def test_embed_and_similarity(tiny_model_dir):
     assert code == 2 and "--model" in out
 
 
+def test_query_rules_clean_queries_and_leave_documents_alone(project):
+    """The config's abbreviations (scope: queries, the default) expand in search, embed and
+    similarity, and never in a stored document."""
+    cfg = str(project)
+    (project.parent / "docs" / "git.md").write_text("Stage with git add -u, print with printf('%u').", encoding="utf-8")
+    assert run("sync", "-c", cfg)[0] == 0
+    with make_sink(load_config(project).sink) as sink:
+        stored = "\n".join(p.payload["text"] for p in sink.retrieve(sorted(sink.iter_ids())))
+    assert "Thx u!" in stored and "git add -u, print with printf('%u')" in stored
+    assert "you" not in stored
+
+    chat, plain = "thx u, it works", "thanks you, it works"
+    hits = [run("search", "-c", cfg, q, "--mode", "dense", "--json")[1]["hits"] for q in (chat, plain)]
+    assert hits[0] == hits[1]  # the same query once cleaned: the same hits, the same scores
+    code, sim, out = run("similarity", "-c", cfg, "--json", chat, plain)
+    assert code == 0 and sim["dense"] == pytest.approx(1.0, abs=1e-5), out
+    _, embedded, _ = run("embed", "-c", cfg, "--json", chat, plain)
+    assert embedded["embeddings"][0]["dense"] == embedded["embeddings"][1]["dense"]
+    assert embedded["embeddings"][0]["text"] == chat  # the output names the text as given
+    _, raw, _ = run("similarity", "--model", str(load_config(project).encoder.model), "--json", chat, plain)
+    assert raw["dense"] < 0.9999  # without a config nothing is rewritten
+
+
 def test_failed_document_is_recorded_and_exit_3(project):
     (project.parent / "docs" / "broken.txt").write_bytes(b"\xff\xfe\xfa not utf-8 \x80\x81")
     code, data, out = run("sync", "-c", str(project), "--json")

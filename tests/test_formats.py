@@ -352,6 +352,43 @@ def test_docx_paragraphs_tables_and_title(tmp_path):
     assert doc.metadata["title"] == "Core title"
 
 
+def test_docx_nested_tables_and_cells_merged_down(tmp_path):
+    docx = importlib.import_module("docx")
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "part", "details"
+    table.cell(1, 0).merge(table.cell(2, 0)).text = "pump"  # merged down two rows
+    table.cell(1, 1).text = "sizes:"
+    inner = table.cell(1, 1).add_table(rows=2, cols=2)
+    inner.cell(0, 0).text, inner.cell(0, 1).text = "small", "10 l"
+    inner.cell(1, 0).text = "large"
+    inner.cell(1, 1).add_table(rows=1, cols=1).cell(0, 0).text = "20 l, nested twice"
+    table.cell(2, 1).text = "steel"
+    document.save(tmp_path / "nested.docx")
+    assert only(tmp_path).text == ("part | details\npump | sizes:\nsmall | 10 l\nlarge | \n20 l, nested twice\n"
+                                   " | steel")
+
+
+def test_docx_footnotes_by_default_headers_and_footers_when_asked(tmp_path):
+    docx = importlib.import_module("docx")
+    write(tmp_path / "notes.docx", minimal_docx(["The pump is rated for 10 bar."], footnotes=["Tested in 2024."]))
+    document = docx.Document()
+    document.add_paragraph("Body of the manual.")
+    document.sections[0].header.paragraphs[0].text = "ACME confidential"
+    document.sections[0].footer.paragraphs[0].text = "Manual v2"
+    second = document.add_section()  # linked to the first: its header and footer are read once
+    document.add_paragraph("Second section.")
+    assert second.header.is_linked_to_previous
+    document.save(tmp_path / "manual.docx")
+
+    items = read_all(tmp_path)
+    assert items["notes.docx"].text == "The pump is rated for 10 bar.\n\nTested in 2024."
+    assert items["manual.docx"].text == "Body of the manual.\n\nSecond section."
+    items = read_all(tmp_path, docx={"footnotes": False, "headers_footers": True})
+    assert items["notes.docx"].text == "The pump is rated for 10 bar."
+    assert items["manual.docx"].text == "Body of the manual.\n\nSecond section.\n\nACME confidential\n\nManual v2"
+
+
 def test_docx_title_falls_back_to_the_first_heading(tmp_path):
     docx = importlib.import_module("docx")
     document = docx.Document()  # its core properties have an empty title

@@ -10,8 +10,8 @@ from connector.config import PreprocessConfig
 from connector.preprocess.normalize import Normalizer
 
 
-def norm(text: str, **config) -> str:
-    return Normalizer(PreprocessConfig(**config))(text)
+def norm(text: str, target: str = "queries", **config) -> str:
+    return Normalizer(PreprocessConfig(**config), target=target)(text)
 
 
 # --- abbreviations ------------------------------------------------------------------------
@@ -33,6 +33,13 @@ def norm(text: str, **config) -> str:
         ("_u", "_u"),
         ("u\u0331", "u\u0331"),  # u with a combining macron below is another letter
         ("THX", "thanks"),
+        ("thank u!", "thank you!"),
+        ('"u", u; u?', '"you", you; you?'),
+        # part of an option, a format or a path, not a word a user typed
+        ("git add -u", "git add -u"),
+        ("printf('%u', n)", "printf('%u', n)"),
+        ("/u/bin u/2", "/u/bin u/2"),
+        ("u-turn", "u-turn"),
     ],
 )
 def test_abbreviations_whole_words_case_insensitive(text, expected):
@@ -122,7 +129,7 @@ _PROPERTY_CONFIG = PreprocessConfig(
     abbreviations={"u": "you", "thx": "thanks", "e.g.": "for example", "w/o": "without", "a b": "ab"},
     drop_symbols=["™", "®", "**"],
 )
-_normalizer = Normalizer(_PROPERTY_CONFIG)
+_normalizer = Normalizer(_PROPERTY_CONFIG, target="queries")
 
 _interesting = st.sampled_from(
     ["u", "U", "thx", "e.g.", "w/o", "a", "b", " ", "  ", "\t", "\n", "\r\n", "\u2029", "\u200b", "\u00ad",
@@ -156,8 +163,28 @@ def test_a_long_text_is_cleaned_in_blocks_exactly_as_in_one_piece(monkeypatch):
     rng = random.Random(5)
     pieces = ["word", "thx", "u", "Ünïcode", "™", " ", "  ", "\n", "\n\n\n", "\t", "\u200b", "ﬁ", "x\ny", "12"]
     text = "".join(rng.choice(pieces) for _ in range(20000))
-    config = PreprocessConfig(abbreviations={"u": "you", "thx": "thanks"}, drop_symbols=["™"])
+    config = PreprocessConfig(abbreviations={"u": "you", "thx": "thanks"}, drop_symbols=["™"],
+                              abbreviations_scope="both")
     whole = Normalizer(config)(text)
     monkeypatch.setattr(module, "BLOCK_CHARS", 500)  # many cuts
     assert len(list(module._blocks(text, 500))) > 20
     assert Normalizer(config)(text) == whole
+
+
+# --- scopes ----------------------------------------------------------------------------------
+
+
+def test_abbreviations_expand_in_queries_only_by_default():
+    config = PreprocessConfig(abbreviations={"u": "you"})
+    assert Normalizer(config, target="queries")("thank u") == "thank you"
+    assert Normalizer(config, target="documents")("thank u") == "thank u"
+    assert Normalizer(config)("thank u") == "thank u"  # documents, as a `preprocessors` step does
+
+
+@pytest.mark.parametrize("scope, in_queries, in_documents", [
+    ("queries", "a b", "a® b"), ("documents", "a® b", "a b"), ("both", "a b", "a b"),
+])
+def test_each_rule_applies_where_its_scope_says(scope, in_queries, in_documents):
+    config = PreprocessConfig(drop_symbols=["®"], drop_symbols_scope=scope)
+    assert Normalizer(config, target="queries")("a® b") == in_queries
+    assert Normalizer(config, target="documents")("a® b") == in_documents

@@ -206,3 +206,56 @@ def test_a_stopped_sync_stops_encoding_too(tmp_path, tiny_model_dir, tiny_encode
     # 400 documents make ~100 windows; after the stop only the parts already under way are encoded
     assert encoder.calls <= 8, encoder.calls
     assert not any(t.name.startswith("connector-") and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("before, after", [
+    # the rule moves to queries: documents keep their text, queries still expand 'u'
+    ({"abbreviations": {"u": "you"}, "abbreviations_scope": "both"}, {"abbreviations": {"u": "you"}}),
+    ({"drop_symbols": ["®"]}, {}),
+])
+def test_a_changed_rule_rewrites_only_the_documents_whose_text_changes(tmp_path, tiny_model_dir, tiny_encoder,
+                                                                      before, after):
+    docs = write_corpus(tmp_path / "docs", docs=20)
+    (docs / "chat.md").write_text("Thank u for the Acme® pump, it works.", encoding="utf-8")
+    config = make_config(tmp_path, tiny_model_dir, "s", docs)
+    first = run_sync(config.model_copy(update={"preprocess": config.preprocess.model_validate(before)}),
+                     encoder=tiny_encoder)
+    assert first.exit_code == 0 and first.documents["new"] == 21
+
+    again = run_sync(config.model_copy(update={"preprocess": config.preprocess.model_validate(after)}),
+                     encoder=tiny_encoder)
+    chat_chunks = len(ledger_contents(config)["chat.md"][1])
+    assert again.exit_code == 0
+    assert again.documents["changed"] == 21  # every document is read again with the new rules ...
+    assert again.chunks["upserted"] == chat_chunks  # ... and only the one whose text changed is rewritten
+    assert 1 <= again.chunks["encoded"] <= chat_chunks and again.chunks["deleted"] == 0
+    first_chunk = [payload["text"] for payload, _, _ in store_contents(config).values()
+                   if payload["doc_id"] == "chat.md" and payload["chunk_index"] == 0]
+    assert first_chunk[0].startswith("Thank u for the Acme")
+    assert verify(config).ok
+
+    third = run_sync(config.model_copy(update={"preprocess": config.preprocess.model_validate(after)}),
+                     encoder=tiny_encoder)
+    assert third.documents["unchanged"] == 21 and third.chunks["upserted"] == 0
+
+
+def test_chunk_counts_add_up_with_texts_shared_across_documents(tmp_path, tiny_model_dir, tiny_encoder,
+                                                              small_windows):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(12):  # the same footer in twelve documents, across several windows
+        (docs / f"page-{n:02d}.md").write_text("Contact support for help.", encoding="utf-8")
+    for n in range(6):
+        (docs / f"own-{n}.md").write_text(f"Page {n} explains valve {n}.", encoding="utf-8")
+    config = make_config(tmp_path, tiny_model_dir, "s", docs)
+
+    planned = run_sync(config, encoder=tiny_encoder, dry_run=True)
+    report = run_sync(config, encoder=tiny_encoder)
+    for r in (planned, report):
+        assert r.chunks["upserted"] == 18  # points: one per document
+        assert r.chunks["encoded"] == 7  # distinct texts: the footer once, and six others
+        assert r.chunks["encoded"] + r.chunks["cached"] == r.chunks["upserted"]
+    assert len(store_contents(config)) == 18
+    from connector.cli import _sync_text
+
+    assert "chunks: 18 upserted (7 encoded, 11 with a reused vector), 0 deleted" in _sync_text(report)

@@ -127,8 +127,12 @@ def test_output_modes(tmp_path, tiny_model_dir, backend, output):
     code, shown, _ = run("projection", "show", "-c", str(cfg))
     assert shown == fitted
     code, report, out = run("sync", "-c", str(cfg))
-    assert code == 0 and report["chunks"]["cached"] == fitted["sample_size"] == 40, out  # the fit's sample, cached
+    assert code == 0 and fitted["sample_size"] == 40, out
     info, points = stored_points(cfg)
+    chunks = report["chunks"]
+    # the fit's sample came from the cache: the model encoded only the other distinct texts
+    assert chunks["encoded"] == len({p.payload["text"] for p in points}) - 40
+    assert chunks["encoded"] + chunks["cached"] == chunks["upserted"] == len(points)
     expected_vectors = {"dense": {"dense": 32}, "dense+legacy": {"dense": 32, f"dense_{K}": K},
                         "legacy": {f"dense_{K}": K}}[output]
     assert info.dense_sizes == expected_vectors and info.vectors["sparse"] == "sparse"

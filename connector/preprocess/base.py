@@ -17,7 +17,8 @@ class Preprocessor(ABC):
     decides whether a document changed), and should be idempotent.
 
     The built-in normalizer (`Normalizer`, the config's `preprocess:` section) always runs first;
-    the `preprocessors` steps follow in the order listed.
+    the `preprocessors` steps follow in the order listed. Plugin steps clean documents only;
+    queries get the built-in normalizer's query-scoped rules (and those of `normalize` steps).
     """
 
     def __init__(self, config):

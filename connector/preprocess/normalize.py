@@ -1,6 +1,8 @@
-"""Text cleaning applied to every document before chunking.
+"""Text cleaning applied to every document before chunking, and to every query before encoding.
 
-The steps, in order:
+Steps 2-5 (character cleaning) apply to both; the rules (`drop_symbols`, `abbreviations`) apply
+only to the texts their scope names (`drop_symbols_scope`, `abbreviations_scope`: queries,
+documents or both). The steps, in order:
 
 1. remove the configured `drop_symbols` (before NFKC, which would turn '™' into 'TM');
 2. normalise line endings (\\r\\n, \\r, NEL, U+2028 to \\n; U+2029 to a blank line; form feed and
@@ -12,9 +14,10 @@ The steps, in order:
    (NFKC or a removed zero-width character can form one);
 5. fold runs of spaces and tabs into one space, strip spaces at both ends of every line, fold
    three or more newlines into one blank line (paragraph breaks survive), strip the ends;
-6. expand abbreviations: whole words only (a key touching a letter, digit, underscore or
-   combining mark is part of a longer word), case-insensitive, longest key first; then step 5
-   again, to tidy what an empty expansion leaves behind.
+6. expand abbreviations: words standing alone only (after the start, a space or an opening
+   bracket or quote; before the end, a space, a closing bracket or quote, or . , ; : ! ?), so
+   that 'u' expands in "thank u!" but not in `git add -u`, '%u' or 'u_id'; case-insensitive,
+   longest key first; then step 5 again, to tidy what an empty expansion leaves behind.
 
 Invisible characters go before NFKC on purpose: removing a zero-width space between 'e' and a
 combining accent after NFKC would leave a string that NFKC changes again, so the result would
@@ -32,6 +35,7 @@ import functools
 import re
 import sys
 import unicodedata
+from typing import Literal
 
 from connector.config import PreprocessConfig
 from connector.preprocess.base import Preprocessor
@@ -67,10 +71,10 @@ def _invisible_pattern() -> re.Pattern[str]:
     return re.compile(_char_class(("Cc", "Cf", "Cs"), keep="\n\t") + "+")
 
 
-@functools.lru_cache(maxsize=None)
-def _mark_class() -> str:
-    """Combining marks: a key followed by one is part of a longer word ('u' + U+0331 is not 'u')."""
-    return _char_class(("Mn", "Mc", "Me"))[1:-1]
+# What may stand right before and right after an abbreviation (besides the start and end of the
+# text): anything else ('-u', '%u', 'u_id', 'u' + a combining mark) makes it part of something longer.
+_OPENERS = "\\s([{\"'«“‘"
+_CLOSERS = "\\s.,;:!?)\\]}\"'»”’"
 
 
 # Long texts are cleaned in blocks of about this many characters: re.sub over a 50 MB text with
@@ -104,10 +108,12 @@ class Normalizer(Preprocessor):
     """Cleans text as configured by `PreprocessConfig`; call it: `clean = Normalizer(cfg)(text)`.
     Registered as the preprocessor `normalize`, for extra passes with other options."""
 
-    def __init__(self, config: PreprocessConfig | None = None):
-        config = config or PreprocessConfig()
-        self.normalize_unicode = config.normalize_unicode
-        symbols = sorted({s for s in config.drop_symbols if s}, key=len, reverse=True)
+    def __init__(self, config: PreprocessConfig | None = None, target: Literal["queries", "documents"] = "documents"):
+        """`target`: clean documents (the default, and what a `preprocessors` step does) or queries;
+        each rule applies only if its scope covers `target`."""
+        rules = (config or PreprocessConfig()).rules_for(target)
+        self.normalize_unicode = rules["normalize_unicode"]
+        symbols = sorted({s for s in rules["drop_symbols"] if s}, key=len, reverse=True)
         self._drop = re.compile("|".join(map(re.escape, symbols))) if symbols else None
         self._invisible = _invisible_pattern()
 
@@ -115,17 +121,16 @@ class Normalizer(Preprocessor):
         # values do not bring back what cleaning removed. A later key that differs only in
         # case replaces an earlier one.
         self._expansions: dict[str, str] = {}
-        for key, value in config.abbreviations.items():
+        for key, value in rules["abbreviations"].items():
             key = _clean_space(self._clean_chars(key))
             if key:
                 self._expansions[key.lower()] = _clean_space(self._clean_chars(value))
         self._abbreviations = None
         if self._expansions:
             keys = sorted(self._expansions, key=len, reverse=True)
-            word = r"\w" + _mark_class()
             alternatives = "|".join(map(re.escape, keys))
             self._abbreviations = re.compile(
-                rf"(?<![{word}])(?:{alternatives})(?![{word}])", re.IGNORECASE
+                rf"(?<![^{_OPENERS}])(?:{alternatives})(?![^{_CLOSERS}])", re.IGNORECASE
             )
 
     def __call__(self, text: str) -> str:

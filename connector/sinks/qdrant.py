@@ -7,6 +7,7 @@ qdrant-client is imported lazily, so that a missing extra is reported cleanly.
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 import warnings
@@ -37,6 +38,14 @@ from connector.sinks.base import (
     is_too_large,
     redact,
 )
+
+log = logging.getLogger("connector.sinks")
+
+# Embedded Qdrant keeps every point in memory and searches them one by one: beyond this many
+# points (qdrant-client's own LARGE_DATA_THRESHOLD) a server is the better home. qdrant-client
+# says so with a warning on every open and upsert; the sink says it once, in its own words.
+LOCAL_MODE_POINTS = 20_000
+warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
 
 # layout distance -> qdrant models.Distance member
 DISTANCES = {"cosine": "COSINE", "dot": "DOT", "euclid": "EUCLID", "l2": "EUCLID", "manhattan": "MANHATTAN"}
@@ -141,6 +150,8 @@ class QdrantSink(Sink):
         self._api_key = api_key
         self.timeout = timeout
         self._client = None
+        self._points_bound: int | None = None  # embedded: at least the collection's points (see _say_if_large)
+        self._said_large = False
 
     @classmethod
     def from_config(cls, config: QdrantSinkConfig, layout: Layout) -> "QdrantSink":
@@ -266,6 +277,28 @@ class QdrantSink(Sink):
             raise TransientError(
                 f"Qdrant upsert on collection '{self.collection}' was not confirmed (status {result.status}); "
                 "write it again."
+            )
+        if self.is_local:
+            self._say_if_large(len(structs))
+
+    def _say_if_large(self, written: int) -> None:
+        """Log once when the embedded collection holds more than LOCAL_MODE_POINTS points. The
+        count is taken after the first upsert and again whenever it may have crossed the limit
+        (count + points written since, an upper bound as upserts may overwrite)."""
+        if self._said_large:
+            return
+        if self._points_bound is not None and self._points_bound + written <= LOCAL_MODE_POINTS:
+            self._points_bound += written
+            return
+        with self._op("count"):
+            self._points_bound = self.client.count(self.collection, exact=True).count
+        if self._points_bound > LOCAL_MODE_POINTS:
+            self._said_large = True
+            log.warning(
+                "embedded Qdrant in %s holds %d points in collection '%s'; beyond %d it keeps slowing down "
+                "(every point in memory, searched one by one). For a collection this size run a Qdrant server "
+                "and point sink.url at it (README: Servers).",
+                self.path, self._points_bound, self.collection, LOCAL_MODE_POINTS,
             )
 
     def _delete(self, ids: Sequence[str]) -> None:

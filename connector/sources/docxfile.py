@@ -14,9 +14,11 @@ _HEADING_STYLE = re.compile(r"^(Heading ?\d|Title)$", re.IGNORECASE)
 _MIB = 1024 * 1024
 
 
-def read_docx(data: bytes, max_unpacked_bytes: int | None = None) -> Parsed:
+def read_docx(data: bytes, max_unpacked_bytes: int | None = None, footnotes: bool = True,
+              headers_footers: bool = False) -> Parsed:
     """Paragraphs as blocks separated by blank lines, a table as one block of 'cell | cell' rows;
-    the title from the core properties, else the first heading (or Title-styled paragraph).
+    then, if asked, the footnotes and endnotes (a block each) and the distinct page headers and
+    footers; the title from the core properties, else the first heading (or Title-styled paragraph).
 
     A .docx is a zip: when its parts unpack to more than `max_unpacked_bytes` (None: no limit)
     it fails as 'too_large' before anything is unpacked, and no part is unpacked beyond the size
@@ -33,7 +35,11 @@ def read_docx(data: bytes, max_unpacked_bytes: int | None = None) -> Parsed:
         package = io.BytesIO(data) if max_unpacked_bytes is None else _unpacked(data, max_unpacked_bytes)
         document = docx.Document(package)
         del package
-        blocks, heading = _blocks(document)
+        blocks, heading = _blocks(document.iter_inner_content(), _heading_test(document))
+        if footnotes:
+            blocks += _notes(document)
+        if headers_footers:
+            blocks += _headers_footers(document)
         title = _core_title(document) or heading
     except ReadFailure:
         raise
@@ -69,13 +75,14 @@ def _unpacked(data: bytes, limit: int) -> io.BytesIO:
     return out
 
 
-def _blocks(document) -> tuple[list[str], str | None]:
+def _blocks(content, is_heading: Callable[[object], bool]) -> tuple[list[str], str | None]:
+    """The blocks of `content` (paragraphs and tables, as iter_inner_content gives them), and the
+    text of the first heading among them."""
     from docx.table import Table
 
     blocks: list[str] = []
     heading = None
-    is_heading = _heading_test(document)
-    for item in document.iter_inner_content():
+    for item in content:
         if isinstance(item, Table):
             table = "\n".join(row for row in _row_lines(item) if row)
             if table:
@@ -94,14 +101,64 @@ def _row_lines(table) -> list[str]:
     """'cell | cell' per row, a cell merged across columns once; a cell merged down several rows
     shows its text in the first of them only, so the text stays as long as the file's (python-docx
     repeats it in every row, finding the cell above by a recursive search: quadratic, and a
-    RecursionError for a cell merged down about a thousand rows)."""
+    RecursionError for a cell merged down about a thousand rows). A table nested in a cell gives
+    its own rows, right after the row that holds it (python-docx's cell text leaves it out);
+    tables nested however deep are walked with an explicit stack, not recursion."""
     from docx.table import _Cell
 
     lines = []
-    for tr in table._tbl.tr_lst:
+    rows = [iter(table._tbl.tr_lst)]  # the rows still to read, of each table being read
+    while rows:
+        tr = next(rows[-1], None)
+        if tr is None:
+            rows.pop()
+            continue
+        live = [tc for tc in tr.tc_lst if tc.vMerge != "continue"]
         cells = ["" if tc.vMerge == "continue" else " ".join(_Cell(tc, table).text.split()) for tc in tr.tc_lst]
         lines.append(" | ".join(cells) if any(cells) else "")
+        nested = [tbl for tc in live for tbl in tc.tbl_lst]
+        rows.extend(iter(tbl.tr_lst) for tbl in reversed(nested))
     return lines
+
+
+_NOTE_PARTS = ("footnotes", "endnotes")
+_NOT_NOTES = {"separator", "continuationSeparator", "continuationNotice"}  # the rule above the notes, ...
+
+
+def _notes(document) -> list[str]:
+    """Footnotes, then endnotes, a block each (python-docx does not read them)."""
+    from docx.opc.constants import RELATIONSHIP_TYPE
+    from docx.oxml.ns import qn
+    from docx.oxml.parser import parse_xml
+
+    blocks = []
+    for name in _NOTE_PARTS:
+        try:
+            part = document.part.part_related_by(getattr(RELATIONSHIP_TYPE, name.upper()))
+        except KeyError:
+            continue
+        for note in parse_xml(part.blob).iterchildren(qn(f"w:{name[:-1]}")):
+            if note.get(qn("w:type")) in _NOT_NOTES:
+                continue
+            paragraphs = ("".join(t.text or "" for t in p.iter(qn("w:t"))) for p in note.iter(qn("w:p")))
+            text = "\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+            if text:
+                blocks.append(text)
+    return blocks
+
+
+def _headers_footers(document) -> list[str]:
+    """The blocks of every page header and footer (first-page and even-page ones too), each
+    distinct block once: sections usually repeat them."""
+    seen: dict[str, None] = {}
+    for section in document.sections:
+        for part in (section.first_page_header, section.header, section.even_page_header,
+                     section.first_page_footer, section.footer, section.even_page_footer):
+            if part.is_linked_to_previous:  # no part of its own: the previous section's, already read
+                continue
+            for block in _blocks(part.iter_inner_content(), lambda paragraph: False)[0]:
+                seen.setdefault(block)
+    return list(seen)
 
 
 def _heading_test(document) -> Callable[[object], bool]:

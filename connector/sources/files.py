@@ -167,7 +167,9 @@ class FilesSource(Source):
         self._exclude = [glob_to_regex(p) for p in config.exclude]
         # A .docx is a zip: its parts count against the size limit unpacked.
         max_docx = int(config.max_file_mb * _MIB)
-        self._readers = {**DOCUMENT_READERS, ".docx": partial(read_docx, max_unpacked_bytes=max_docx)}
+        self._readers = {**DOCUMENT_READERS, ".docx": partial(
+            read_docx, max_unpacked_bytes=max_docx, footnotes=config.docx.footnotes,
+            headers_footers=config.docx.headers_footers)}
         # 'drafts/**' excludes the folder itself: it is not even listed.
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")

@@ -29,6 +29,7 @@ _BLOCK_BREAKS = {
 _RUNS = re.compile(r"[\s\x00\x01]+")
 _SPACES = re.compile(r"\s+")
 _PRESERVE_WHITESPACE = {"pre", "textarea"}
+_XML_DECLARATION = re.compile(r"<\?xml[^>]*>")  # up to the first ">", as an HTML parser reads it
 
 
 def read_html(data: bytes) -> Parsed:
@@ -42,6 +43,9 @@ def read_html(data: bytes) -> Parsed:
 def html_text(markup: str) -> tuple[str, str | None]:
     """(text, title) of an HTML page, in one walk of the tree: time and memory grow linearly
     with the page, however deeply its elements nest."""
+    declaration = _XML_DECLARATION.match(markup)
+    if declaration:  # XHTML: read as the HTML it is, without bs4's "XML parsed as HTML" warning
+        markup = markup[declaration.end() :]  # (its encoding is already applied)
     soup = BeautifulSoup(markup.replace(_LINE, "").replace(_PARAGRAPH, ""), "lxml")
     title = " ".join(soup.title.get_text().split()) if soup.title else None
     text = _RUNS.sub(_break, "".join(_pieces(soup)))

@@ -203,9 +203,10 @@ _CONTENT_TYPES = (
 )
 
 
-def minimal_docx(blocks: list[Any], title: str | None = None) -> bytes:
+def minimal_docx(blocks: list[Any], title: str | None = None, footnotes: list[str] = ()) -> bytes:
     """A small valid .docx: `blocks` are paragraphs (str, or ("Heading1", text) for a styled one)
-    and tables (a list of rows, each a list of cell texts); `title` goes in the core properties."""
+    and tables (a list of rows, each a list of cell texts); `title` goes in the core properties;
+    `footnotes` in a footnotes part (after the separator Word writes first)."""
     from xml.sax.saxutils import escape
 
     def paragraph(text: str, style: str | None = None) -> str:
@@ -248,6 +249,16 @@ def minimal_docx(blocks: list[Any], title: str | None = None) -> bytes:
         z.writestr("word/document.xml", document)
         if title is not None:
             z.writestr("docProps/core.xml", core)
+        if footnotes:
+            notes = [f'<w:footnote w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:footnote>']
+            notes += [f'<w:footnote w:id="{n}">{paragraph(text)}</w:footnote>' for n, text in enumerate(footnotes, 1)]
+            z.writestr("word/footnotes.xml", f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+                       f'<w:footnotes xmlns:w="{_W}">{"".join(notes)}</w:footnotes>')
+            z.writestr("word/_rels/document.xml.rels", (
+                '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+                '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+                '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
+                'footnotes" Target="footnotes.xml"/></Relationships>'))
     return out.getvalue()
 
 
@@ -331,6 +342,8 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
     put("formats/letter.docx", minimal_docx(
         [("Heading1", "Quarterly letter"), "Dear team,", [["item", "amount"], ["coffee", "12"]], "Thanks."],
         title="Q3 letter"), extra="docx", text="Quarterly letter\n\nDear team,\n\nitem | amount\ncoffee | 12\n\nThanks.")
+    put("formats/notes.docx", minimal_docx(["See the note."], footnotes=["The note, read by default."]), extra="docx",
+        text="See the note.\n\nThe note, read by default.")
     kb = [{"id": "kb-1", "text": "First answer", "lang": "en"}, {"id": "kb-2", "text": "Zweite Antwort", "lang": "de"}]
     put("formats/kb.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kb), records={"formats/kb.jsonl#kb-1": None, "formats/kb.jsonl#kb-2": None})
     put("formats/table.csv", 'id,title,text\ncsv-1,One,"Plain row"\ncsv-2,Two,"A text, with a comma\nand a line break"\n',
@@ -356,6 +369,11 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
         "hostile/mixed-zh-en.md": "# 混合 Mixed\n\n同步 sync 工具把 documents 写入 Qdrant 和 Milvus。\n",
     }.items():
         put(rel, text, text=text)
+    # an <?xml ?> declaration, then a long comment before <html>: bs4 takes it for XML (and used to
+    # print its warning on every sync); it is read as the HTML it is
+    put("hostile/xml-declared.html", '<?xml version="1.0" encoding="utf-8"?>\n<!-- ' + "Licence header. " * 40
+        + '-->\n<html xmlns="http://www.w3.org/1999/xhtml"><body><p>Declared as XML, read as HTML.</p></body></html>',
+        text="Declared as XML, read as HTML.")
     # control characters in file names: doc_ids stay exact; human output shows them escaped
     put("hostile/name\n  FAILED forged.md: a line break and \x1b[31mcolour.txt", "A file with a hostile name.")
 
