@@ -58,6 +58,16 @@ class CsvColumns(Strict):
     delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator, e.g. ';' or '\\t'.")
 
 
+class HtmlOptions(Strict):
+    """How .html/.htm pages are read."""
+
+    mode: Literal["main", "full"] = Field(
+        "main",
+        description="main: the page's main content (trafilatura): navigation, menus, 'skip to content' links, "
+        "cookie banners and footers dropped; a page where none is found is read in full. full: the whole page's text.",
+    )
+
+
 class FilesSourceConfig(Strict):
     type: Literal["files"] = "files"
     path: Path
@@ -65,6 +75,7 @@ class FilesSourceConfig(Strict):
     exclude: list[str] = Field(default_factory=list)
     jsonl: JsonlFields = Field(default_factory=JsonlFields)
     csv: CsvColumns = Field(default_factory=CsvColumns)
+    html: HtmlOptions = Field(default_factory=HtmlOptions)
     max_file_mb: float = Field(
         100, gt=0,
         description="Files bigger than this many MiB fail as 'too_large'; a .docx also when its parts unpack to "

@@ -122,8 +122,10 @@ class FilesSource(Source):
     - .txt/.md: the encoding is detected (a byte order mark, else UTF-8, else charset-normalizer's
       guess if it is a good one; `metadata.encoding` then names it); NUL bytes or many control
       bytes fail as 'binary'. The title of a .md file is its first `# ` heading.
-    - .html/.htm: the declared charset (else UTF-8, else detected); script/style/noscript/template
-      are dropped, block elements become line breaks, the title comes from <title>.
+    - .html/.htm: the declared charset (else UTF-8, else detected); `config.html.mode` "main" (the
+      default) keeps the main content (trafilatura; a page where it finds none is read in full),
+      "full" the whole page (script/style/noscript/template dropped, block elements become line
+      breaks); the title comes from <title>.
     - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
       pages' texts joined by blank lines; `metadata.page_count`; the title from the document info.
     - .docx (extra `docx`): paragraphs and tables ('cell | cell' rows; a cell merged down several
@@ -164,6 +166,8 @@ class FilesSource(Source):
         # A .docx is a zip: its parts count against the size limit unpacked.
         max_docx = int(config.max_file_mb * _MIB)
         self._readers = {**DOCUMENT_READERS, ".docx": partial(read_docx, max_unpacked_bytes=max_docx)}
+        for suffix in (".html", ".htm"):
+            self._readers[suffix] = partial(DOCUMENT_READERS[suffix], mode=config.html.mode)
         # 'drafts/**' excludes the folder itself: it is not even listed.
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")
