@@ -116,6 +116,15 @@ def test_html_main_content_leaves_boilerplate_out_and_keeps_code_and_tables(tmp_
     assert doc.metadata["title"] == "Install guide - Widget docs"
 
 
+def test_html_text_after_a_code_block_inside_a_paragraph_comes_once(tmp_path):
+    paragraph = "<p>" + "A paragraph long enough to make this page's main content. " * 5 + "</p>"
+    page = f"<html><body><article>{paragraph}<p>Run <code>make\nmake install</code> then restart.</p>{paragraph}</article></body></html>"
+    write(tmp_path / "run.html", page)
+    text = by_id(read_all(tmp_path))["run.html"].text
+    assert "\n\nRun\n\nmake\nmake install\n\nthen restart.\n\nA paragraph" in text
+    assert text.count("then restart.") == 1
+
+
 def test_html_mode_full_reads_the_whole_page_as_before(tmp_path):
     write(tmp_path / "install.html", ARTICLE_PAGE)
     doc = by_id(read_all(tmp_path, html={"mode": "full"}))["install.html"]

@@ -108,6 +108,7 @@ def _pre_as_code(tree: lxml.html.HtmlElement) -> None:
 # trafilatura's output elements (its XML format) that start a block, and those that start a line.
 _BLOCKS = {"p", "head", "quote", "list", "table", "div", "ab"}
 _LINES = {"item", "row", "lb"}
+_BLANK_LINES_AT_START = re.compile(r"\A(?:[ \t\r\f\v]*\n)+")
 
 
 class _TextBuilder:
@@ -151,12 +152,11 @@ def _render(body: etree._Element) -> str:
     for event, element in walker:
         tag = element.tag
         if event == "start" and tag == "code" and _is_code_block(element):
-            walker.skip_subtree()  # its "end" event does not come either
+            walker.skip_subtree()  # its "end" event still comes, and adds the tail
             if in_cell:
                 out.add(_code_text(element))
             else:
                 out.add_block(_code_text(element))
-            out.add(element.tail)
             continue
         if tag == "cell":
             if event == "start" and element.getprevious() is not None:
@@ -186,10 +186,7 @@ def _code_text(code: etree._Element) -> str:
     around it."""
     for linebreak in code.iter("lb"):
         linebreak.tail = "\n" + (linebreak.tail or "")
-    lines = "".join(code.itertext()).splitlines()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    return "\n".join(lines).rstrip()
+    return _BLANK_LINES_AT_START.sub("", "".join(code.itertext())).rstrip()
 
 
 def html_text(markup: str) -> tuple[str, str | None]:
