@@ -64,7 +64,8 @@ class HtmlOptions(Strict):
     mode: Literal["main", "full"] = Field(
         "main",
         description="main: the page's main content (trafilatura): navigation, menus, 'skip to content' links, "
-        "cookie banners and footers dropped; a page where none is found is read in full. full: the whole page's text.",
+        "cookie banners and footers left out; a page with less than 250 characters of main content, or nested deeper "
+        "than 256 levels, is read in full. full: the whole page's text.",
     )
 
 

@@ -123,7 +123,7 @@ class FilesSource(Source):
       guess if it is a good one; `metadata.encoding` then names it); NUL bytes or many control
       bytes fail as 'binary'. The title of a .md file is its first `# ` heading.
     - .html/.htm: the declared charset (else UTF-8, else detected); `config.html.mode` "main" (the
-      default) keeps the main content (trafilatura; a page where it finds none is read in full),
+      default) keeps the main content (trafilatura; a page where it finds little or none is read in full),
       "full" the whole page (script/style/noscript/template dropped, block elements become line
       breaks); the title comes from <title>.
     - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
