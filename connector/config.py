@@ -67,6 +67,17 @@ class DocxParts(Strict):
     )
 
 
+class HtmlOptions(Strict):
+    """How .html/.htm pages are read."""
+
+    mode: Literal["main", "full"] = Field(
+        "main",
+        description="main: the page's main content (trafilatura): navigation, menus, 'skip to content' links, "
+        "cookie banners and footers left out; a page with less than 250 characters of main content, or nested deeper "
+        "than 256 levels, is read in full. full: the whole page's text.",
+    )
+
+
 class FilesSourceConfig(Strict):
     type: Literal["files"] = "files"
     path: Path
@@ -75,6 +86,7 @@ class FilesSourceConfig(Strict):
     jsonl: JsonlFields = Field(default_factory=JsonlFields)
     csv: CsvColumns = Field(default_factory=CsvColumns)
     docx: DocxParts = Field(default_factory=DocxParts)
+    html: HtmlOptions = Field(default_factory=HtmlOptions)
     max_file_mb: float = Field(
         100, gt=0,
         description="Files bigger than this many MiB fail as 'too_large'; a .docx also when its parts unpack to "

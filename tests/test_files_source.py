@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import connector.sources.files as files_module
 from connector.config import FilesSourceConfig, JsonlFields
@@ -14,6 +15,8 @@ from connector.errors import SourceError
 from connector.records import Document, FailedDocument
 from connector.sources.base import Source
 from connector.sources.files import FilesSource, glob_to_regex
+from connector.sources.htmlfile import html_text
+from connector.testing.hostile import ARTICLE_PAGE, ARTICLE_TEXT
 
 PAGE = """<!doctype html>
 <html><head><title> Reset  your password </title>
@@ -102,6 +105,50 @@ def test_html_drops_scripts_and_keeps_paragraphs(corpus):
         "Account help\n\nOpen the settings and choose Forgot password.\n\n"
         "First line\nsecond line\n\none\ntwo"
     )
+
+
+def test_html_main_content_leaves_boilerplate_out_and_keeps_code_and_tables(tmp_path):
+    write(tmp_path / "install.html", ARTICLE_PAGE)
+    doc = by_id(read_all(tmp_path))["install.html"]
+    assert doc.text == ARTICLE_TEXT
+    for boilerplate in ("Skip to content", "cookies", "Home", "Pricing", "Copy", "All rights reserved", "Privacy"):
+        assert boilerplate not in doc.text
+    assert doc.metadata["title"] == "Install guide - Widget docs"
+
+
+def test_html_text_after_a_code_block_inside_a_paragraph_comes_once(tmp_path):
+    paragraph = "<p>" + "A paragraph long enough to make this page's main content. " * 5 + "</p>"
+    page = f"<html><body><article>{paragraph}<p>Run <code>make\nmake install</code> then restart.</p>{paragraph}</article></body></html>"
+    write(tmp_path / "run.html", page)
+    text = by_id(read_all(tmp_path))["run.html"].text
+    assert "\n\nRun\n\nmake\nmake install\n\nthen restart.\n\nA paragraph" in text
+    assert text.count("then restart.") == 1
+
+
+def test_html_mode_full_reads_the_whole_page_as_before(tmp_path):
+    write(tmp_path / "install.html", ARTICLE_PAGE)
+    doc = by_id(read_all(tmp_path, html={"mode": "full"}))["install.html"]
+    assert doc.text == html_text(ARTICLE_PAGE)[0]
+    assert doc.text.startswith("Skip to content\n\nWe use cookies") and "Privacy policy" in doc.text
+    assert doc.metadata["title"] == "Install guide - Widget docs"
+
+
+def test_html_without_main_content_is_read_in_full(tmp_path):
+    write(tmp_path / "fragment.html", "<ul><li><a href='/a'>Home</a></li></ul><p>Short note.</p>")
+    assert by_id(read_all(tmp_path))["fragment.html"].text == "Home\n\nShort note."
+
+
+def test_html_nested_deeper_than_the_parser_goes_is_read_in_full(tmp_path):
+    # libxml2 stops at 256 levels: main-content extraction would lose what is deeper
+    article = "<p>" + "An introduction long enough to be the main content of this page. " * 6 + "</p>"
+    write(tmp_path / "deep.html", "<html><body>" + article + "<div>" * 300 + "deep text" + "</div>" * 300 + "</body></html>")
+    text = by_id(read_all(tmp_path))["deep.html"].text
+    assert text.startswith("An introduction") and text.endswith("deep text")
+
+
+def test_html_mode_must_be_main_or_full(tmp_path):
+    with pytest.raises(ValidationError, match="'main' or 'full'"):
+        FilesSourceConfig(path=tmp_path, html={"mode": "article"})
 
 
 def test_html_declared_charset_is_used(tmp_path):

@@ -696,7 +696,7 @@ def _csv_line(*fields: str) -> str:
 
 @pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), MemoryError(), KeyError("bug")])
 def test_any_reader_error_fails_the_document_as_corrupt(tmp_path, monkeypatch, error):
-    def crash(data):
+    def crash(data, **options):
         raise error
 
     monkeypatch.setitem(files_module.DOCUMENT_READERS, ".html", crash)

@@ -125,8 +125,9 @@ class FilesSource(Source):
       bytes that no text holds fail as 'binary', undecidable ones as 'encoding'. The title of a
       .md file is its first `# ` heading.
     - .html/.htm: decoded the same way, with the charset the page declares (<meta>, <?xml?>) as a
-      signal; script/style/noscript/template are dropped, block elements become line breaks, the
-      title comes from <title>.
+      signal; `config.html.mode` "main" (the default) keeps the main content (trafilatura; a page
+      where it finds little or none is read in full), "full" the whole page (script/style/noscript/
+      template dropped, block elements become line breaks); the title comes from <title>.
     - .pdf (extra `pdf`): one section per page with text, metadata {"page": n}; the text is the
       pages' texts joined by blank lines; `metadata.page_count`; the title from the document info.
       Encrypted PDFs are opened with the empty user password.
@@ -170,6 +171,8 @@ class FilesSource(Source):
         self._readers = {**DOCUMENT_READERS, ".docx": partial(
             read_docx, max_unpacked_bytes=max_docx, footnotes=config.docx.footnotes,
             headers_footers=config.docx.headers_footers)}
+        for suffix in (".html", ".htm"):
+            self._readers[suffix] = partial(DOCUMENT_READERS[suffix], mode=config.html.mode)
         # 'drafts/**' excludes the folder itself: it is not even listed.
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")

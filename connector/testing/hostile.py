@@ -94,6 +94,47 @@ DECLARED_HTML_SAMPLES: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+#: A documentation page with the boilerplate of real sites around its main content: a 'skip to
+#: content' link, a cookie banner, a navigation menu, a 'Copy' button on a code block, a footer.
+#: With `source.html.mode: main` (the default) it gives ARTICLE_TEXT exactly.
+ARTICLE_PAGE = """<!doctype html><html><head><title>Install guide - Widget docs</title></head><body>
+<a href="#main" class="skip-link">Skip to content</a>
+<div id="cookie-banner" class="cookie-consent">We use cookies to improve your experience.
+<button>Accept all cookies</button></div>
+<header><nav><ul><li><a href="/">Home</a></li><li><a href="/docs">Docs</a></li>
+<li><a href="/blog">Blog</a></li><li><a href="/pricing">Pricing</a></li></ul></nav></header>
+<main id="main"><article>
+<h1>Installing the widget</h1>
+<p>The widget installs with one command on every supported platform,
+   and it needs no root rights at all.</p>
+<p>Run the installer from a terminal. It downloads the package, checks its signature and puts it in your home folder.</p>
+<div class="highlight"><button class="copy-button">Copy</button><pre><code>pip install widget
+widget --version
+
+    indented line</code></pre></div>
+<p>In the Python shell:</p>
+<pre><span class="gp">&gt;&gt;&gt; </span><span class="n">widget</span>.<span class="n">check</span>()
+True</pre>
+<p>The supported platforms and their minimum versions are listed in the table below; older versions may work.</p>
+<table><tr><th>Platform</th><th>Minimum</th></tr><tr><td>Linux</td><td>glibc <b>2.28</b></td></tr>
+<tr><td>macOS</td><td>12</td></tr></table>
+<p>After installing, run the self-test to check that everything is in place before you continue with the setup guide.</p>
+</article></main>
+<footer><p>&copy; 2024 Widget Inc. All rights reserved.</p><a href="/privacy">Privacy policy</a></footer>
+</body></html>
+"""
+ARTICLE_TEXT = (
+    "Installing the widget\n\n"
+    "The widget installs with one command on every supported platform, and it needs no root rights at all.\n\n"
+    "Run the installer from a terminal. It downloads the package, checks its signature and puts it in your home folder.\n\n"
+    "pip install widget\nwidget --version\n\n    indented line\n\n"
+    "In the Python shell:\n\n"
+    ">>> widget.check()\nTrue\n\n"
+    "The supported platforms and their minimum versions are listed in the table below; older versions may work.\n\n"
+    "Platform | Minimum\nLinux | glibc 2.28\nmacOS | 12\n\n"
+    "After installing, run the self-test to check that everything is in place before you continue with the setup guide."
+)
+
 _MIB = 1024 * 1024
 _LOREM = (
     "The connector keeps a vector store in sync with a body of documents. "
@@ -337,6 +378,7 @@ def build_hostile_corpus(root: Path, big: bool = False, max_file_mb: float = 100
         text="# Setup guide\n\nInstall it, then run `connector sync`.\n")
     put("formats/page.html", "<html><head><title>Help</title><script>x()</script></head><body><p>Open settings.</p></body></html>",
         text="Open settings.")
+    put("formats/article.html", ARTICLE_PAGE, text=ARTICLE_TEXT)
     put("formats/report.pdf", minimal_pdf(["Hello page 1", "Second page (two)"], title="Report"), extra="pdf")
     put("formats/aes-empty-password.pdf", aes_pdf(), text=AES_PDF_TEXT, extra="pdf-aes")
     put("formats/letter.docx", minimal_docx(
