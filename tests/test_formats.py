@@ -708,6 +708,17 @@ def test_any_reader_error_fails_the_document_as_corrupt(tmp_path, monkeypatch, e
     assert isinstance(items["b.txt"], Document)
 
 
+def test_a_package_a_reader_needs_missing_is_missing_extra_not_corrupt(tmp_path, monkeypatch):
+    """Found by a plain install: trafilatura imports lxml.html.clean, which lxml no longer ships."""
+    def crash(data, **options):
+        raise ImportError("lxml.html.clean module is now a separate project lxml_html_clean")
+
+    monkeypatch.setitem(files_module.DOCUMENT_READERS, ".html", crash)
+    write(tmp_path / "a.html", "<p>page</p>")
+    reason = failed(read_all(tmp_path)["a.html"], "missing_extra").reason
+    assert "lxml_html_clean" in reason and "reinstall connector" in reason
+
+
 def test_a_record_reader_error_fails_the_file_and_keeps_the_records_read(tmp_path, monkeypatch):
     read_records = files_module.jsonl_records
 

@@ -288,7 +288,7 @@ class FilesSource(Source):
             return
         except Exception as err:  # RecursionError, MemoryError, a reader's bug: the file fails, the sync goes on
             del data
-            yield FailedDocument(rel, _crash_reason(suffix, err), kind="corrupt"), rel
+            yield _crash(rel, suffix, err), rel
             return
         del data
         metadata.update(parsed.metadata or {})
@@ -340,11 +340,14 @@ class FilesSource(Source):
         try:
             yield from records
         except Exception as err:  # RecursionError, MemoryError, a reader's bug
-            yield FailedDocument(rel, _crash_reason(suffix, err), kind="corrupt"), rel
+            yield _crash(rel, suffix, err), rel
 
 
-def _crash_reason(suffix: str, err: Exception) -> str:
-    return (
-        f"reading the {suffix} file failed: {one_line(err)}; the file is damaged or built to exhaust readers: "
-        f"repair or re-save it, or exclude it"
-    )
+def _crash(rel: str, suffix: str, err: Exception) -> FailedDocument:
+    """The failure of a reader that raised an unexpected error: a package it needs that is missing
+    (the installation is broken, not the file), else a damaged or hostile file."""
+    if isinstance(err, ImportError):
+        return FailedDocument(rel, f"reading the {suffix} file needs a package that is not installed: "
+                                   f"{one_line(err)}; reinstall connector with its dependencies", kind="missing_extra")
+    return FailedDocument(rel, f"reading the {suffix} file failed: {one_line(err)}; the file is damaged or built "
+                               "to exhaust readers: repair or re-save it, or exclude it", kind="corrupt")
