@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
