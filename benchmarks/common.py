@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +20,17 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def machine_and_command(arguments: str, machine_note: str = "") -> list[str]:
+    """The **Machine** and **Command** lines that end a results section; `arguments` is what
+    follows the interpreter on the command line (the script and its options)."""
+    return [
+        f"- **Machine**: {cpu_model()} ({platform.machine()}), {len(os.sched_getaffinity(0))} cores{machine_note}; "
+        f"Python {platform.python_version()}.",
+        f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): "
+        f"`{display_python()} {arguments}`",
+    ]
 
 
 def display_python() -> str:

@@ -20,16 +20,13 @@ MB of HTML. Writes its section of benchmarks/RESULTS.md (between the extraction 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
-from common import cpu_model, display_python, publish  # benchmarks/common.py (on sys.path when run as a script)
+from common import machine_and_command, publish  # benchmarks/common.py (on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -157,10 +154,7 @@ def main() -> int:
         *table,
         "",
         *notes,
-        f"- **Machine**: {cpu_model()} ({platform.machine()}), {len(os.sched_getaffinity(0))} cores shared with "
-        f"other work; Python {platform.python_version()}.",
-        f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): "
-        f"`{display_python()} benchmarks/extraction.py --pages {args.pages}`",
+        *machine_and_command(f"benchmarks/extraction.py --pages {args.pages}", " shared with other work"),
         END,
     ])
     publish(RESULTS, START, END, section, write=not args.no_write)

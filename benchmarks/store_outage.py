@@ -18,10 +18,9 @@ import argparse
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-from common import cpu_model, publish  # benchmarks/common.py (this folder is on sys.path when run as a script)
+from common import machine_and_command, publish  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -73,11 +72,8 @@ def main() -> int:
         "dead letter: about 9 s a batch of 64 points with the default `retry:` (measured in issue 10), so about "
         "6.5 minutes for the ~43 batches after the kill here, and ~2 700 chunks to replay with `connector retry`.",
         "",
-        f"- **Machine**: {cpu_model()}, {len(os.sched_getaffinity(0))} cores; load average {load_before:.1f} "
-        f"before the run, {os.getloadavg()[0]:.1f} after (other work on the machine slows the encoder, not the "
-        "outage handling).",
-        f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): "
-        "`.venv/bin/python benchmarks/store_outage.py`",
+        *machine_and_command("benchmarks/store_outage.py", f", load average {load_before:.1f} before the run, "
+                             f"{os.getloadavg()[0]:.1f} after (other work slows the encoder, not the outage handling)"),
         END,
     ])
     publish(RESULTS, START, END, section, write=not args.no_write)

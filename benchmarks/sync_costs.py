@@ -15,16 +15,14 @@ Writes its section of benchmarks/RESULTS.md (between the sync-costs markers).
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from common import publish  # benchmarks/common.py (this folder is on sys.path when run as a script)
+from common import machine_and_command, publish  # benchmarks/common.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -110,10 +108,7 @@ def main() -> int:
         "",
         *table,
         "",
-        f"- **Machine**: {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; "
-        f"Python {platform.python_version()}.",
-        f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): "
-        f"`.venv/bin/python benchmarks/sync_costs.py --docs {args.docs}`",
+        *machine_and_command(f"benchmarks/sync_costs.py --docs {args.docs}"),
         END,
     ])
     publish(RESULTS, START, END, section, write=not args.no_write)

@@ -302,7 +302,6 @@ class SyncRun:
         self.take_over = take_over  # claim the collection even if another state dir owns it
         self._encode_lock = threading.Lock()
         self._cancel = threading.Event()  # set when the write stage stops early: the others stop too
-        self.collection_ready = False
         self.breaker: CircuitBreaker | None = None  # while the sync writes (see the module doc)
         self._deferred = DeferredPlans(config.state_dir)
         self._deletes_waiting = False  # deletes left queued while the store was down
@@ -341,7 +340,6 @@ class SyncRun:
         created = self.sink.ensure_collection(self.encoder.dimension, k)
         if self.projection:  # recorded with the collection: queries must use the same matrix
             self.ledger.set_meta(projection_key(self.sink.collection), self.projection.sha256)
-        self.collection_ready = True
         return created
 
     def close(self) -> None:
@@ -557,8 +555,6 @@ class SyncRun:
         if window.remaining is None:  # the window's first part
             for item in window.failed:
                 self._fail(report, item, dry_run=False)
-            if window.plans and not self.collection_ready:
-                self.ensure_collection()
             window.remaining = [len(plan.write) for plan in window.plans]
             self._commit([plan for n, plan in enumerate(window.plans) if window.remaining[n] == 0], report)
         queue = [(n, p) for n, p in part.points if n not in window.set_aside]
