@@ -1,0 +1,1 @@
+"""`connector serve`: the HTTP service (FastAPI), its metrics and the static WebUI."""
