@@ -109,12 +109,13 @@ async function analyze() {
   const a = $("text-a").value;
   const b = $("text-b").value;
   const request = { a, b, mode: $("mode").value };
+  $("result").hidden = true; // never leave an older result on screen under a new error
+  $("heatmap").hidden = true;
   const result = await api("/v1/similarity", request);
   lastRequest = { path: "/v1/similarity", body: request };
   showCurl(false);
   showSimilarity(result);
   const lines = nonEmptyLines(a);
-  $("heatmap").hidden = true;
   if (lines.length > 1) {
     showHeatmap(await api("/v1/similarity/matrix", { texts: lines, mode: request.mode }));
   }
@@ -222,6 +223,8 @@ async function downloadVectors() {
 
 async function search() {
   const request = { query: $("query").value, mode: $("search-mode").value, limit: Number($("limit").value) };
+  $("hits").replaceChildren();
+  $("search-summary").textContent = "";
   const result = await api("/v1/search", request);
   lastRequest = { path: "/v1/search", body: request };
   showCurl(false);
