@@ -229,7 +229,7 @@ async function search() {
   lastRequest = { path: "/v1/search", body: request };
   showCurl(false);
   $("search-summary").textContent =
-    `${result.hits.length} hits in ${result.collection} (${result.mode}, vector ${result.vector})`;
+    `${result.hits.length} hit${result.hits.length === 1 ? "" : "s"} in ${result.collection} (${result.mode}, vector ${result.vector})`;
   const list = $("hits");
   list.replaceChildren();
   for (const hit of result.hits) {
