@@ -490,6 +490,84 @@ def schema(ctx, config_path, create, recreate, yes):
     emit(ctx, data, "\n".join(human))
 
 
+# ---- serve ------------------------------------------------------------------------------
+@cli.command()
+@config_option(required=False)
+@click.option("--model", help="Model folder or hub id: an embedding-only service, no store (instead of -c).")
+@click.option("--max-length", type=click.IntRange(8, 8192), help="Token limit per text.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key-env", metavar="NAME",
+              help="Require 'Authorization: Bearer <key>' on /v1/..., the key read from this environment variable.")
+@click.option("--max-texts", type=click.IntRange(1), default=64, show_default=True, help="Texts per request.")
+@click.option("--max-chars", type=click.IntRange(1), default=20000, show_default=True, help="Characters per text.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Texts per coalesced encoder call.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests.")
+@click.option("--queue", "max_queue", type=click.IntRange(1), default=512, show_default=True,
+              help="Texts that may wait for the encoder; past it: 503 with Retry-After.")
+@click.option("--cache-mb", type=click.FloatRange(0), default=256, show_default=True,
+              help="In-memory embedding cache (LRU).")
+@click.option("--coalesce/--no-coalesce", default=True, show_default=True,
+              help="Share forward passes between concurrent requests (off: one pass per request).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve(config_path, model, max_length, host, port, api_key_env, max_texts, max_chars, batch_size,
+          batch_wait_ms, max_queue, cache_mb, coalesce, log_level):
+    """Run bge-m3 as an HTTP service: the JSON API (/v1/embed, /v1/similarity, /v1/similarity/matrix,
+    /v1/tokenize, /v1/search), the WebUI at /, /health, /metrics and /docs.
+
+    \b
+    Example:
+      connector serve -c configs/demo.yaml                 # 127.0.0.1:8000, WebUI at /
+      connector serve --model ./models/bge-m3 --port 9000  # embedding-only service, no store
+    """
+    import os
+
+    try:
+        import uvicorn
+
+        from connector.serve.app import ServeSettings, create_app
+    except ImportError as err:
+        from connector.errors import MissingExtraError
+
+        raise MissingExtraError(err.name or "fastapi", "serve", "connector serve") from None
+    if (config_path is None) == (model is None):
+        raise click.UsageError("give exactly one of -c CONFIG or --model PATH_OR_HUB_ID")
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key.strip():
+            from connector.errors import ConfigError
+
+            raise ConfigError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set or "
+                              "empty; export it with the key clients must send")
+    if max_queue < max_texts:
+        raise click.UsageError(f"--queue ({max_queue}) must be at least --max-texts ({max_texts})")
+    if not _loopback(host) and api_key is None:
+        click.echo(f"warning: serving on {host} without an API key: anyone who can reach this address can use "
+                   "the API and search the collection; use --api-key-env NAME", err=True)
+    settings = ServeSettings(config=load_config(config_path) if config_path else None, model=model,
+                             max_length=max_length, api_key=api_key, max_texts=max_texts, max_chars=max_chars,
+                             max_batch=batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                             cache_mb=cache_mb, coalesce=coalesce)
+    # uvicorn stops on SIGTERM/SIGINT: no new connections, in-flight requests finish (up to 30 s)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                access_log=log_level in ("info", "debug"))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # ---- plugins ----------------------------------------------------------------------------
 @cli.command("plugins")
 @json_option
