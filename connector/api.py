@@ -167,7 +167,6 @@ def tokenize(encoder, text: str, *, clean: Callable[[str], str] = identity) -> d
     tokenizer = encoder.tokenizer
     encoding = tokenizer(cleaned, truncation=True, max_length=encoder.max_length, add_special_tokens=True,
                          return_offsets_mapping=True)
-    full = tokenizer(cleaned, add_special_tokens=True, return_attention_mask=False)["input_ids"]
     (vectors,) = encoder.encode([cleaned], details=True)
     ids = [int(i) for i in encoding["input_ids"]]
     if ids != [int(i) for i in vectors.details.token_ids]:  # the encoder and this call must agree
@@ -177,7 +176,11 @@ def tokenize(encoder, text: str, *, clean: Callable[[str], str] = identity) -> d
                "weight": float(weight)}
               for i, name, (start, end), weight in zip(ids, tokenizer.convert_ids_to_tokens(ids),
                                                       encoding["offset_mapping"], vectors.details.token_weights)]
-    return {"text": cleaned, "count": len(ids), "truncated": len(full) > len(ids), "tokens": tokens}
+    # cut short: the last real token ends before the text does (one tokenizer call, with the same
+    # settings as the encoder's, so a shared tokenizer never has to change them between calls)
+    last_end = max((t["end"] for t in tokens if not t["special"]), default=0)
+    truncated = len(ids) >= encoder.max_length and bool(cleaned[last_end:].strip())
+    return {"text": cleaned, "count": len(ids), "truncated": truncated, "tokens": tokens}
 
 
 def _check_mode(mode: str, modes: tuple) -> None:

@@ -190,7 +190,8 @@ class Service:
         if self._store_checked and time.monotonic() - self._store_checked[0] < 5:
             return self._store_checked[1]
         try:
-            self.open_sink(self.settings.config).probe()
+            with self.search_lock:
+                self.open_sink(self.settings.config).probe()
             result = {"reachable": True}
         except Exception as err:
             result = {"reachable": False, "error": str(err)}
