@@ -204,8 +204,6 @@ def search(config: SyncConfig, query: str, *, encoder, mode: str = "hybrid", lim
     plan = plan_search(config, mode, collection, encoder, open_sink=open_sink)
     sink = plan.sink
     try:
-        if sink.describe() is None:
-            raise ConnectorError(f"collection '{sink.collection}' does not exist yet; run `connector sync` first")
         hits = sink.search(plan.mode, dense=plan.project(vectors.dense), sparse=vectors.sparse, limit=limit,
                            using=plan.using)
     finally:

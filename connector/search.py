@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from connector.config import SyncConfig
-from connector.errors import ConfigError
+from connector.errors import ConfigError, ConnectorError
 from connector.projection import ProjectionError
 from connector.sinks.base import Sink
 
@@ -37,6 +37,12 @@ def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder, 
         raise ConfigError("--mode legacy needs projection.output dense+legacy or legacy in the config, "
                           "or --collection naming a backfilled collection")
     sink = (open_sink or new_sink)(with_collection(config, target))
+    if sink.describe() is None:
+        if open_sink is None:
+            sink.close()
+        hint = "run `connector sync` first" if target == config.sink.collection else "check the name (a backfill " \
+            "target is `<collection>_<dim>` unless --target named it)"
+        raise ConnectorError(f"collection '{target}' does not exist yet; {hint}")
     uses_legacy = legacy_only or mode == "legacy"
     if not uses_legacy:
         return SearchPlan(sink, mode, "dense", lambda v: v)

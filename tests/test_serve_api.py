@@ -194,8 +194,12 @@ def test_tokenize_gives_offsets_and_the_weights_behind_the_sparse_vector(model_c
 def test_search_is_the_cli_document_on_both_stores(sink, tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, sink)
     assert CliRunner().invoke(cli, ["sync", "-c", str(cfg)]).exit_code == 0
+    for step in (["projection", "fit", "-c", str(cfg), "--dim", "2", "--from", "store"],
+                 ["backfill", "-c", str(cfg), "--dim", "2"]):  # a second collection: kb_2
+        assert CliRunner().invoke(cli, step).exit_code == 0
     expected = {mode: cli_json("search", "-c", str(cfg), "reset pw", "--mode", mode, "--limit", "3")
                 for mode in ("hybrid", "dense", "sparse")}
+    backfilled = cli_json("search", "-c", str(cfg), "reset pw", "--collection", "kb_2")
     with TestClient(create_app(ServeSettings(config=load_config(cfg)))) as client:
         health = wait_healthy(client)
         assert health["collection"] == "kb" and health["store"] == {"reachable": True}
@@ -205,8 +209,13 @@ def test_search_is_the_cli_document_on_both_stores(sink, tmp_path, tiny_model_di
         assert expected["dense"]["hits"][0]["doc_id"] in DOCS
         r = client.post("/v1/search", json={"query": "x", "mode": "legacy"})
         assert r.status_code == 422 and "projection" in r.json()["error"]
-        r = client.post("/v1/search", json={"query": "x", "collection": "kb_768"})  # a backfill target
-        assert r.status_code == 400 and "projection fit" in r.json()["error"]
+        for _ in range(2):  # an embedded store is open once per process: the service switches collections
+            r = client.post("/v1/search", json={"query": "reset pw", "collection": "kb_2"})
+            assert r.status_code == 200 and same_document(r.json(), backfilled) and r.json()["vector"] == "dense_2"
+            r = client.post("/v1/search", json={"query": "reset pw", "mode": "dense", "limit": 3})
+            assert r.status_code == 200 and same_document(r.json(), expected["dense"])
+        r = client.post("/v1/search", json={"query": "x", "collection": "kb_768"})
+        assert r.status_code == 400 and "does not exist" in r.json()["error"]
         # the query is cleaned like the CLI's (the config's abbreviations): pw -> password
         sim = client.post("/v1/similarity", json={"a": "pw", "b": "password"}).json()
         assert sim["a"]["text"] == "password" and sim["scores"]["dense"] == pytest.approx(1.0, abs=1e-5)

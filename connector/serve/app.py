@@ -173,14 +173,20 @@ class Service:
         return self.settings.config
 
     def open_sink(self, config: SyncConfig):
-        """One open sink per collection for the life of the service (an embedded store allows
-        one client per folder, and opening it reads the whole collection)."""
+        """An open sink per collection, kept for the life of the service (opening an embedded
+        store reads the whole collection). An embedded store allows one client per folder, so
+        searching another of its collections (a backfill target) closes the one open before."""
         from connector.pipeline import open_sink
 
+        name = config.sink.collection
         with self._sink_lock:
-            sink = self._sinks.get(config.sink.collection)
+            sink = self._sinks.pop(name, None)
             if sink is None:
-                sink = self._sinks[config.sink.collection] = open_sink(config)
+                limit = 1 if _embedded(config) else 8
+                while len(self._sinks) >= limit:
+                    self._sinks.pop(next(iter(self._sinks))).close()
+                sink = open_sink(config)
+            self._sinks[name] = sink  # the most recently used last
             return sink
 
     def store_health(self) -> dict | None:
@@ -294,6 +300,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.include_router(v1)
     _add_pages(app)
     return app
+
+
+def _embedded(config: SyncConfig) -> bool:
+    """Qdrant local mode (`path`) or a Milvus Lite file: a store one client opens at a time."""
+    from connector.locations import is_milvus_server_uri
+
+    sink = config.sink
+    if sink.type == "qdrant":
+        return getattr(sink, "path", None) is not None
+    return sink.type == "milvus" and not is_milvus_server_uri(str(getattr(sink, "uri", "")))
 
 
 def _auth(api_key: str | None):
