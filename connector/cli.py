@@ -16,9 +16,6 @@ import numpy as np
 from connector.config import load_config
 from connector.errors import ConnectorError
 
-HYBRID_SPARSE_WEIGHT = 0.3  # bge-m3 authors' hybrid: dense + 0.3 * lexical
-
-
 def emit(ctx: click.Context, data, human: str | None = None) -> None:
     """Print `data` as one JSON document with --json, else the human text."""
     if ctx.meta.get("json"):
@@ -159,32 +156,16 @@ def search(ctx, config_path, query, mode, limit, collection):
       connector search -c configs/qdrant-local.yaml "reset password" --mode sparse --limit 5
       connector search -c configs/qdrant-local.yaml "reset password" --collection kb_768
     """
-    from connector.pipeline import make_encoder
-    from connector.preprocess.factory import make_query_preprocessor
-    from connector.search import plan_search
+    from connector import api
 
     config = load_config(config_path)
-    encoder = make_encoder(config)
-    vectors = encoder.encode([make_query_preprocessor(config)(query)])[0]
-    plan = plan_search(config, mode, collection, encoder)
-    sink = plan.sink
-    try:
-        if sink.describe() is None:
-            raise ConnectorError(f"collection '{sink.collection}' does not exist yet; run `connector sync` first")
-        dense = plan.project(vectors.dense)
-        hits = sink.search(plan.mode, dense=dense, sparse=vectors.sparse, limit=limit, using=plan.using)
-    finally:
-        sink.close()
-    rows = [
-        {"id": h.id, "doc_id": h.payload.get("doc_id"), "chunk_index": h.payload.get("chunk_index"),
-         "score": h.score, "text": h.payload.get("text")}
-        for h in hits
-    ]
+    data = api.search(config, query, encoder=api.open_encoder(config), mode=mode, limit=limit, collection=collection)
+    rows = data["hits"]
     human = "\n".join(
         f"{n:>3}. {r['score']:.4f}  {printable(r['doc_id'])}#{r['chunk_index']}  {printable(_snippet(r['text']))}"
         for n, r in enumerate(rows, 1)
     ) or "no hits"
-    emit(ctx, {"query": query, "mode": mode, "collection": sink.collection, "vector": plan.using, "hits": rows}, human)
+    emit(ctx, data, human)
 
 
 def _snippet(text: str | None, width: int = 100) -> str:
@@ -204,31 +185,15 @@ def status(ctx, config_path):
     Example:
       connector status -c configs/qdrant-local.yaml --json
     """
-    from connector.ledger import Ledger
-    from connector.pipeline import open_sink, sink_target
+    from connector import api
 
     config = load_config(config_path)
-    ledger = Ledger.open_read_only(config.state_dir)
-    try:
-        ledger.bind_target(sink_target(config), write=False)
-        data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger_exists": ledger.exists,
-                "ledger": ledger.counts(), "failed_documents": ledger.failed_documents()}
-    finally:
-        ledger.close()
-    sink = open_sink(config)
-    try:
-        info = sink.describe()
-        data["store"] = {"collection": config.sink.collection, "exists": info is not None,
-                         "points": info.count if info else 0}
-    except ConnectorError as err:
-        data["store"] = {"collection": config.sink.collection, "error": str(err)}
-    finally:
-        sink.close()
+    data = api.status(config)
     led, store = data["ledger"], data["store"]
     lines = [
         f"target: {printable(data['target'])}",
         f"ledger: {led['documents']} documents, {led['chunks']} chunks, {led['failed_documents']} failed, "
-        f"{led['pending_deletes']} pending deletes" if ledger.exists else _no_ledger(config),
+        f"{led['pending_deletes']} pending deletes" if data["ledger_exists"] else _no_ledger(config),
         "store: " + (f"error: {printable(store['error'])}" if "error" in store else
                      f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
     ]
@@ -247,19 +212,15 @@ def _no_ledger(config) -> str:
 
 # ---- embed / similarity -------------------------------------------------------------------
 def _encoder_from(config_path: Path | None, model: str | None, max_length: int | None):
-    """The encoder, and the query cleaning, of `-c CONFIG` (its query-scoped rules) or `--model`
-    (none: the texts are encoded as given)."""
-    from connector.encoders.bge_m3 import BGEM3Encoder
-    from connector.preprocess.factory import make_query_preprocessor
+    """The config (or None), its encoder (its backend, torch or onnx) and its query cleaning, from
+    `-c CONFIG` or `--model` (no config: the texts are encoded as given)."""
+    from connector import api
 
     if (config_path is None) == (model is None):
         raise click.UsageError("give exactly one of -c CONFIG or --model PATH_OR_HUB_ID")
-    if config_path is not None:
-        config = load_config(config_path)
-        if max_length:
-            config.encoder.max_length = max_length
-        return BGEM3Encoder.from_config(config.encoder), make_query_preprocessor(config)
-    return BGEM3Encoder(model, max_length=max_length or 8192), lambda text: text
+    config = load_config(config_path) if config_path is not None else None
+    encoder = api.open_encoder(config, model=model, max_length=max_length)
+    return config, encoder, api.query_cleaner(config)
 
 
 def encoder_options(f):
@@ -280,45 +241,51 @@ def embed(ctx, config_path, model, max_length, texts):
     Example:
       connector embed --model ./models/bge-m3 --json "first text" "second text"
     """
-    encoder, clean = _encoder_from(config_path, model, max_length)
-    vectors = encoder.encode([clean(t) for t in texts])
-    rows = [{"text": t, "dense": [float(x) for x in v.dense], "sparse": v.sparse.to_json()} for t, v in zip(texts, vectors)]
-    if config_path is not None:
-        from connector.pipeline import load_projection_for
+    from connector import api
 
-        config = load_config(config_path)
-        projection = load_projection_for(config, encoder) if config.projection else None
-        if projection is not None:
-            for row, v in zip(rows, vectors):
-                row["dense_legacy"] = [float(x) for x in projection.apply(v.dense)]
+    config, encoder, clean = _encoder_from(config_path, model, max_length)
+    data = api.embed(encoder, list(texts), clean=clean, projection=api.legacy_projection(config, encoder))
     human = "\n".join(
-        f"{_snippet(t, 50)!r}: dense[{len(v.dense)}] norm={np.linalg.norm(v.dense):.4f}, sparse {len(v.sparse.indices)} tokens"
-        for t, v in zip(texts, vectors)
+        f"{_snippet(r['text'], 50)!r}: dense[{len(r['dense'])}] norm={np.linalg.norm(r['dense']):.4f}, "
+        f"sparse {len(r['sparse']['indices'])} tokens" for r in data["embeddings"]
     )
-    emit(ctx, {"dimension": encoder.dimension, "embeddings": rows}, human)
+    emit(ctx, data, human)
 
 
 @cli.command()
 @encoder_options
 @click.argument("text_a")
 @click.argument("text_b")
+@click.option("--mode", type=click.Choice(["dense", "sparse", "colbert", "hybrid"]), default="hybrid",
+              show_default=True, help="The score in `score`; every score is shown.")
 @json_option
 @click.pass_context
-def similarity(ctx, config_path, model, max_length, text_a, text_b):
-    """Dense cosine, lexical score and hybrid (dense + 0.3 * lexical) of two texts, cleaned like queries (with -c).
+def similarity(ctx, config_path, model, max_length, text_a, text_b, mode):
+    """Every score of two texts (dense cosine, lexical, ColBERT, hybrid = dense + 0.3 * lexical, and
+    FlagEmbedding's weighted sum) with the shared tokens behind the lexical score; cleaned like
+    queries (with -c). ColBERT treats TEXT_A as the query.
 
     \b
     Example:
       connector similarity --model ./models/bge-m3 "What is BGE M3?" "BGE M3 is an embedding model"
     """
-    from connector.records import lexical_score
+    from connector import api
 
-    encoder, clean = _encoder_from(config_path, model, max_length)
-    a, b = encoder.encode([clean(text_a), clean(text_b)])
-    dense = float(np.dot(a.dense, b.dense))
-    lexical = lexical_score(a.sparse, b.sparse)
-    data = {"dense": dense, "lexical": lexical, "hybrid": dense + HYBRID_SPARSE_WEIGHT * lexical}
-    emit(ctx, data, f"dense cosine {dense:.6f}\nlexical      {lexical:.6f}\nhybrid       {data['hybrid']:.6f}")
+    _, encoder, clean = _encoder_from(config_path, model, max_length)
+    data = api.similarity(encoder, text_a, text_b, mode=mode, clean=clean)
+    emit(ctx, data, _similarity_text(data))
+
+
+def _similarity_text(data: dict) -> str:
+    sc = data["scores"]
+    lines = [f"{name:12} {sc[name]:.6f}" if sc[name] is not None else f"{name:12} -" for name in
+             ("dense", "lexical", "colbert", "hybrid", "weighted")]
+    lines.append(f"tokens: a {data['a']['tokens']}, b {data['b']['tokens']}; shared: "
+                 + (", ".join(f"{printable(t['token'])} ({t['product']:.4f})" for t in data["shared_tokens"][:10])
+                    or "none"))
+    if data["colbert_error"]:
+        lines.append(f"colbert: {printable(data['colbert_error'])}")
+    return "\n".join(lines)
 
 
 # ---- failed / retry / verify ------------------------------------------------------------
@@ -333,35 +300,19 @@ def failed(ctx, config_path):
     Example:
       connector failed -c configs/milvus-server.yaml --json
     """
-    from connector.ledger import Ledger
+    from connector import api
 
     config = load_config(config_path)
-    ledger = Ledger.open_read_only(config.state_dir)
-    try:
-        letters = ledger.dead_letters()
-    finally:
-        ledger.close()
-    groups: dict[str, dict] = {}
-    for letter in letters:
-        g = groups.setdefault(letter.error, {"error": letter.error, "kind": letter.error_kind, "dead_letters": [],
-                                             "documents": [], "points": 0, "attempts": 0,
-                                             "first_failed": letter.created_at, "last_failed": letter.updated_at})
-        g["dead_letters"].append(letter.id)
-        g["documents"] += letter.doc_ids
-        g["points"] += letter.point_count
-        g["attempts"] += letter.attempts
-        g["last_failed"] = max(g["last_failed"], letter.updated_at)
-    data = {"dead_letters": len(letters), "documents": sum(len(g["documents"]) for g in groups.values()),
-            "points": sum(g["points"] for g in groups.values()), "groups": list(groups.values()),
-            "ledger_exists": ledger.exists}
+    data = api.failed(config)
+    groups = {g["error"]: g for g in data["groups"]}
     lines = [f"{data['dead_letters']} dead letter(s): {data['documents']} document(s), {data['points']} point(s)"]
-    if not ledger.exists:
+    if not data["ledger_exists"]:
         lines.append(_no_ledger(config))
     for g in groups.values():
         ids = ", ".join(map(str, g["dead_letters"][:10])) + (", ..." if len(g["dead_letters"]) > 10 else "")
         lines.append(f"- {g['kind']} ({len(g['dead_letters'])} letter(s), {len(g['documents'])} document(s), "
                      f"{g['points']} point(s), ids {ids}): {printable(g['error'])}")
-    if letters:
+    if data["dead_letters"]:
         lines.append("replay them with: connector retry -c CONFIG")
     emit(ctx, data, "\n".join(lines))
 
@@ -408,29 +359,21 @@ def verify(ctx, config_path, repair):
     Example:
       connector verify -c configs/qdrant-local.yaml --repair --json
     """
-    from connector import recovery
+    from connector import api
 
-    config = load_config(config_path)
-    report = recovery.verify(config)
-    data = {"before": report.to_json()}
-    if repair and not report.ok:
-        repaired = recovery.repair(config, report)
-        report = recovery.verify(config)
-        report.repaired = repaired
-        data["after"] = report.to_json()
-    final = report.to_json()
+    final, ok = api.verify(load_config(config_path), repair=repair)
     lines = [f"ledger points: {final['ledger_points']}, store points: {final['store_points']}",
              f"missing from the store: {len(final['missing'])}, unknown to the ledger: {len(final['orphans'])}, "
              f"stale payloads: {len(final['mismatched'])}, documents with stale counts: {len(final['stale_counts'])}",
              f"dead letters: {final['dead_letters']}, pending deletes: {final['pending_deletes']}"
              + (f", points of other state dirs (shared collection): {final['foreign_points']}"
                 if final["foreign_points"] else ""),
-             "OK: the store matches the ledger" if report.ok else "MISMATCH (run `connector verify --repair`)"]
-    if report.repaired:
-        lines.insert(0, f"repaired: {report.repaired['orphans_deleted']} orphan(s) deleted, "
-                        f"{report.repaired['points_invalidated']} point(s) rewritten by a sync")
-    emit(ctx, {**final, **data}, "\n".join(lines))
-    ctx.exit(0 if report.ok else 3)
+             "OK: the store matches the ledger" if ok else "MISMATCH (run `connector verify --repair`)"]
+    if final.get("repaired"):
+        lines.insert(0, f"repaired: {final['repaired']['orphans_deleted']} orphan(s) deleted, "
+                        f"{final['repaired']['points_invalidated']} point(s) rewritten by a sync")
+    emit(ctx, final, "\n".join(lines))
+    ctx.exit(0 if ok else 3)
 
 
 # ---- projection / backfill -----------------------------------------------------------------
@@ -530,56 +473,99 @@ def schema(ctx, config_path, create, recreate, yes):
     Example:
       connector schema -c configs/milvus-lite.yaml --create
     """
-    from connector.ledger import Ledger
-    from connector.pipeline import make_encoder, open_sink
+    from connector import api
 
     config = load_config(config_path)
-    sink = open_sink(config)
-    try:
-        action = "shown"
-        if recreate:
-            if not yes:
-                click.confirm(f"Drop collection '{printable(config.sink.collection)}' and every point in it?",
-                              abort=True)
-            from connector.lock import StateLock
-            from connector.pipeline import sink_target
-
-            # Ledger first: a crash between the two steps then leaves an empty ledger over a full
-            # collection (the next sync rewrites it), never a full ledger over an empty one.
-            with StateLock(config.state_dir):
-                ledger = Ledger(config.state_dir)
-                try:
-                    ledger.bind_target(sink_target(config))
-                    ledger.reset()
-                finally:
-                    ledger.close()
-                sink.drop()
-        if create or recreate:
-            k = config.projection.dim if config.projection and config.projection.output != "dense" else None
-            created = sink.ensure_collection(make_encoder(config).dimension, k)
-            action = "created" if created else "exists (checked against the layout)"
-        info = sink.describe()
-    finally:
-        sink.close()
-    layout = sink.layout
-    data = {
-        "collection": config.sink.collection,
-        "action": action,
-        "layout": {
-            "name": layout.name,
-            "vectors": {v.name: {"kind": v.kind, "distance": v.distance, "size": v.size} for v in layout.vectors},
-            "payload": {f.name: {"type": f.type, "index": f.index} for f in layout.fields},
-        },
-        "exists": info is not None,
-        "store": None if info is None else {"dense_size": info.dense_size, "vectors": info.vectors, "points": info.count},
-    }
+    if recreate and not yes:
+        click.confirm(f"Drop collection '{printable(config.sink.collection)}' and every point in it?", abort=True)
+    data = api.schema(config, create=create, recreate=recreate)
+    action, info = data["action"], data["store"]
     human = [f"collection '{printable(config.sink.collection)}': {action}; " + ("exists" if info else "does not exist")]
-    human += [f"  vector {printable(v.name)}: {v.kind}" + (f", {v.distance}, size {v.size}" if v.kind == "dense" else "")
-              for v in layout.vectors]
-    human += [f"  payload {printable(f.name)}: {f.type}" + (" (indexed)" if f.index else "") for f in layout.fields]
+    human += [f"  vector {printable(name)}: {v['kind']}" + (f", {v['distance']}, size {v['size']}" if v["kind"] == "dense" else "")
+              for name, v in data["layout"]["vectors"].items()]
+    human += [f"  payload {printable(name)}: {f['type']}" + (" (indexed)" if f["index"] else "")
+              for name, f in data["layout"]["payload"].items()]
     if info:
-        human.append(f"  store: dense size {info.dense_size}, {info.count} points")
+        human.append(f"  store: dense size {info['dense_size']}, {info['points']} points")
     emit(ctx, data, "\n".join(human))
+
+
+# ---- serve ------------------------------------------------------------------------------
+@cli.command()
+@config_option(required=False)
+@click.option("--model", help="Model folder or hub id: an embedding-only service, no store (instead of -c).")
+@click.option("--max-length", type=click.IntRange(8, 8192), help="Token limit per text.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key-env", metavar="NAME",
+              help="Require 'Authorization: Bearer <key>' on /v1/..., the key read from this environment variable.")
+@click.option("--max-texts", type=click.IntRange(1), default=64, show_default=True, help="Texts per request.")
+@click.option("--max-chars", type=click.IntRange(1), default=20000, show_default=True, help="Characters per text.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Texts per coalesced encoder call.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests.")
+@click.option("--queue", "max_queue", type=click.IntRange(1), default=512, show_default=True,
+              help="Texts that may wait for the encoder; past it: 503 with Retry-After.")
+@click.option("--cache-mb", type=click.FloatRange(0), default=256, show_default=True,
+              help="In-memory embedding cache (LRU).")
+@click.option("--coalesce/--no-coalesce", default=True, show_default=True,
+              help="Share forward passes between concurrent requests (off: one pass per request).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve(config_path, model, max_length, host, port, api_key_env, max_texts, max_chars, batch_size,
+          batch_wait_ms, max_queue, cache_mb, coalesce, log_level):
+    """Run bge-m3 as an HTTP service: the JSON API (/v1/embed, /v1/similarity, /v1/similarity/matrix,
+    /v1/tokenize, /v1/search), the WebUI at /, /health, /metrics and /docs.
+
+    \b
+    Example:
+      connector serve -c configs/demo.yaml                 # 127.0.0.1:8000, WebUI at /
+      connector serve --model ./models/bge-m3 --port 9000  # embedding-only service, no store
+    """
+    import os
+
+    try:
+        import uvicorn
+
+        from connector.serve.app import ServeSettings, create_app
+    except ImportError as err:
+        from connector.errors import MissingExtraError
+
+        raise MissingExtraError(err.name or "fastapi", "serve", "connector serve") from None
+    if (config_path is None) == (model is None):
+        raise click.UsageError("give exactly one of -c CONFIG or --model PATH_OR_HUB_ID")
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key.strip():
+            from connector.errors import ConfigError
+
+            raise ConfigError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set or "
+                              "empty; export it with the key clients must send")
+    if max_queue < max_texts:
+        raise click.UsageError(f"--queue ({max_queue}) must be at least --max-texts ({max_texts})")
+    if not _loopback(host) and api_key is None:
+        click.echo(f"warning: serving on {host} without an API key: anyone who can reach this address can use "
+                   "the API and search the collection; use --api-key-env NAME", err=True)
+    settings = ServeSettings(config=load_config(config_path) if config_path else None, model=model,
+                             max_length=max_length, api_key=api_key, max_texts=max_texts, max_chars=max_chars,
+                             max_batch=batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                             cache_mb=cache_mb, coalesce=coalesce)
+    # uvicorn stops on SIGTERM/SIGINT: no new connections, in-flight requests finish (up to 30 s)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                access_log=log_level in ("info", "debug"))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---- plugins ----------------------------------------------------------------------------

@@ -66,3 +66,10 @@ class SchemaMismatchError(TerminalError):
 
 class StoreUnreachableError(ConnectorError):
     """The store does not answer when a command starts; nothing has been read or written."""
+
+
+class InputError(ConnectorError):
+    """A request's input cannot be processed as given (a mode the model cannot score, a text
+    the service's limits refuse); the message says what to change."""
+
+    exit_code = 2

@@ -78,11 +78,21 @@ class SparseVector:
 
 
 @dataclass
+class TokenDetails:
+    """What a person debugging a score wants to see of one encoded text (`encode(..., details=True)`)."""
+
+    token_ids: np.ndarray  # int64, every position of the truncated text, special tokens included
+    token_weights: np.ndarray  # float32, relu(sparse_linear(h)) at each position
+    colbert: np.ndarray | None  # float32 [positions - 1, dim], L2-normalised rows; None without the head
+
+
+@dataclass
 class Vectors:
     """The encoder's output for one text."""
 
     dense: np.ndarray  # float32, L2-normalised
     sparse: SparseVector
+    details: TokenDetails | None = None  # only when asked for: encode(texts, details=True)
 
 
 @dataclass

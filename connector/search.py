@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from connector.config import SyncConfig
-from connector.errors import ConfigError
+from connector.errors import ConfigError, ConnectorError
 from connector.projection import ProjectionError
 from connector.sinks.base import Sink
 
@@ -19,16 +19,13 @@ class SearchPlan:
     project: Callable  # query dense vector -> the vector to search with
 
 
-def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder) -> SearchPlan:
+def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder, open_sink=None) -> SearchPlan:
     """`legacy` mode, a legacy-only collection, or a backfill target (`collection`) search the
-    projected vector; the query is projected with the artifact whose hash the collection recorded."""
+    projected vector; the query is projected with the artifact whose hash the collection recorded.
+    `open_sink(config)` gives the sink (default: a new one, which the caller closes)."""
     from connector.ledger import Ledger
-    from connector.pipeline import (
-        load_projection_for,
-        open_sink,
-        projection_key,
-        with_collection,
-    )
+    from connector.pipeline import load_projection_for, projection_key, with_collection
+    from connector.pipeline import open_sink as new_sink
     from connector.projection import load
     from connector.schemas_layout import load_layout
 
@@ -39,7 +36,13 @@ def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder) 
     if mode == "legacy" and not (legacy_only or (p is not None and p.output == "dense+legacy")):
         raise ConfigError("--mode legacy needs projection.output dense+legacy or legacy in the config, "
                           "or --collection naming a backfilled collection")
-    sink = open_sink(with_collection(config, target))
+    sink = (open_sink or new_sink)(with_collection(config, target))
+    if sink.describe() is None:
+        if open_sink is None:
+            sink.close()
+        hint = "run `connector sync` first" if target == config.sink.collection else "check the name (a backfill " \
+            "target is `<collection>_<dim>` unless --target named it)"
+        raise ConnectorError(f"collection '{target}' does not exist yet; {hint}")
     uses_legacy = legacy_only or mode == "legacy"
     if not uses_legacy:
         return SearchPlan(sink, mode, "dense", lambda v: v)
@@ -56,7 +59,8 @@ def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder) 
     finally:
         ledger.close()
     if recorded != projection.sha256:
-        sink.close()
+        if open_sink is None:
+            sink.close()
         raise ProjectionError(
             f"collection '{target}' was written with projection {str(recorded)[:12]}, but the fitted projection "
             f"is {projection.sha256[:12]}: queries must use the documents' matrix. Re-run "

@@ -278,9 +278,11 @@ def test_embed_and_similarity(tiny_model_dir):
 
     code, sim, out = run("similarity", "--model", str(tiny_model_dir), "--json", "same text", "same text")
     assert code == 0, out
-    assert sim["dense"] == pytest.approx(1.0, abs=1e-5)
-    assert sim["hybrid"] == pytest.approx(sim["dense"] + 0.3 * sim["lexical"])
-    assert sim["lexical"] > 0
+    scores = sim["scores"]
+    assert scores["dense"] == pytest.approx(1.0, abs=1e-5) and scores["colbert"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["hybrid"] == pytest.approx(scores["dense"] + 0.3 * scores["lexical"]) == sim["score"]
+    assert scores["lexical"] > 0
+    assert scores["lexical"] == pytest.approx(sum(t["product"] for t in sim["shared_tokens"]))
 
     code, _, out = run("embed", "--json", "x")  # neither -c nor --model
     assert code == 2 and "--model" in out
@@ -301,12 +303,12 @@ def test_query_rules_clean_queries_and_leave_documents_alone(project):
     hits = [run("search", "-c", cfg, q, "--mode", "dense", "--json")[1]["hits"] for q in (chat, plain)]
     assert hits[0] == hits[1]  # the same query once cleaned: the same hits, the same scores
     code, sim, out = run("similarity", "-c", cfg, "--json", chat, plain)
-    assert code == 0 and sim["dense"] == pytest.approx(1.0, abs=1e-5), out
+    assert code == 0 and sim["scores"]["dense"] == pytest.approx(1.0, abs=1e-5), out
     _, embedded, _ = run("embed", "-c", cfg, "--json", chat, plain)
     assert embedded["embeddings"][0]["dense"] == embedded["embeddings"][1]["dense"]
     assert embedded["embeddings"][0]["text"] == chat  # the output names the text as given
     _, raw, _ = run("similarity", "--model", str(load_config(project).encoder.model), "--json", chat, plain)
-    assert raw["dense"] < 0.9999  # without a config nothing is rewritten
+    assert raw["scores"]["dense"] < 0.9999  # without a config nothing is rewritten
 
 
 def test_failed_document_is_recorded_and_exit_3(project):

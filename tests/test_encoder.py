@@ -390,3 +390,56 @@ def test_length_batches_cover_every_text_once_longest_first_with_little_padding(
     assert length_batches([7] * 40, batch_size=16) == [list(range(16)), list(range(16, 32)), list(range(32, 40))]
     assert length_batches([500, 80, 80, 80], batch_size=16) == [[0], [1, 2, 3]]
     assert length_batches([], batch_size=4) == []
+
+
+@pytest.fixture(scope="module")
+def colbert_reference(tiny_model_dir):
+    """bge-m3's ColBERT vectors computed independently (FlagEmbedding's steps), one text at a
+    time without padding: colbert_linear(h[1:]) for every position after <s>, L2-normalised."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModel.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    head = torch.load(tiny_model_dir / "colbert_linear.pt", weights_only=True)
+    weight, bias = head["weight"].float(), head["bias"].float()
+
+    def colbert_one(text: str) -> np.ndarray:
+        ids = tokenizer(text, truncation=True, max_length=512, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hidden = model(input_ids=ids).last_hidden_state[0]
+        vecs = hidden[1:] @ weight.T + bias
+        return (vecs / vecs.norm(dim=-1, keepdim=True)).numpy()
+
+    return colbert_one
+
+
+def test_colbert_vectors_and_score_match_the_reference(tiny_encoder, colbert_reference, plain_batches):
+    """encode(details=True) gives bge-m3's ColBERT vectors from the same padded batches, the
+    per-position token weights behind the sparse vector, and colbert_score is FlagEmbedding's."""
+    from connector.encoders.bge_m3 import colbert_score
+
+    texts = [t for t in TEXTS if t][:6]
+    got = tiny_encoder.encode(texts, details=True)
+    plain = tiny_encoder.encode(texts)
+    for text, v, p in zip(texts, got, plain):
+        expected = colbert_reference(text)
+        assert v.details.colbert.shape == expected.shape == (len(v.details.token_ids) - 1, tiny_encoder.dimension)
+        np.testing.assert_allclose(v.details.colbert, expected, atol=1e-4)
+        np.testing.assert_array_equal(v.dense, p.dense)  # details change nothing else
+        by_id: dict[int, float] = {}
+        for i, w in zip(v.details.token_ids.tolist(), v.details.token_weights.tolist()):
+            if i not in XLMR_SPECIAL_IDS and w > 0:
+                by_id[i] = max(w, by_id.get(i, 0.0))
+        assert v.sparse.as_dict() == pytest.approx(by_id)
+    q, d = colbert_reference(texts[0]), colbert_reference(texts[2])
+    expected = float(torch.einsum("in,jn->ij", torch.from_numpy(q), torch.from_numpy(d)).max(-1)[0].sum() / len(q))
+    assert colbert_score(q, d) == pytest.approx(expected, rel=1e-6)
+    assert colbert_score(q, q) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_colbert_needs_its_head_file(tiny_model_dir, tmp_path):
+    folder = tmp_path / "no-colbert"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "colbert_linear.pt").unlink()
+    encoder = BGEM3Encoder(str(folder), max_length=64)
+    assert "colbert_linear.pt" in encoder.colbert_error
+    (v,) = encoder.encode(["hello world"], details=True)  # dense, sparse and tokens still work
+    assert v.details.colbert is None and len(v.details.token_ids) > 2

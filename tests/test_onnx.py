@@ -196,6 +196,19 @@ def test_sync_through_the_cli_with_onnx_int8(tmp_path, tiny_model_dir):
         assert sink.count() == first["chunks"]["upserted"]
     assert sync()["documents"]["unchanged"] == 2
 
+    # embed and similarity use the config's backend too (they built a torch encoder of their own before)
+    result = CliRunner().invoke(cli, ["embed", "-c", str(path), "--json", "Forgot password"])
+    assert result.exit_code == 0, result.output
+    embedded = json.loads(result.stdout)["embeddings"][0]["dense"]
+    int8 = OnnxEncoder.from_config(parse_config(config, tmp_path).encoder, cache_dir=tmp_path / "state" / "onnx")
+    np.testing.assert_allclose(embedded, int8.encode(["Forgot password"])[0].dense, atol=1e-6)
+    from connector.encoders.bge_m3 import BGEM3Encoder
+
+    torch_dense = BGEM3Encoder(str(tiny_model_dir), max_length=512).encode(["Forgot password"])[0].dense
+    assert not np.allclose(embedded, torch_dense, atol=1e-6)  # int8, not torch's fp32
+    result = CliRunner().invoke(cli, ["similarity", "-c", str(path), "--json", "a", "b", "--mode", "colbert"])
+    assert result.exit_code == 2 and "onnx backend" in result.output
+
 
 @pytest.mark.parametrize("failure", ["raises", "wrong outputs"])
 def test_a_fusion_that_fails_or_changes_the_outputs_keeps_the_unfused_graph(tmp_path, tiny_model_dir, tiny_encoder,

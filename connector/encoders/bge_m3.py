@@ -21,7 +21,7 @@ from connector.encoders.filehash import file_sha256
 from connector.encoders.packed_linear import pack_linears
 from connector.errors import ConfigError, ModelLoadError
 from connector.locations import local_model_path
-from connector.records import SparseVector, Vectors
+from connector.records import SparseVector, TokenDetails, Vectors
 
 #: Weight files, in order of preference; only one of them is downloaded.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -40,6 +40,8 @@ MODEL_FILES = (
     "sentence_bert_config.json",
     "1_Pooling/config.json",
 )
+
+COLBERT_FILE = "colbert_linear.pt"
 
 MAX_PADDING = 0.02  # the largest share of a batch's tokens that may be padding (see length_batches);
 # measured on bge-m3's shape: 0.02 encodes ~8% faster than 0.10 (benchmarks/RESULTS.md)
@@ -95,6 +97,8 @@ class BGEM3Encoder(Encoder):
         weights_file = _check_files(self.folder)
         self._tokenizer, config = _load_tokenizer_and_config(self.folder)
         self._weights: tuple | None = None  # (model, sparse head), loaded on the first encode()
+        self._colbert = None  # the ColBERT head, loaded on the first encode(details=True)
+        self.max_padding = MAX_PADDING  # see length_batches; a service coalescing short requests may raise it
         self.dimension = int(config.hidden_size)
         self.num_heads = int(config.num_attention_heads)
 
@@ -140,9 +144,11 @@ class BGEM3Encoder(Encoder):
         """The model's fast tokenizer (`transformers` PreTrainedTokenizerFast / TokenizersBackend)."""
         return self._tokenizer
 
-    def encode(self, texts: Sequence[str]) -> list[Vectors]:
+    def encode(self, texts: Sequence[str], *, details: bool = False) -> list[Vectors]:
         """Encode texts; output order equals input order. An empty text gets a dense vector
-        and an empty sparse vector."""
+        and an empty sparse vector. `details=True` also returns each text's tokens, the weight
+        at each position and, when the model has bge-m3's ColBERT head, its ColBERT vectors
+        (`Vectors.details`), from the same forward pass."""
         texts = list(texts)
         if not texts:
             return []
@@ -152,10 +158,18 @@ class BGEM3Encoder(Encoder):
         )["input_ids"]
         results: list[Vectors | None] = [None] * len(texts)
         with torch.inference_mode():
-            for batch in length_batches([len(ids) for ids in token_ids], self.batch_size):
-                for i, vectors in zip(batch, self._encode_batch([token_ids[i] for i in batch])):
+            for batch in length_batches([len(ids) for ids in token_ids], self.batch_size, self.max_padding):
+                for i, vectors in zip(batch, self._encode_batch([token_ids[i] for i in batch], details)):
                     results[i] = vectors
         return results
+
+    @property
+    def colbert_error(self) -> str | None:
+        """Why this encoder cannot give ColBERT vectors, or None when it can."""
+        if not (self.folder / COLBERT_FILE).is_file():
+            return (f"the model folder {self.folder} has no {COLBERT_FILE} (bge-m3's ColBERT head), so there are no "
+                    "ColBERT scores; copy that file from the model's hub repository (dense and sparse scores work)")
+        return None
 
     def _loaded(self) -> tuple:
         """The transformer and the sparse head, loaded once. Loading waits for the first text to
@@ -166,34 +180,71 @@ class BGEM3Encoder(Encoder):
             self._weights = model, sparse_linear
         return self._weights
 
-    def _encode_batch(self, batch_ids: list[list[int]]) -> list[Vectors]:
-        padded = self._tokenizer.pad({"input_ids": batch_ids}, padding="longest", return_tensors="np")
-        dense, token_weights = self._forward(
-            padded["input_ids"].astype(np.int64, copy=False), padded["attention_mask"].astype(np.int64, copy=False)
-        )
-        return [
-            Vectors(
-                dense=dense[row].astype(np.float32, copy=True),
-                sparse=lexical_weights(np.asarray(ids, dtype=np.int64), token_weights[row, : len(ids)], self._skip_ids),
-            )
-            for row, ids in enumerate(batch_ids)
-        ]
+    def _colbert_head(self):
+        if self._colbert is None:
+            error = self.colbert_error
+            if error:
+                raise ModelLoadError(error)
+            self._colbert = _load_head(self.folder / COLBERT_FILE, self.dimension, self.dimension)
+        return self._colbert
 
-    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One forward pass over a padded batch (int64 [batch, seq]): the L2-normalised dense
-        vectors [batch, dim] and the token weights [batch, seq]. Backends override this only."""
-        model, sparse_linear = self._loaded()
-        cls, token_weights = bge_m3_outputs(
-            model, sparse_linear, torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+    def _encode_batch(self, batch_ids: list[list[int]], details: bool = False) -> list[Vectors]:
+        padded = self._tokenizer.pad({"input_ids": batch_ids}, padding="longest", return_tensors="np")
+        colbert = details and self.colbert_error is None
+        dense, token_weights, colbert_vecs = self._forward(
+            padded["input_ids"].astype(np.int64, copy=False), padded["attention_mask"].astype(np.int64, copy=False),
+            colbert=colbert,
         )
-        return torch.nn.functional.normalize(cls, dim=-1).numpy(), token_weights.numpy()
+        out = []
+        for row, ids in enumerate(batch_ids):
+            ids = np.asarray(ids, dtype=np.int64)
+            vectors = Vectors(dense=dense[row].astype(np.float32, copy=True),
+                              sparse=lexical_weights(ids, token_weights[row, : len(ids)], self._skip_ids))
+            if details:
+                vectors.details = TokenDetails(
+                    token_ids=ids, token_weights=token_weights[row, : len(ids)].astype(np.float32, copy=True),
+                    # bge-m3 drops <s>: one vector per later position, padding cut off
+                    colbert=None if colbert_vecs is None else colbert_vecs[row, : len(ids) - 1].copy())
+            out.append(vectors)
+        return out
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 colbert: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One forward pass over a padded batch (int64 [batch, seq]): the L2-normalised dense
+        vectors [batch, dim], the token weights [batch, seq] and, with `colbert`, the ColBERT
+        vectors [batch, seq - 1, dim] (else None). Backends override this only."""
+        model, sparse_linear = self._loaded()
+        ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        cls, token_weights = bge_m3_heads(hidden, sparse_linear)
+        colbert_vecs = colbert_vectors(self._colbert_head(), hidden, mask).numpy() if colbert else None
+        return torch.nn.functional.normalize(cls, dim=-1).numpy(), token_weights.numpy(), colbert_vecs
 
 
 def bge_m3_outputs(model, sparse_linear, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """bge-m3's one forward pass: (CLS hidden state [batch, dim], not yet normalised;
     token weights relu(sparse_linear(h)) [batch, seq])."""
-    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return bge_m3_heads(model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, sparse_linear)
+
+
+def bge_m3_heads(hidden: torch.Tensor, sparse_linear):
+    """The CLS hidden state and the token weights of a last hidden state [batch, seq, dim]."""
     return hidden[:, 0], torch.relu(sparse_linear(hidden)).squeeze(-1)
+
+
+def colbert_vectors(colbert_linear, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """bge-m3's multi-vector head (FlagEmbedding's `_colbert_embedding` + normalisation):
+    colbert_linear(h) of every position after <s>, padding zeroed, rows L2-normalised."""
+    vecs = colbert_linear(hidden[:, 1:]) * attention_mask[:, 1:, None].to(hidden.dtype)
+    return torch.nn.functional.normalize(vecs, dim=-1)
+
+
+def colbert_score(q: np.ndarray, p: np.ndarray) -> float:
+    """FlagEmbedding's `colbert_score(q_reps, p_reps)`: for each vector of q the best dot product
+    with a vector of p, averaged over q's vectors (asymmetric: q is the query)."""
+    if len(q) == 0 or len(p) == 0:
+        return 0.0
+    return float((q @ p.T).max(axis=1).sum() / len(q))
 
 
 def lexical_weights(token_ids: np.ndarray, token_weights: np.ndarray, skip_ids: np.ndarray) -> SparseVector:
@@ -343,13 +394,18 @@ def _load_weights(folder: Path, hidden_size: int):
         model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     except Exception as err:
         raise ModelLoadError(f"could not load the model weights in {folder} ({type(err).__name__}: {err})") from err
-    sparse_linear = torch.nn.Linear(hidden_size, 1)
+    return model, _load_head(folder / "sparse_linear.pt", hidden_size, 1)
+
+
+def _load_head(path: Path, inputs: int, outputs: int) -> torch.nn.Linear:
+    """A Linear(inputs, outputs) head from its (fp16) state dict, in fp32, eval mode."""
+    head = torch.nn.Linear(inputs, outputs)
     try:
-        state = torch.load(folder / "sparse_linear.pt", map_location="cpu", weights_only=True)
-        sparse_linear.load_state_dict({name: tensor.float() for name, tensor in state.items()})
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        head.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     except Exception as err:
         raise ModelLoadError(
-            f"{folder / 'sparse_linear.pt'} is not a Linear({hidden_size}, 1) state dict "
+            f"{path} is not a Linear({inputs}, {outputs}) state dict "
             f"({type(err).__name__}: {err}); copy the file again from the model's hub repository"
         ) from err
-    return model, sparse_linear.eval()
+    return head.eval()

@@ -140,12 +140,18 @@ class OnnxEncoder(BGEM3Encoder):
             self._session = _open_session(self.model_path, self.threads)
         return self._session
 
-    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def colbert_error(self) -> str | None:
+        return ("the onnx backend does not export bge-m3's ColBERT head; use encoder.backend: torch for ColBERT "
+                "scores (dense and sparse scores work)")
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 colbert: bool = False) -> tuple[np.ndarray, np.ndarray, None]:
         cls, token_weights = self._loaded_session().run(
             ["cls", "token_weights"], {"input_ids": input_ids, "attention_mask": attention_mask}
         )
         norms = np.linalg.norm(cls, axis=-1, keepdims=True)
-        return cls / np.maximum(norms, 1e-12), token_weights  # as torch.nn.functional.normalize
+        return cls / np.maximum(norms, 1e-12), token_weights, None  # as torch.nn.functional.normalize
 
 
 def _graph_module(folder: Path, hidden_size: int):

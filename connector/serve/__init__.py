@@ -1,1 +1,2 @@
-"""`connector serve`: the HTTP service (FastAPI), its metrics and the static WebUI."""
+"""`connector serve`: bge-m3 as an HTTP service (FastAPI + uvicorn), the debugging WebUI and
+Prometheus metrics, on the same encoder, projection and sinks as the command line."""
