@@ -284,12 +284,13 @@ def test_search_tab_shows_the_hits(page, served):
 
 
 def test_api_errors_appear_in_the_page(page, served):
-    analyze(page, served, a="How do I reset my password?", b="")
+    too_long = "password " * 6000  # 54 000 characters: over the service's limit per text
+    status, answer = call(served.url, "/v1/similarity", {"a": TEXT_A, "b": too_long, "mode": "hybrid"})
+    assert status == 413 and answer["kind"] == "too_large"
+    analyze(page, served, b=too_long)
     page.wait_for_selector("#error:not([hidden])")
-    status, answer = call(served.url, "/v1/similarity", {"a": "How do I reset my password?", "b": "", "mode": "hybrid"})
-    assert status == 422
     shown = page.text_content("#error-message")
-    assert answer["error"] in shown and "422" in shown
+    assert answer["error"] in shown and "413 too_large" in shown
     assert page.locator("#result").is_hidden()
 
     page.fill("#text-b", TEXT_B)  # the next success clears the box

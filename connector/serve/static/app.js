@@ -188,13 +188,15 @@ async function showTokens() {
     }
     const result = await api("/v1/tokenize", { text });
     title.textContent = `${side.toUpperCase()}: ${result.count} tokens${result.truncated ? " (truncated at the model's max_length)" : ""}`;
-    const max = Math.max(1e-9, ...result.tokens.map((t) => t.weight));
+    // special tokens (<s>, </s>) have a weight too, but the sparse vector leaves them out
+    const max = Math.max(1e-9, ...result.tokens.filter((t) => !t.special).map((t) => t.weight));
     for (const t of result.tokens) {
       const chip = document.createElement("span");
       chip.className = t.special ? "token special" : "token";
       chip.dataset.testid = "token";
-      chip.title = `id ${t.id}, characters ${t.start}-${t.end}, sparse weight ${t.weight}`;
-      chip.style.background = `rgba(255, 160, 0, ${(0.6 * t.weight) / max})`;
+      chip.title = `id ${t.id}, characters ${t.start}-${t.end}, sparse weight ${t.weight}` +
+        (t.special ? " (special token: not in the sparse vector)" : "");
+      if (!t.special) chip.style.background = `rgba(255, 160, 0, ${(0.6 * t.weight) / max})`;
       const piece = document.createElement("span");
       piece.textContent = t.token;
       const weight = document.createElement("small");
