@@ -18,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from connector.locations import public_url
 
@@ -93,8 +95,19 @@ def write_textfile(registry: CollectorRegistry, path: Path) -> None:
 
 def push_metrics(registry: CollectorRegistry, url: str, collection: str, timeout: float = PUSH_TIMEOUT_SECONDS) -> None:
     """Replace the metrics of the group job="connector_sync", collection=COLLECTION on the
-    Pushgateway at `url` (HTTP PUT). Raises OSError (or http.client.HTTPException) on failure."""
-    push_to_gateway(url, job=JOB, registry=registry, grouping_key={"collection": collection}, timeout=timeout)
+    Pushgateway at `url` (HTTP PUT); a `user:password@` in the URL is sent as basic auth.
+    Raises OSError (or http.client.HTTPException) on failure."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    handler = default_handler
+    if parts.username is not None:
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+        def handler(**request):
+            return basic_auth_handler(**request, username=user, password=password)
+
+    push_to_gateway(url, job=JOB, registry=registry, grouping_key={"collection": collection}, timeout=timeout,
+                    handler=handler)
 
 
 def export_run_metrics(report: SyncReport, config: SyncConfig, *, path: Path | None = None,

@@ -5,6 +5,7 @@ sync's `--json` report."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -255,8 +256,9 @@ class Receiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def _record(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.requests.append({"method": self.command, "path": self.path,
-                                          "content_type": self.headers.get("Content-Type"), "body": body})
+                receiver.requests.append({"method": self.command, "path": self.path, "body": body,
+                                          "content_type": self.headers.get("Content-Type"),
+                                          "authorization": self.headers.get("Authorization")})
                 self.send_response(status)
                 self.end_headers()
 
@@ -286,7 +288,7 @@ def test_push_sends_one_put_to_the_collections_group(tmp_path, tiny_model_dir):
         code, report, stderr = sync_cli(config, "--pushgateway", receiver.url)
         ended = time.time()
     assert code == 3 and "warning" not in stderr and report["warnings"] == []
-    assert len(receiver.requests) == 1
+    assert len(receiver.requests) == 1 and receiver.requests[0]["authorization"] is None
     request = receiver.requests[0]
     assert request["method"] == "PUT"  # replaces the group's metrics: none left over from an older run
     assert request["path"] == "/metrics/job/connector_sync/collection/kb"
@@ -294,12 +296,17 @@ def test_push_sends_one_put_to_the_collections_group(tmp_path, tiny_model_dir):
     assert_metrics_match(request["body"].decode(), report, code, started, ended)
 
 
-def test_a_refused_push_is_a_warning(tmp_path):
+def test_a_refused_push_is_a_warning_that_shows_no_password(tmp_path):
+    """`user:password@` in the URL is sent as basic auth, and never printed."""
     config = load_config(make_project(tmp_path, Path("unused-model")))
-    with Receiver(status=400) as receiver:
-        warnings = run_metrics.export_run_metrics(SyncReport(), config, pushgateway=receiver.url)
-    assert len(receiver.requests) == 1
-    assert len(warnings) == 1 and receiver.url in warnings[0] and "400" in warnings[0]
+    with Receiver(status=401) as receiver:
+        url = receiver.url.replace("http://", "http://ops:pa%40ss@")
+        warnings = run_metrics.export_run_metrics(SyncReport(), config, pushgateway=url)
+    (request,) = receiver.requests
+    assert request["path"] == "/metrics/job/connector_sync/collection/kb" and request["method"] == "PUT"
+    assert base64.b64decode(request["authorization"].removeprefix("Basic ")) == b"ops:pa@ss"
+    assert len(warnings) == 1 and f"Pushgateway at {receiver.url}:" in warnings[0] and "401" in warnings[0]
+    assert "pa%40ss" not in warnings[0] and "pa@ss" not in warnings[0] and "ops" not in warnings[0]
 
 
 def test_a_dead_pushgateway_is_a_warning_and_the_file_is_still_written(tmp_path, tiny_model_dir):
