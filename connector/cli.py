@@ -109,7 +109,7 @@ def sync(ctx, config_path, prune, dry_run, progress, take_over, metrics_file, pu
     \b
     Example:
       connector sync -c configs/qdrant-local.yaml --prune --json
-      connector sync -c configs/qdrant-local.yaml --metrics-file /var/lib/node_exporter/textfile/kb.prom
+      connector sync -c configs/qdrant-local.yaml --metrics-file /var/lib/prometheus/node-exporter/kb.prom
     """
     from connector.pipeline import SyncReport, run_sync
 

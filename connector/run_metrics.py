@@ -1,7 +1,7 @@
 """Prometheus metrics of one batch sync, for node_exporter's textfile collector or a Pushgateway.
 
     registry = sync_registry(report, config)                 # a fresh registry per run
-    write_textfile(registry, Path("/var/lib/node_exporter/textfile/connector.prom"))
+    write_textfile(registry, Path("/var/lib/prometheus/node-exporter/connector.prom"))
     push_metrics(registry, "http://127.0.0.1:9091", config.sink.collection)
 
 `connector sync --metrics-file PATH --pushgateway URL` does both through `export_run_metrics`.
