@@ -42,9 +42,8 @@ def sync_registry(report: SyncReport, config: SyncConfig, exit_code: int | None 
     registry = CollectorRegistry()
     labels = {"collection": config.sink.collection}
 
-    def gauge(name: str, documentation: str, value: float, **extra: str) -> None:
-        metric = Gauge(f"connector_sync_{name}", documentation, [*labels, *extra], registry=registry)
-        metric.labels(**labels, **extra).set(value)
+    def gauge(name: str, documentation: str, value: float) -> None:
+        Gauge(f"connector_sync_{name}", documentation, [*labels], registry=registry).labels(**labels).set(value)
 
     def gauges(name: str, documentation: str, label: str, values: dict) -> None:
         metric = Gauge(f"connector_sync_{name}", documentation, [*labels, label], registry=registry)
