@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = ["backfill", "embed", "failed", "fit_projection", "load_config", "open_encoder", "query_cleaner",
            "retry", "schema", "search", "similarity", "similarity_matrix", "split_conversation", "status", "sync",
-           "tokenize", "verify"]
+           "tokenize", "verify", "sync_registry", "write_textfile", "push_metrics", "export_run_metrics"]
 
 _HOMES = {
     "load_config": ("connector.config", "load_config"),
@@ -22,6 +22,8 @@ _HOMES = {
     "retry": ("connector.recovery", "retry_dead_letters"),
     "backfill": ("connector.backfill", "backfill"),
     "fit_projection": ("connector.backfill", "fit_projection"),
+    **{name: ("connector.run_metrics", name)
+       for name in ("sync_registry", "write_textfile", "push_metrics", "export_run_metrics")},
 }
 
 

@@ -95,23 +95,62 @@ def cli():
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 @click.option("--take-over", is_flag=True,
               help="Write the collection even though another state dir owns it (that one must no longer write it).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="At the end, write the run's Prometheus metrics to this file (node_exporter textfile collector).")
+@click.option("--pushgateway", metavar="URL", help="At the end, push the run's metrics to this Prometheus Pushgateway.")
 @json_option
 @click.pass_context
-def sync(ctx, config_path, prune, dry_run, progress, take_over):
+def sync(ctx, config_path, prune, dry_run, progress, take_over, metrics_file, pushgateway):
     """Sync the source into the store: encode and write only what changed.
 
     \b
     Example:
       connector sync -c configs/qdrant-local.yaml --prune --json
+      connector sync -c configs/qdrant-local.yaml --metrics-file /var/lib/prometheus/node-exporter/kb.prom
     """
-    from connector.pipeline import run_sync
+    from connector.pipeline import SyncReport, run_sync
 
     config = load_config(config_path)
+    _check_metrics_options(metrics_file, pushgateway, dry_run)
     if progress is None:
         progress = sys.stderr.isatty()
-    report = run_sync(config, prune=prune, dry_run=dry_run, progress=progress, take_over=take_over)
+    report = SyncReport()
+    try:
+        run_sync(config, prune=prune, dry_run=dry_run, progress=progress, take_over=take_over, report=report)
+    except BaseException as err:  # the metrics still say that this run failed, with what it did so far
+        _export_metrics(report, config, metrics_file, pushgateway, err.exit_code if isinstance(err, ConnectorError) else 1)
+        raise
+    _export_metrics(report, config, metrics_file, pushgateway, report.exit_code)
     emit(ctx, report.to_json(), _sync_text(report))
     ctx.exit(report.exit_code)
+
+
+def _check_metrics_options(metrics_file: Path | None, pushgateway: str | None, dry_run: bool) -> None:
+    """Bad metrics options fail before the sync starts, not after it ran."""
+    from connector.locations import check_server_url
+
+    if dry_run and (metrics_file or pushgateway):
+        raise click.UsageError("--metrics-file and --pushgateway report a sync that ran: a --dry-run writes no metrics")
+    if metrics_file is not None and not metrics_file.parent.is_dir():
+        raise click.BadParameter(f"the folder {printable(metrics_file.parent)} does not exist: create it, or point "
+                                 "--metrics-file into node_exporter's --collector.textfile.directory",
+                                 param_hint="--metrics-file")
+    if pushgateway is not None:
+        try:
+            check_server_url(pushgateway, "http://127.0.0.1:9091")
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--pushgateway") from None
+
+
+def _export_metrics(report, config, metrics_file: Path | None, pushgateway: str | None, exit_code: int) -> None:
+    """Write and push the run's metrics (when asked); a failure is a warning, never the sync's result."""
+    if metrics_file is None and pushgateway is None:
+        return
+    from connector.run_metrics import export_run_metrics
+
+    for warning in export_run_metrics(report, config, path=metrics_file, pushgateway=pushgateway, exit_code=exit_code):
+        click.echo(f"warning: {printable(warning)}", err=True)
+        report.warnings.append(warning)
 
 
 def _sync_text(report) -> str:

@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections import Counter
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -153,7 +154,13 @@ class SyncReport:
     `chunks` counts points: `upserted` written, `deleted`, `failed` (kept as dead letters); and of
     the points given vectors, `encoded` those the model encoded (a text shared by several points is
     encoded once, for one of them) and `cached` the others, whose vector came from the embedding
-    cache or from a point of the same text. Without failures, encoded + cached == upserted."""
+    cache or from a point of the same text. Without failures, encoded + cached == upserted.
+    `cache_hits` counts the points whose vector was read from the embedding cache (a part of `cached`).
+
+    `seconds`: `total` the wall time of the run; `plan`, `encode` and `write` the time each stage
+    was busy (reading and chunking; encoding; writing the store and the ledger, waiting for a
+    store that is down included). The stages run in parallel threads, so their sum may exceed
+    `total`; a stage's time waiting for the one before it is not counted."""
 
     dry_run: bool = False
     documents: dict = field(
@@ -169,6 +176,8 @@ class SyncReport:
     changes: list = field(default_factory=list)  # dry run only: [{doc_id, action, ...}]
     outages: list = field(default_factory=list)  # store outages: [{started, ended (None: still down), probes}]
     not_written: int = 0  # documents set aside while the store was down and never written (outage too long)
+    cache_hits: int = 0  # points whose vector was read from the embedding cache
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(["plan", "encode", "write", "total"], 0.0))
 
     ignore_kinds: tuple = ()  # failure kinds the config ignores (still reported, exit code 0)
 
@@ -180,10 +189,20 @@ class SyncReport:
     def to_json(self) -> dict:
         out = {"dry_run": self.dry_run, "documents": self.documents, "chunks": self.chunks,
                "failures": self.failures, "errors": self.errors, "warnings": self.warnings, "stopped": self.stopped,
-               "outages": self.outages, "documents_not_written": self.not_written}
+               "outages": self.outages, "documents_not_written": self.not_written,
+               "embedding_cache_hits": self.cache_hits, "seconds": self.timings()}
         if self.dry_run:
             out["changes"] = self.changes
         return out
+
+    def timings(self) -> dict:
+        """`seconds`, to the millisecond."""
+        return {stage: round(value, 3) for stage, value in self.seconds.items()}
+
+    @property
+    def dead_letters(self) -> int:
+        """Dead letters this run recorded."""
+        return len({f["dead_letter"] for f in self.failures if "dead_letter" in f})
 
 
 @dataclass
@@ -229,6 +248,37 @@ class Part:
     points: list[tuple[int, Point]]
     encoded: int  # points whose vector the model computed for them (one per distinct new text)
     cached: int  # the other points: vector from the embedding cache, or shared with a point of the same text
+    cache_hits: int = 0  # of those, the points whose vector was read from the embedding cache
+
+
+@contextmanager
+def busy(report: SyncReport, stage: str):
+    """Add the time the block takes to the stage's busy seconds."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.seconds[stage] += time.perf_counter() - started
+
+
+_END = object()
+
+
+def busy_items(items: Iterable, report: SyncReport, stage: str) -> Iterator:
+    """`items`, adding the time spent producing each item to the stage's busy seconds (not the
+    time the consumer holds it, nor the time it waits to take the next)."""
+    iterator = iter(items)
+    try:
+        while True:
+            with busy(report, stage):
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 class _StopSync(Exception):
@@ -305,7 +355,7 @@ class SyncRun:
         self.breaker: CircuitBreaker | None = None  # while the sync writes (see the module doc)
         self._deferred = DeferredPlans(config.state_dir)
         self._deletes_waiting = False  # deletes left queued while the store was down
-        self._dry_run_shas: set[str] = set()
+        self._dry_run_shas: Counter[str] = Counter()  # points to write per text
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
 
     # ---- lazily built parts (an unchanged corpus never loads the model weights) -------------
@@ -352,13 +402,25 @@ class SyncRun:
             self._chunk_bar.close()
 
     # ---- the run ----------------------------------------------------------------------------
-    def run(self, prune: bool = False, dry_run: bool = False) -> SyncReport:
-        report = SyncReport(dry_run=dry_run, ignore_kinds=tuple(self.config.ignore_failures))
+    def run(self, prune: bool = False, dry_run: bool = False, report: SyncReport | None = None) -> SyncReport:
+        """Sync (or dry-run) the source into the sink. The counts go into `report` (a new one if
+        None) as the run goes, so a caller that passes its own still has them if the run raises."""
+        report = report if report is not None else SyncReport()
+        report.dry_run = dry_run
+        report.ignore_kinds = tuple(self.config.ignore_failures)
+        started = time.perf_counter()
+        try:
+            return self._run(prune, dry_run, report)
+        finally:
+            report.seconds["total"] = time.perf_counter() - started
+
+    def _run(self, prune: bool, dry_run: bool, report: SyncReport) -> SyncReport:
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
             self._preflight(report)
             self._move_renamed_documents(report)
-            self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
+            with busy(report, "write"):
+                self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
             self._watch_store()
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
@@ -374,15 +436,19 @@ class SyncRun:
             if self.breaker is not None:
                 report.outages = self.breaker.outages
         if prune:
-            self._prune(seen, failed_origins, report, dry_run)
+            with busy(report, "write"):
+                self._prune(seen, failed_origins, report, dry_run)
         if dry_run:
-            to_encode = len(self._dry_run_shas) - len(self.cache.get_many(self._dry_run_shas)) if self._dry_run_shas else 0
+            in_cache = self.cache.get_many(self._dry_run_shas) if self._dry_run_shas else {}
+            to_encode = len(self._dry_run_shas) - len(in_cache)
             report.chunks["encoded"] = to_encode
             report.chunks["cached"] = report.chunks["upserted"] - to_encode
+            report.cache_hits = sum(self._dry_run_shas[sha] for sha in in_cache)
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
             if self._deletes_waiting:  # left queued while the store was down
-                self._delete(self.ledger.pending_deletes(), report, last=True)
+                with busy(report, "write"):
+                    self._delete(self.ledger.pending_deletes(), report, last=True)
         return report
 
     def _preflight(self, report: SyncReport) -> None:
@@ -414,14 +480,17 @@ class SyncRun:
         self.encoder  # noqa: B018 - built here, not by the first stage to need it (the stages are threads)
         reader = self.ledger.reader()  # the plan stage's own connection (SQLite connections are per thread)
         try:
-            windows = stage(self._windows(items, reader, seen, failed_origins, report), "plan")
-            with closing(stage(self._parts(windows), "encode", tick=TICK_SECONDS)) as parts:
+            windows = stage(busy_items(self._windows(items, reader, seen, failed_origins, report), report, "plan"),
+                            "plan")
+            with closing(stage(self._parts(windows, report), "encode", tick=TICK_SECONDS)) as parts:
                 try:
                     for part in parts:
-                        self._resume_writes(report)
-                        if part is not TICK:
-                            self._write(part, report)
-                    self._drain_deferred(report)
+                        with busy(report, "write"):
+                            self._resume_writes(report)
+                            if part is not TICK:
+                                self._write(part, report)
+                    with busy(report, "write"):
+                        self._drain_deferred(report)
                 except BaseException:
                     self._cancel.set()  # the other stages stop at their next document / part
                     raise
@@ -429,7 +498,7 @@ class SyncRun:
             reader.close()
 
     def _dry_run(self, items, seen: set[str], failed_origins: set[str], report: SyncReport) -> None:
-        for window in self._windows(items, self.ledger, seen, failed_origins, report):
+        for window in busy_items(self._windows(items, self.ledger, seen, failed_origins, report), report, "plan"):
             for item in window.failed:
                 self._fail(report, item, dry_run=True)
             for plan in window.plans:
@@ -527,7 +596,7 @@ class SyncRun:
         return "\n\n".join(parts), spans
 
     # ---- stage 2: encode ---------------------------------------------------------------------
-    def _parts(self, windows: Iterator[Window]) -> Iterator[Part]:
+    def _parts(self, windows: Iterator[Window], report: SyncReport) -> Iterator[Part]:
         """Each window's points to write, WINDOW_CHUNKS at a time (at least one part per window)."""
         with closing(windows):  # stops the plan stage when this stage is stopped
             for window in windows:
@@ -535,14 +604,23 @@ class SyncRun:
                 for start in range(0, max(len(work), 1), WINDOW_CHUNKS):
                     if self._cancel.is_set():  # the write stage stopped: encode nothing more
                         return
-                    part = work[start : start + WINDOW_CHUNKS]
-                    found = self._vectors_for([window.plans[n].chunks[i] for n, i in part], stop=self._cancel)
-                    if found is None:  # the write stage stopped while this part was encoded
+                    with busy(report, "encode"):
+                        part = self._encode_part(window, work[start : start + WINDOW_CHUNKS])
+                    if part is None:  # the write stage stopped while this part was encoded
                         return
-                    vectors, encoded = found
-                    points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
-                                              window.plans[n].payloads[i])) for n, i in part]
-                    yield Part(window, points, encoded, len(part) - encoded)
+                    yield part
+
+    def _encode_part(self, window: Window, work: list[tuple[int, int]]) -> Part | None:
+        """The points of `work` (plan index, chunk index) with their vectors; None if the sync stopped meanwhile."""
+        chunks = [window.plans[n].chunks[i] for n, i in work]
+        found = self._vectors_for(chunks, stop=self._cancel)
+        if found is None:
+            return None
+        vectors, encoded = found
+        points = [(n, self._point(window.plans[n].ids[i], vectors[window.plans[n].chunks[i].sha256],
+                                  window.plans[n].payloads[i])) for n, i in work]
+        hits = sum(1 for chunk in chunks if chunk.sha256 not in encoded)
+        return Part(window, points, len(encoded), len(work) - len(encoded), hits)
 
     # ---- stage 3: write ----------------------------------------------------------------------
     def _write(self, part: Part, report: SyncReport, final: bool = False) -> None:
@@ -552,6 +630,7 @@ class SyncRun:
         window = part.window
         report.chunks["encoded"] += part.encoded
         report.chunks["cached"] += part.cached
+        report.cache_hits += part.cache_hits
         if window.remaining is None:  # the window's first part
             for item in window.failed:
                 self._fail(report, item, dry_run=False)
@@ -713,9 +792,9 @@ class SyncRun:
             self.ledger.record_failure(plan.doc.doc_id, reason)
         report.chunks["failed"] += points_total
 
-    def _vectors_for(self, chunks: list[Chunk], stop: threading.Event | None = None) -> tuple[dict, int] | None:
+    def _vectors_for(self, chunks: list[Chunk], stop: threading.Event | None = None) -> tuple[dict, set[str]] | None:
         """Vectors by chunk sha256, from the embedding cache, the rest encoded (and cached); and
-        how many were encoded. None if `stop` was set before every slice was encoded (the slices
+        the sha256 of the texts encoded. None if `stop` was set before every slice was encoded (the slices
         done are cached). The encode and write stages both call this (a dead letter needs all the
         vectors of its documents): one slice at a time, so neither waits long for the other, and
         a text is never encoded twice."""
@@ -730,7 +809,7 @@ class SyncRun:
                                              return_attention_mask=False)["input_ids"]
                 tokens = {sha: len(i) for sha, i in zip(missing, ids)}
                 missing.sort(key=lambda sha: -tokens[sha])
-        encoded_count = 0
+        encoded: set[str] = set()
         for start in range(0, len(missing), ENCODE_SLICE):
             if stop is not None and stop.is_set():
                 return None
@@ -742,8 +821,8 @@ class SyncRun:
                     done.update(zip(todo, self.encoder.encode([texts[sha] for sha in todo])))
                     self.cache.put_many({sha: done[sha] for sha in todo})
             found.update(done)
-            encoded_count += len(todo)
-        return found, encoded_count
+            encoded.update(todo)
+        return found, encoded
 
     def _delete(self, ids: list[str], report: SyncReport, last: bool = False) -> None:
         """Delete points the ledger already queued; on failure they stay queued for the next run
@@ -810,7 +889,7 @@ class SyncRun:
         """Dry run: count what the plan would do."""
         report.chunks["upserted"] += len(plan.write)
         report.chunks["deleted"] += len(plan.stale_ids)
-        self._dry_run_shas.update(plan.chunks[i].sha256 for i in plan.write)
+        self._dry_run_shas.update(plan.chunks[i].sha256 for i in plan.write)  # a Counter: counts points
         report.changes.append({"doc_id": plan.doc.doc_id, "action": plan.action, "chunks": len(plan.chunks),
                                "chunks_to_upsert": len(plan.write), "chunks_to_delete": len(plan.stale_ids)})
 
@@ -924,10 +1003,12 @@ def make_encoder(config: SyncConfig) -> Encoder:
 
 
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
-             encoder: Encoder | None = None, sleep=None, pipelined: bool = True, take_over: bool = False) -> SyncReport:
+             encoder: Encoder | None = None, sleep=None, pipelined: bool = True, take_over: bool = False,
+             report: SyncReport | None = None) -> SyncReport:
     """Sync the config's source into its sink; the library entry point behind `connector sync`.
     `pipelined=False` runs the stages one after the other in this thread (same result, slower);
-    `take_over` claims a collection that another state dir owns (see connector.ownership)."""
+    `take_over` claims a collection that another state dir owns (see connector.ownership);
+    `report`: fill this one in (see SyncRun.run), so that the counts survive an exception."""
     from connector.sources.factory import make_source
 
     source = make_source(config.source)
@@ -935,7 +1016,7 @@ def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, 
         run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
                       progress=progress, pipelined=pipelined, take_over=take_over)
         try:
-            return run.run(prune=prune, dry_run=dry_run)
+            return run.run(prune=prune, dry_run=dry_run, report=report)
         finally:
             run.close()
 
