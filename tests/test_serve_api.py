@@ -236,6 +236,8 @@ def test_bad_requests_get_clear_json_errors_never_a_traceback(model_client):
         (model_client.post("/v1/embed", json={"texts": ["x"] * 9}), 413),  # max_texts 8
         (model_client.post("/v1/similarity", json={"a": "x" * 2001, "b": "y"}), 413),  # max_chars 2000
         (model_client.post("/v1/embed", content=b"x" * 200_000, headers={"content-type": "application/json"}), 413),
+        (model_client.post("/v1/similarity", json={"a": " ", "b": "y"}), 422),  # nothing to compare
+        (model_client.post("/v1/tokenize", json={"text": ""}), 422),
         (model_client.get("/v1/embed"), 405),
         (model_client.get("/nowhere"), 404),
     ]
@@ -246,6 +248,7 @@ def test_bad_requests_get_clear_json_errors_never_a_traceback(model_client):
         assert "Traceback" not in r.text and 'File "' not in r.text
     assert "Content-Type: application/json" in cases[1][0].json()["error"]
     assert "--max-texts" in cases[5][0].json()["error"] and "--max-chars" in cases[6][0].json()["error"]
+    assert "text a is empty" in cases[8][0].json()["error"]
 
 
 def test_an_unexpected_error_is_a_500_without_details(model_client, monkeypatch):

@@ -250,7 +250,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @v1.post("/embed")
     def embed(req: EmbedRequest):
         """The `connector embed --json` document of the texts."""
-        _check_texts(req.texts, settings)
+        _check_texts(req.texts, settings, allow_empty=True)  # as `connector embed ""`: an empty sparse vector
         encoder = service.encoder()
         projection = None
         if req.legacy:
@@ -263,7 +263,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @v1.post("/similarity")
     def similarity(req: SimilarityRequest):
         """Every score of two texts and the values behind them (`connector similarity --json`)."""
-        _check_texts([req.a, req.b], settings)
+        _check_texts([req.a, req.b], settings, names=("a", "b"))
         data = api.similarity(service.encoder(), req.a, req.b, mode=req.mode, clean=service.clean)
         for mode, key in (("dense", "dense"), ("sparse", "lexical"), ("colbert", "colbert"), ("hybrid", "hybrid")):
             if data["scores"][key] is not None:
@@ -275,7 +275,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """The N x N score matrix of several texts, or of one text split into lines or sentences."""
         if (req.texts is None) == (req.text is None):
             raise InputError("give either texts (a list) or text (one text to split into lines or sentences)")
-        texts = req.texts if req.texts is not None else api.split_conversation(_check_texts([req.text], settings)[0])
+        texts = req.texts if req.texts is not None else api.split_conversation(_check_texts([req.text], settings, names=("text",))[0])
         if not texts:
             raise InputError("there is no text to compare: the input is empty")
         _check_texts(texts, settings)
@@ -284,14 +284,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @v1.post("/tokenize")
     def tokenize(req: TokenizeRequest):
         """The model's tokens of the text with character offsets and each position's sparse weight."""
-        _check_texts([req.text], settings)
+        _check_texts([req.text], settings, names=("text",))
         return api.tokenize(service.encoder(), req.text, clean=service.clean)
 
     @v1.post("/search")
     def search(req: SearchRequest):
         """The `connector search --json` document of the query."""
         config = service.config()
-        _check_texts([req.query], settings)
+        _check_texts([req.query], settings, names=("query",))
         encoder = service.encoder()
         with service.search_lock:
             return api.search(config, req.query, encoder=encoder, mode=req.mode, limit=req.limit,
@@ -327,7 +327,12 @@ def _auth(api_key: str | None):
     return check
 
 
-def _check_texts(texts: list[str], settings: ServeSettings) -> list[str]:
+def _check_texts(texts: list[str], settings: ServeSettings, allow_empty: bool = False, names=None) -> list[str]:
+    """The service's limits: texts per request, characters per text, no empty text (but embed's)."""
+    if not allow_empty:
+        for name, text in zip(names or range(len(texts)), texts):
+            if not text.strip():
+                raise InputError(f"text {name} is empty: there is nothing to compare or look up")
     if len(texts) > settings.max_texts:
         raise ApiError(413, "too_large", f"{len(texts)} texts in one request; at most {settings.max_texts} "
                                          "(split the request, or start the service with a larger --max-texts)")
