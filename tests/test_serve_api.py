@@ -271,6 +271,13 @@ def test_api_key_guards_the_api_and_never_leaks(tiny_model_dir):
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and KEY not in r.text
         r = client.post("/v1/similarity", json=body, headers={"Authorization": f"Bearer {KEY}"})
         assert r.status_code == 200 and KEY not in r.text
+        # the key is checked first: without it, a bad or huge body is not even looked at
+        r = client.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 401
+        r = client.post("/v1/embed", content=b"x" * 10_000_000, headers={"content-type": "application/json"})
+        assert r.status_code == 401
+        metrics = client.get("/metrics").text
+        assert 'connector_http_requests_total{endpoint="/v1/embed",method="POST",status="401"} 2.0' in metrics
         for path in ("/health", "/metrics", "/docs", "/openapi.json"):
             r = client.get(path)
             assert r.status_code == 200 and KEY not in r.text, path

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -245,7 +245,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings.api_key))], tags=["api"])
+    v1 = APIRouter(prefix="/v1", tags=["api"])  # the API key is checked by the middleware, before anything else
 
     @v1.post("/embed")
     def embed(req: EmbedRequest):
@@ -312,19 +312,12 @@ def _embedded(config: SyncConfig) -> bool:
     return sink.type == "milvus" and not is_milvus_server_uri(str(getattr(sink, "uri", "")))
 
 
-def _auth(api_key: str | None):
-    expected = api_key.encode() if api_key else None
-
-    def check(request: Request) -> None:
-        if expected is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise ApiError(401, "unauthorized", "this service needs an API key: send the header "
-                                                "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
-
-    return check
+def _authorized(request: Request, expected: bytes | None) -> bool:
+    """No key configured, or `Authorization: Bearer <key>` with the key (compared in constant time)."""
+    if expected is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
 
 
 def _check_texts(texts: list[str], settings: ServeSettings, allow_empty: bool = False, names=None) -> list[str]:
@@ -397,23 +390,38 @@ def _validation_message(err: RequestValidationError) -> str:
 
 def _add_middleware(app: FastAPI, settings: ServeSettings, metrics: ServiceMetrics) -> None:
     limit = settings.max_body_bytes
+    key = settings.api_key.encode() if settings.api_key else None
 
     @app.middleware("http")
     async def count_and_limit(request: Request, call_next):
         started = time.perf_counter()
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if request.url.path.startswith("/v1/") and not _authorized(request, key):  # before the body is read
+            response = error_response(401, "unauthorized", "this service needs an API key: send the header "
+                                                           "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+        elif length is not None and (not length.isdigit() or int(length) > limit):
             response = error_response(413, "too_large", f"the request body is larger than {limit} bytes "
                                                         "(fewer or shorter texts per request)")
         elif length is None and request.method in ("POST", "PUT", "PATCH"):
             response = await _limited_stream(request, call_next, limit)
         else:
             response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "other")
+        endpoint = _endpoint_label(app, request)
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
         return response
+
+
+def _endpoint_label(app: FastAPI, request: Request) -> str:
+    """The route's path template when the request reached one or names one exactly (a 401 or 413
+    answered before routing), else `/static` or `other`: random paths never become labels."""
+    route = request.scope.get("route")
+    if getattr(route, "path", None):
+        return route.path
+    path = request.url.path
+    if path in app.openapi()["paths"]:  # built once, then cached by FastAPI
+        return path
+    return "/static" if path.startswith("/static/") else "other"
 
 
 async def _limited_stream(request: Request, call_next, limit: int):
