@@ -322,16 +322,14 @@ def _authorized(request: Request, expected: bytes | None) -> bool:
 
 def _check_texts(texts: list[str], settings: ServeSettings, allow_empty: bool = False, names=None) -> list[str]:
     """The service's limits: texts per request, characters per text, no empty text (but embed's)."""
-    if not allow_empty:
-        for name, text in zip(names or range(len(texts)), texts):
-            if not text.strip():
-                raise InputError(f"text {name} is empty: there is nothing to compare or look up")
     if len(texts) > settings.max_texts:
         raise ApiError(413, "too_large", f"{len(texts)} texts in one request; at most {settings.max_texts} "
                                          "(split the request, or start the service with a larger --max-texts)")
-    for n, text in enumerate(texts):
+    for name, text in zip(names or range(len(texts)), texts):
+        if not allow_empty and not text.strip():
+            raise InputError(f"text {name} is empty: there is nothing to compare or look up")
         if len(text) > settings.max_chars:
-            raise ApiError(413, "too_large", f"text {n} has {len(text)} characters; at most {settings.max_chars} "
+            raise ApiError(413, "too_large", f"text {name} has {len(text)} characters; at most {settings.max_chars} "
                                              "(split it, or start the service with a larger --max-chars)")
     return texts
 
