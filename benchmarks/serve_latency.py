@@ -46,13 +46,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, machine_and_command, publish  # benchmarks/common.py
+from common import ROOT, display_python, machine_and_command, publish  # benchmarks/common.py
 from encode_throughput import CACHE, RESULTS, SENTENCES, SHAPES, ensure_model
 
 START, END = "<!-- serve-latency:start -->", "<!-- serve-latency:end -->"
 SHAPE_NAMES = {"full": "bge-m3's shape (24 layers, hidden 1024)", "small": "small shape (6 layers, hidden 384)"}
 SEED_P50_MS, SEED_P95_MS = 221, 268  # the seed's figure: 10 concurrent single pairs, 14-core Xeon
 TARGET_RATIO = 3.0
+DISTURBED_CORES = 0.25  # other jobs' CPU in a cell above which its figures measure the neighbours
 TARGET_GROWTH_MB = 50
 
 
@@ -382,11 +383,29 @@ def encoder_alone_child(model: Path, seconds: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- report
 
+def disturbed(row: dict) -> bool:
+    return row["other_cores"] > DISTURBED_CORES
+
+
+def second_half_growth(samples: list[tuple[float, float]]) -> float:
+    half = samples[-1][0] / 2
+    return samples[-1][1] - next(rss for t, rss in samples if t >= half)
+
+
+def per_minute(samples: list[tuple[float, float]]) -> list[float]:
+    """The first RSS sample of every minute, and the last one."""
+    firsts = {}
+    for t, rss in samples:
+        firsts.setdefault(int(t // 60), rss)
+    return [*firsts.values(), samples[-1][1]]
+
+
 def fmt(value, digits: int = 0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def render(rows: list[dict], alone: dict, memory: dict | None, args, command: str, load_start: str, load_end: str) -> str:
+def render(rows: list[dict], alone: dict, memory: dict | None, args, runs: list[dict]) -> str:
+    """The RESULTS.md section; `runs` = the command and load averages of each invocation measured."""
     lines = [START, "## Service latency (`connector serve`, POST /v1/similarity)", "",
              f"A real `connector serve --model <folder> --host 127.0.0.1` process per cell (random weights; "
              f"`--log-level warning`{', ' + ' '.join(args.serve_arg) if args.serve_arg else ''}), driven by N client "
@@ -402,16 +421,23 @@ def render(rows: list[dict], alone: dict, memory: dict | None, args, command: st
         lines.append(f"| {r['shape']} | {'on' if r['coalesce'] else 'off'} | {r['clients']} | {r['round']} | "
                      f"{r['requests']} | {r['rps']:.1f} | {fmt(r['p50'])} | {fmt(r['p95'])} | {fmt(r['p99'])} | "
                      f"{r['errors']} | {r['busy']} | {fmt(r['mean_batch'], 1)} | {fmt(r['encoder_ms_per_text'])} | "
-                     f"{r['peak_rss']:.0f} | {r['max_rss']:.0f} | {r['other_cores']:.2f} |")
+                     f"{r['peak_rss']:.0f} | {r['max_rss']:.0f} | {r['other_cores']:.2f}"
+                     f"{' ⚠' if disturbed(r) else ''} |")
     lines.append("")
     for shape in dict.fromkeys(r["shape"] for r in rows):
         cells = [r for r in rows if r["shape"] == shape]
         most = max(r["clients"] for r in cells)
-        ratios = []
+        ratios, left_out = [], []
         for run in sorted({r["round"] for r in cells}):
             pair = {r["coalesce"]: r for r in cells if r["clients"] == most and r["round"] == run}
             if True in pair and False in pair and pair[False]["rps"] > 0:
-                ratios.append((pair[True]["rps"], pair[False]["rps"]))
+                if disturbed(pair[True]) or disturbed(pair[False]):
+                    left_out.append(f"{pair[True]['rps']:.1f} vs {pair[False]['rps']:.1f} req/s in run {run}")
+                else:
+                    ratios.append((pair[True]["rps"], pair[False]["rps"]))
+        if left_out:
+            lines.append(f"- **Left out of the coalescing ratio** ({SHAPE_NAMES[shape]}, other jobs above "
+                         f"{DISTURBED_CORES:g} cores in a cell of the pair): " + "; ".join(left_out) + ".")
         if ratios:
             median = statistics.median(on / off for on, off in ratios)
             lines.append(f"- **Coalescing, {SHAPE_NAMES[shape]}, {most} clients**: "
@@ -427,12 +453,13 @@ def render(rows: list[dict], alone: dict, memory: dict | None, args, command: st
                          f"threads, no HTTP, texts like the clients'; median of {e['runs']} alternating runs), ms per "
                          "text: " + ", ".join(f"{v:.1f} in a batch of {n}" for n, v in sorted(ms.items()))
                          + f": coalescing pairs can add at most **{pair / best:.2f}x** on this machine.")
-        seeds = [r for r in cells if r["coalesce"] and r["clients"] == 10]
-        if shape == "full" and seeds:
+        if shape == "full":
+            seeds = {n: [r for r in cells if r["coalesce"] and r["clients"] == n] for n in (1, 10)}
             lines.append(f"- **Against the seed** (p50 {SEED_P50_MS} ms / p95 {SEED_P95_MS} ms at 10 concurrent single "
-                         "pairs on a 14-core Xeon): here p50 / p95 "
-                         + ", ".join(f"{fmt(r['p50'])} / {fmt(r['p95'])} ms" for r in seeds)
-                         + " at 10 clients on 2 cores, coalescing on.")
+                         "pairs on a 14-core Xeon), p50 / p95 here, coalescing on, 2 cores: "
+                         + "; ".join(f"{n} client{'s' if n > 1 else ''}: "
+                                     + ", ".join(f"{fmt(r['p50'])} / {fmt(r['p95'])} ms" for r in rs)
+                                     for n, rs in seeds.items() if rs) + ".")
     tokens = [r["tokens"] for r in rows if r["tokens"]]
     if tokens:
         lines.append(f"- **Texts**: {statistics.mean(tokens):.1f} tokens each on average (`<s>`, `</s>` included; "
@@ -447,8 +474,10 @@ def render(rows: list[dict], alone: dict, memory: dict | None, args, command: st
                      f"{m['errors']} errors; VmRSS every 5 s): {m['rss_start']:.0f} MB at the start, {m['rss_warm']:.0f} MB "
                      f"after the {m['warmup_s']:g} s warm-up, {m['rss_end']:.0f} MB at the end, at most "
                      f"{m['rss_max_after_warmup']:.0f} MB after the warm-up: growth **{m['growth']:+.0f} MB** (target < "
-                     f"{TARGET_GROWTH_MB} MB: {verdict}). RSS per minute: "
-                     + ", ".join(f"{rss:.0f}" for t, rss in m["samples"] if round(t) % 60 < 5) + " MB.")
+                     f"{TARGET_GROWTH_MB} MB: {verdict}); over the second half of the run: "
+                     f"{second_half_growth(m['samples']):+.0f} MB; load average {m['load_before']} before, {m['load_after']} after. "
+                     "RSS per minute: "
+                     + ", ".join(f"{rss:.0f}" for rss in per_minute(m["samples"])) + " MB.")
     lines += ["- **Columns**: *requests* = answers in the timed part (200s, 503s and errors); *req/s* = 200 answers / "
               "seconds from the start of the timed part to the last answer; latency percentiles over the 200 answers, "
               "from sending a request to reading its whole answer; *texts per encoder call* = the service's "
@@ -457,11 +486,32 @@ def render(rows: list[dict], alone: dict, memory: dict | None, args, command: st
               "`--rounds` runs; *peak RSS* = VmHWM of the "
               "server at the end (the model load included); *max RSS under load* = the largest VmRSS sampled every "
               "0.5 s in the timed part; *other jobs* = CPU the rest of the machine used meanwhile (/proc/stat minus "
-              "the server and the clients), in cores.",
-              f"- **Load average** (1 / 5 / 15 min): {load_start} at the start, {load_end} at the end.",
-              *machine_and_command(command, machine_note=f" ({cpu_flags()}); clients and server share them"),
+              "the server and the clients), in cores; ⚠ = above "
+              f"{DISTURBED_CORES:g} cores: the 2 cores were shared, and torch's 2 threads wait for each other when "
+              "one of them has no core, so such a cell measures the neighbours as much as the service.",
+              *[f"- **Load average** (1 / 5 / 15 min) of `{run['command']}`: {run['load_start']} at the start, "
+                f"{run['load_end']} at the end." for run in runs],
+              *machine_and_command(f" && {display_python()} ".join(run["command"] for run in runs),
+                                   machine_note=f" ({cpu_flags()}); clients and server share them"),
               END]
     return "\n".join(lines)
+
+
+RENDER_SETTINGS = ("seconds", "warmup", "max_requests", "serve_arg")
+
+
+def publish_figures(files: list[dict], write: bool) -> None:
+    """Render the section from the figures of one run or several (a later run's shape replaces an
+    earlier run's cells of that shape; its memory run, if any, the earlier one)."""
+    cells, alone, memory = [], {}, None
+    for figures in files:
+        shapes = {c["shape"] for c in figures["cells"]}
+        cells = [c for c in cells if c["shape"] not in shapes] + figures["cells"]
+        alone.update(figures["encoder_alone"])
+        memory = figures["memory"] or memory
+    settings = argparse.Namespace(**files[-1]["settings"])
+    section = render(cells, alone, memory, settings, files)
+    publish(RESULTS, START, END, section, write=write)
 
 
 def main() -> int:
@@ -481,11 +531,17 @@ def main() -> int:
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="an extra `connector serve` argument for every server, e.g. --serve-arg=--batch-wait-ms=10")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                        help="only write the section, from --json files of earlier runs (a later file's shapes "
+                             "replace an earlier one's)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     parser.add_argument("--encoder-seconds", type=float, default=60,
                         help="seconds of the encoder-alone measurement per shape (0: none)")
     parser.add_argument("--encoder-alone-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        publish_figures([json.loads(f.read_text()) for f in args.render], write=not args.no_write)
+        return 0
     if args.encoder_alone_child:
         encoder_alone_child(args.encoder_alone_child, args.seconds)
         return 0
@@ -507,10 +563,12 @@ def main() -> int:
                 for coalesce in [c == "on" for c in args.coalesce.split(",") if c]:  # on and off next to each other
                     rows.append({**measure_cell(model, shape, coalesce, clients, args), "round": run})
     memory = measure_memory(ensure_model(args.memory_shape), args.memory_shape, args) if args.memory_minutes else None
+    figures = {"cells": rows, "encoder_alone": alone, "memory": memory, "command": command.strip(),
+               "load_start": load_start, "load_end": load_average(),
+               "settings": {k: getattr(args, k) for k in RENDER_SETTINGS}}
     if args.json:
-        args.json.write_text(json.dumps({"cells": rows, "encoder_alone": alone, "memory": memory}, indent=1))
-    section = render(rows, alone, memory, args, command.strip(), load_start, load_average())
-    publish(RESULTS, START, END, section, write=not args.no_write)
+        args.json.write_text(json.dumps(figures, indent=1))
+    publish_figures([figures], write=not args.no_write)
     return 0
 
 
