@@ -1,18 +1,20 @@
 """Latency and throughput of `connector serve`'s POST /v1/similarity under concurrent clients, with
-request coalescing on and off, and the server's memory over a long steady run.
+request coalescing on and off, the encoder alone as the ceiling, and the server's memory over a
+long steady run.
 
-    .venv/bin/python benchmarks/serve_latency.py                     # the whole run (~30 min), writes RESULTS.md
-    .venv/bin/python benchmarks/serve_latency.py --seconds 3 --warmup 1 --shapes small \\
-        --memory-minutes 0 --no-write                                # a quick check of the script
+    .venv/bin/python benchmarks/serve_latency.py --rounds 2          # the whole run (~45 min), writes RESULTS.md
+    .venv/bin/python benchmarks/serve_latency.py --seconds 3 --warmup 1 --encoder-seconds 5 \
+        --shapes small --memory-minutes 0 --no-write                 # a quick check of the script
+    .venv/bin/python benchmarks/serve_latency.py --render a.json b.json   # the section from saved --json figures
 
 What is measured
 ----------------
 * One real `connector serve --model <folder> --host 127.0.0.1 --port P --log-level warning`
-  subprocess per cell (shape x coalescing x clients), started, waited for (`/health` 200), and
-  stopped by its own pid with SIGTERM. Models: encode_throughput.py's random-weight models of
-  bge-m3's exact shape (`full`: 24 layers, hidden 1024) and of the `small` shape (6 layers, hidden
-  384), built once into benchmarks/.cache. Coalescing off is `--no-coalesce`: one forward pass per
-  request (both texts of a pair in it).
+  subprocess per cell (shape x clients x run x coalescing; on and off next to each other),
+  started, waited for (`/health` 200), and stopped by its own pid with SIGTERM. Models:
+  encode_throughput.py's random-weight models of bge-m3's exact shape (`full`: 24 layers, hidden
+  1024) and of the `small` shape (6 layers, hidden 384), built once into benchmarks/.cache.
+  Coalescing off is `--no-coalesce`: one forward pass per request (both texts of a pair in it).
 * Clients: N threads in this process, each with its own keep-alive `http.client` connection,
   send one request after the other for `--seconds` (at most `--max-requests` each), after
   `--warmup` seconds of the same load that are not counted. Each request is two short texts
@@ -20,14 +22,17 @@ What is measured
   `"... #<client>.<n>"`, so every text is new and the service's embedding cache never answers.
 * Per cell: completed requests, throughput (200 answers / seconds from the start of the timed part to
   the last answer), p50/p95/p99 latency of the 200 answers (from sending the request to reading the
-  whole answer), errors (503 separately), the mean coalesced batch (texts per encoder call, from the
-  service's /metrics), the server's peak RSS (VmHWM of /proc/<pid>/status: includes the model load)
-  and the largest VmRSS sampled every 0.5 s while timed, and the CPU the rest of the machine used
-  meanwhile (/proc/stat minus the server's and this process's own).
-* Memory: one more server (coalescing on, 10 clients) for `--memory-minutes`, VmRSS sampled every
-  5 s; growth = last sample - the sample at the end of the warm-up (`--memory-warmup`, 60 s).
+  whole answer), errors (503 separately), texts per encoder call and encoder ms per text (the
+  service's /metrics), the server's peak RSS (VmHWM of /proc/<pid>/status: includes the model
+  load) and the largest VmRSS sampled every 0.5 s while timed, and the CPU the rest of the machine
+  used meanwhile (/proc/stat minus the server's and this process's own). A cell where that is above
+  DISTURBED_CORES is marked and left out of the coalescing ratio (on / off req/s at the most clients).
+* The encoder alone (a subprocess, built by the service's own `open_service_encoder`): ms per text
+  for one pair and for batches of 32 and 64 such texts, alternating: the most coalescing can add.
+* Memory: one more server (coalescing on, 10 clients, a small `--cache-mb` that is full within the
+  warm-up) for `--memory-minutes`, VmRSS sampled every 5 s; growth = last sample - the sample at
+  the end of the warm-up (`--memory-warmup`, 60 s).
 """
-
 from __future__ import annotations
 
 import argparse
