@@ -81,6 +81,12 @@ def stable_metadata(metadata: dict) -> dict:
     return {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
 
 
+def volatile_hash(metadata: dict) -> str:
+    """The volatile metadata a document's points carry: when it moves (a file touched, its text
+    unchanged), the points get a payload-only update."""
+    return stable_hash({k: metadata[k] for k in VOLATILE_METADATA if k in metadata})
+
+
 def document_hash(doc: Document) -> str:
     return stable_hash({"text": doc.text, "metadata": stable_metadata(doc.metadata)})
 
@@ -151,7 +157,9 @@ def chunk_payload(chunk: Chunk, metadata: dict) -> dict:
 class SyncReport:
     """Counts of one sync (or of a dry run: what it would do).
 
-    `chunks` counts points: `upserted` written, `deleted`, `failed` (kept as dead letters); and of
+    `chunks` counts points: `upserted` written with their vectors, `payload_updated` whose payload
+    alone was rewritten (their text is unchanged, only its position or the volatile metadata
+    moved), `deleted`, `failed` (kept as dead letters); and of
     the points given vectors, `encoded` those the model encoded (a text shared by several points is
     encoded once, for one of them) and `cached` the others, whose vector came from the embedding
     cache or from a point of the same text. Without failures, encoded + cached == upserted.
@@ -167,7 +175,8 @@ class SyncReport:
         default_factory=lambda: dict.fromkeys(["seen", "new", "changed", "unchanged", "deleted", "failed"], 0)
     )
     chunks: dict = field(
-        default_factory=lambda: dict.fromkeys(["encoded", "cached", "upserted", "deleted", "failed"], 0)
+        default_factory=lambda: dict.fromkeys(["encoded", "cached", "upserted", "payload_updated", "deleted",
+                                               "failed"], 0)
     )
     failures: list = field(default_factory=list)  # [{doc_id, reason, dead_letter?}]
     errors: list = field(default_factory=list)  # problems not tied to one document: [{operation, reason, ...}]
@@ -207,24 +216,25 @@ class SyncReport:
 
 @dataclass
 class DocPlan:
-    """What a new or changed document needs: its chunks, and which points to (re)write."""
+    """What a new, changed or touched document needs: its chunks, and which points to (re)write."""
 
     doc: Document
-    action: str  # 'new' or 'changed'
+    action: str  # 'new', 'changed', or 'unchanged' (same content, the file touched: its `modified` moved)
     content_hash: str
     fingerprint: str
     chunks: list[Chunk]
     payloads: list[dict]
     keys: list[str]
     ids: list[str]
-    write: list[int]  # indices of chunks whose point must be (re)written
+    write: list[int]  # indices of chunks whose point must be (re)written with its vectors
     stale_ids: list[str]
+    payload_only: list[int] = field(default_factory=list)  # chunks whose point keeps its vectors, gets this payload
 
     def commit(self) -> DocCommit:
         return DocCommit(
             self.doc.doc_id, self.content_hash, self.fingerprint,
-            [LedgerChunk(i, self.ids[i], self.keys[i]) for i in range(len(self.chunks))],
-            self.stale_ids, origin=self.doc.metadata.get("path"),
+            [LedgerChunk(i, self.ids[i], self.keys[i], self.chunks[i].sha256) for i in range(len(self.chunks))],
+            self.stale_ids, origin=self.doc.metadata.get("path"), volatile_hash=volatile_hash(self.doc.metadata),
         )
 
 
@@ -548,7 +558,7 @@ class SyncRun:
             else:
                 report.documents[item.action] += 1
                 window.plans.append(item)
-                window.chunks += len(item.write)
+                window.chunks += len(item.write) + len(item.payload_only)
             if window.chunks >= WINDOW_CHUNKS or len(window.failed) >= WINDOW_CHUNKS:
                 yield window
                 window = Window()
@@ -559,8 +569,12 @@ class SyncRun:
         content_hash = content_hash_for(doc, self.text_settings)
         known = reader.document(doc.doc_id)
         self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
+        touched = False  # same content, but the points' volatile metadata (`modified`) is out of date
         if known and known.content_hash == content_hash and known.fingerprint == self.fingerprint:
-            return None
+            # '' : recorded before the ledger kept it; such points are refreshed with the next change
+            touched = known.volatile_hash not in ("", volatile_hash(doc.metadata))
+            if not touched:
+                return None
         text, spans = self._clean(doc)
         chunks = self.chunker.split(doc.doc_id, text)
         payloads = [chunk_payload(c, chunk_metadata(doc.metadata, spans, c)) for c in chunks]
@@ -571,12 +585,21 @@ class SyncRun:
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
         ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
         old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
-        # a chunk stored under another point id (a renamed document) is written anew, the old point deleted
-        write = [i for i in range(len(chunks))
-                 if i not in old or (old[i].point_id, old[i].chunk_key) != (ids[i], keys[i])]
+        same_model = known is not None and known.fingerprint == self.fingerprint
+        write, payload_only = [], []
+        for i, chunk in enumerate(chunks):
+            before = old.get(i)
+            if before is None or before.point_id != ids[i]:
+                write.append(i)  # a new point (or a renamed document's: written anew, the old point deleted)
+            elif same_model and before.content_hash == chunk.sha256:
+                if before.chunk_key != keys[i] or touched:
+                    payload_only.append(i)  # same text, same model: the vectors stand, the position moved
+            elif before.chunk_key != keys[i]:
+                write.append(i)
         stale = [c.point_id for i, c in old.items() if i >= len(chunks) or c.point_id != ids[i]]
-        return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
-                       ids, write, stale)
+        action = "unchanged" if touched else "changed" if known else "new"
+        return DocPlan(doc, action, content_hash, self.fingerprint, chunks, payloads, keys, ids, write, stale,
+                       payload_only)
 
     def _clean(self, doc: Document) -> tuple[str, list[tuple[int, int, dict]]]:
         """The normalised text, and for a document with sections (PDF pages) each section's span
@@ -626,7 +649,8 @@ class SyncRun:
     def _write(self, part: Part, report: SyncReport, final: bool = False) -> None:
         """Upsert a part batch by batch; commit each document once the store confirmed all its
         points. A document whose write failed for good becomes a dead letter with all its points,
-        one whose write waits for the store is deferred; either way its later points are skipped."""
+        one whose write waits for the store is deferred; either way its later points are skipped.
+        With the window's first part go the payload-only updates of all its documents."""
         window = part.window
         report.chunks["encoded"] += part.encoded
         report.chunks["cached"] += part.cached
@@ -634,24 +658,36 @@ class SyncRun:
         if window.remaining is None:  # the window's first part
             for item in window.failed:
                 self._fail(report, item, dry_run=False)
-            window.remaining = [len(plan.write) for plan in window.plans]
+            window.remaining = [len(plan.write) + len(plan.payload_only) for plan in window.plans]
             self._commit([plan for n, plan in enumerate(window.plans) if window.remaining[n] == 0], report)
-        queue = [(n, p) for n, p in part.points if n not in window.set_aside]
+            payloads = [(n, Point(id=plan.ids[i], dense=None, sparse=None, payload=plan.payloads[i]))
+                        for n, plan in enumerate(window.plans) for i in plan.payload_only]
+            self._write_queue(window, payloads, report, final, vectors=False)
+        self._write_queue(window, part.points, report, final)
+
+    def _write_queue(self, window: Window, points: list[tuple[int, Point]], report: SyncReport, final: bool,
+                     vectors: bool = True) -> None:
+        queue = [(n, p) for n, p in points if n not in window.set_aside]
         while queue:
             if self.breaker is not None and self.breaker.is_open:  # the store is down: no calls until a probe says so
                 self._defer(window, {n for n, _ in queue})
                 return
             batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
-            self._write_batch(window, batch, report, final)
+            self._write_batch(window, batch, report, final, vectors)
             queue = [(n, p) for n, p in queue if n not in window.set_aside]
 
-    def _write_batch(self, window: Window, batch: list[tuple[int, Point]], report: SyncReport, final: bool) -> None:
-        """One upsert. A transient failure defers the batch's documents (during the last pass, with
-        the store answering, they become dead letters). A terminal one is split by document in halves,
-        down to the one bad document: only that one becomes a dead letter."""
-        self.ledger.mark_in_flight((window.plans[n].doc.doc_id, p.id) for n, p in batch)
+    def _write_batch(self, window: Window, batch: list[tuple[int, Point]], report: SyncReport, final: bool,
+                     vectors: bool = True) -> None:
+        """One upsert (or, without `vectors`, one payload-only update). A transient failure defers the
+        batch's documents (during the last pass, with the store answering, they become dead letters). A
+        terminal one is split by document in halves, down to the one bad document: only that one
+        becomes a dead letter."""
+        self.ledger.mark_in_flight(((window.plans[n].doc.doc_id, p.id) for n, p in batch), vectors=vectors)
         try:
-            self.sink.upsert([p for _, p in batch])
+            if vectors:
+                self.sink.upsert([p for _, p in batch])
+            else:
+                self.sink.set_payloads([(p.id, p.payload) for _, p in batch])
         except TransientError as err:
             docs = {n for n, _ in batch}
             if self.breaker is None or (final and not self.breaker.is_open):
@@ -670,9 +706,9 @@ class SyncRun:
             for half in ([(n, p) for n, p in batch if n in first], [(n, p) for n, p in batch if n not in first]):
                 half = [(n, p) for n, p in half if n not in window.set_aside]
                 if half:
-                    self._write_batch(window, half, report, final)
+                    self._write_batch(window, half, report, final, vectors)
             return
-        report.chunks["upserted"] += len(batch)
+        report.chunks["upserted" if vectors else "payload_updated"] += len(batch)
         if self._chunk_bar is not None:
             self._chunk_bar.update(len(batch))
         done = []
@@ -730,7 +766,7 @@ class SyncRun:
                 self._deferred.add(plan)
                 continue
             plans.append(plan)
-            points += len(plan.write)
+            points += len(plan.write) + len(plan.payload_only)
             if points >= WINDOW_CHUNKS:
                 self._write_plans(plans, report, final)
                 plans, points = [], 0
@@ -779,8 +815,9 @@ class SyncRun:
         letter_docs = []
         points_total = 0
         for plan in plans:
-            vectors, _ = self._vectors_for([plan.chunks[i] for i in plan.write])
-            points = [self._point(plan.ids[i], vectors[plan.chunks[i].sha256], plan.payloads[i]) for i in plan.write]
+            rewrite = plan.write + plan.payload_only  # a replay writes whole points
+            vectors, _ = self._vectors_for([plan.chunks[i] for i in rewrite])
+            points = [self._point(plan.ids[i], vectors[plan.chunks[i].sha256], plan.payloads[i]) for i in rewrite]
             letter_docs.append((plan.commit(), points_to_bytes(points), len(points)))
             points_total += len(points)
         letter = self.ledger.add_dead_letter(str(err), error_kind(err), attempts, letter_docs)
@@ -888,10 +925,12 @@ class SyncRun:
     def _describe(self, plan: DocPlan, report: SyncReport) -> None:
         """Dry run: count what the plan would do."""
         report.chunks["upserted"] += len(plan.write)
+        report.chunks["payload_updated"] += len(plan.payload_only)
         report.chunks["deleted"] += len(plan.stale_ids)
         self._dry_run_shas.update(plan.chunks[i].sha256 for i in plan.write)  # a Counter: counts points
         report.changes.append({"doc_id": plan.doc.doc_id, "action": plan.action, "chunks": len(plan.chunks),
-                               "chunks_to_upsert": len(plan.write), "chunks_to_delete": len(plan.stale_ids)})
+                               "chunks_to_upsert": len(plan.write), "chunks_to_update_payload": len(plan.payload_only),
+                               "chunks_to_delete": len(plan.stale_ids)})
 
     def _progress(self, items: Iterable):
         if not self.progress:

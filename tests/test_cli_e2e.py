@@ -136,7 +136,7 @@ def test_sync_lifecycle(project):
     code, second, out = run("sync", "-c", cfg, "--json")
     assert code == 0, out
     assert second["documents"]["unchanged"] == len(EXPECTED_DOC_IDS)
-    assert second["chunks"] == {"encoded": 0, "cached": 0, "upserted": 0, "deleted": 0, "failed": 0}
+    assert second["chunks"] == {"encoded": 0, "cached": 0, "upserted": 0, "payload_updated": 0, "deleted": 0, "failed": 0}
     assert store_state(project)[1] == ids
 
     # edit one paragraph near the end of the long doc: only the chunks it touched are encoded
