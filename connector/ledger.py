@@ -390,6 +390,8 @@ class Ledger:
             return self._forget(doc_id)
 
     def _forget(self, doc_id: str) -> list[str]:
+        # its file is read again if it comes back, even with the same stamp (moved away and back)
+        self.db.execute("DELETE FROM files WHERE origin IN (SELECT origin FROM documents WHERE doc_id=?)", (doc_id,))
         ids = [r[0] for r in self.db.execute("SELECT point_id FROM chunks WHERE doc_id=?", (doc_id,))]
         self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
         self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))

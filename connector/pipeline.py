@@ -58,7 +58,8 @@ from connector.ownership import claim
 from connector.locations import public_url
 from connector.preprocess.chunking import Chunker
 from connector.preprocess.factory import document_text_settings, make_preprocessor
-from connector.records import REFUSED_KINDS, Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
+from connector.records import (REFUSED_KINDS, Chunk, Document, FailedDocument, Point, UnchangedFile, point_id,
+                               points_to_bytes)
 from connector.sinks.base import Sink
 from connector.retry import CircuitBreaker
 from connector.stages import TICK, background
@@ -367,6 +368,9 @@ class SyncRun:
         self._deletes_waiting = False  # deletes left queued while the store was down
         self._dry_run_shas: Counter[str] = Counter()  # points to write per text
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
+        self._stamps: dict[str, str] = {}  # origin -> stamp (with stamp_suffix) of the files this run read or skipped
+        self._unsettled: set[str] = set()  # origins of documents dead-lettered or set aside: read them again next time
+        self._known_stamps: dict[str, str] = {}  # what the ledger recorded, for the files the source may skip
 
     # ---- lazily built parts (an unchanged corpus never loads the model weights) -------------
     @property
@@ -432,6 +436,7 @@ class SyncRun:
             with busy(report, "write"):
                 self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
             self._watch_store()
+        self._offer_stamps()
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
         try:
@@ -456,6 +461,8 @@ class SyncRun:
             report.cache_hits = sum(self._dry_run_shas[sha] for sha in in_cache)
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
+            settled = failed_origins | self._unsettled
+            self.ledger.replace_stamps({o: s for o, s in self._stamps.items() if o not in settled})
             if self._deletes_waiting:  # left queued while the store was down
                 with busy(report, "write"):
                     self._delete(self.ledger.pending_deletes(), report, last=True)
@@ -514,6 +521,18 @@ class SyncRun:
             for plan in window.plans:
                 self._describe(plan, report)
 
+    def _stamp_suffix(self) -> str:
+        """What besides the file decides its documents' points (text settings, model, chunking, layout):
+        recorded after each file's stamp, so that a change of either makes every file be read again."""
+        return "|" + stable_hash({"text_settings": self.text_settings, "fingerprint": self.fingerprint})[:16]
+
+    def _offer_stamps(self) -> None:
+        """Tell the source which files it need not read (see Source.skip_unchanged)."""
+        self.encoder  # noqa: B018 - the fingerprint
+        suffix = self._stamp_suffix()
+        self._known_stamps = {origin: stamp for origin, stamp in self.ledger.stamps().items() if stamp.endswith(suffix)}
+        self.source.skip_unchanged({origin: stamp[: -len(suffix)] for origin, stamp in self._known_stamps.items()})
+
     def _check_store_has_ledger(self, report: SyncReport) -> None:
         """A collection dropped or emptied behind the ledger's back: start over (the cache keeps it cheap)."""
         lost = store_lost(self.sink, self.ledger)
@@ -544,9 +563,15 @@ class SyncRun:
         for item in self._progress(items):
             if self._cancel.is_set():
                 return
+            if isinstance(item, UnchangedFile):
+                self._skipped(item.origin, reader, seen, report)
+                continue
             report.documents["seen"] += 1
             seen.add(item.doc_id)
             if isinstance(item, Document):
+                origin = item.metadata.get("path")
+                if item.stamp is not None and origin is not None:
+                    self._stamps[origin] = item.stamp + self._stamp_suffix()
                 item = self._plan(item, reader)  # a DocPlan, a FailedDocument, or None when unchanged
             if item is None:
                 report.documents["unchanged"] += 1
@@ -564,6 +589,14 @@ class SyncRun:
                 window = Window()
         if window.plans or window.failed:
             yield window
+
+    def _skipped(self, origin: str, reader: Ledger, seen: set[str], report: SyncReport) -> None:
+        """A file the source did not read (its stamp is unchanged): its documents are seen, unchanged."""
+        doc_ids = reader.documents_from(origin)
+        report.documents["seen"] += len(doc_ids)
+        report.documents["unchanged"] += len(doc_ids)
+        seen.update(doc_ids)
+        self._stamps[origin] = self._known_stamps[origin]
 
     def _plan(self, doc: Document, reader: Ledger) -> DocPlan | FailedDocument | None:
         content_hash = content_hash_for(doc, self.text_settings)
@@ -821,6 +854,7 @@ class SyncRun:
             letter_docs.append((plan.commit(), points_to_bytes(points), len(points)))
             points_total += len(points)
         letter = self.ledger.add_dead_letter(str(err), error_kind(err), attempts, letter_docs)
+        self._unsettled.update(plan.doc.metadata.get("path") for plan in plans)
         reason = f"store write failed after {attempts} attempt(s), kept as dead letter {letter}: {err}"
         for plan in plans:
             report.documents["failed"] += 1

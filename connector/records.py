@@ -36,12 +36,24 @@ class Document:
 
     A source may give `sections` (e.g. PDF pages) instead of one text: `text` is then their texts
     joined by blank lines, and every chunk gets the metadata of the sections it overlaps
-    (for pages: `pages: [first, ..., last]`)."""
+    (for pages: `pages: [first, ..., last]`).
+
+    `stamp`: what the source can tell about the item's file without reading it (see
+    `Source.skip_unchanged`), or None."""
 
     doc_id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     sections: tuple[Section, ...] = ()
+    stamp: str | None = None
+
+
+@dataclass(frozen=True)
+class UnchangedFile:
+    """A source file the source did not read because its stamp is the one the last sync recorded:
+    every document the ledger has from `origin` is unchanged (see `Source.skip_unchanged`)."""
+
+    origin: str
 
 
 @dataclass(frozen=True)
