@@ -130,16 +130,22 @@ def test_changed_removed_renamed_and_replaced_files(tmp_path, tiny_model_dir, ti
     assert reads == []  # the new stamps were recorded
 
 
-def test_a_records_file_is_skipped_whole_and_read_again_when_it_changes(tmp_path, tiny_model_dir, tiny_encoder):
+def test_a_records_file_is_skipped_whole_and_read_again_when_it_changes(tmp_path, tiny_model_dir, tiny_encoder,
+                                                                        monkeypatch):
     docs = tmp_path / "docs"
     write_corpus(docs)
     config = make_config(tmp_path, tiny_model_dir)
     run_sync(config, encoder=tiny_encoder)
+    opened: list[str] = []
+    real = files_module.jsonl_records
+    monkeypatch.setattr(files_module, "jsonl_records", lambda rel, *args: (opened.append(rel), real(rel, *args))[1])
     skipped = run_sync(config, encoder=tiny_encoder, prune=True)
+    assert opened == [] and skipped.documents["unchanged"] == 9  # all three records, not read
     assert skipped.documents["deleted"] == 0 and len(store_texts(config)) == 9
     with (docs / "tickets.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"id": "t-9", "text": "Ticket 9: the gauge is stuck."}) + "\n")
     grown = run_sync(config, encoder=tiny_encoder, prune=True)
+    assert opened == ["tickets.jsonl"]
     assert grown.documents["new"] == 1 and grown.documents["unchanged"] == 9 and grown.documents["deleted"] == 0
     assert "tickets.jsonl#t-9" in store_texts(config)
 
