@@ -414,7 +414,8 @@ class Ledger:
                     queued += self._forget(old)
                     continue
                 self.db.execute("UPDATE documents SET doc_id=?, content_hash='' WHERE doc_id=?", (new, old))
-                self.db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new, old))
+                # content_hash '': its points are not taken over by the new doc_id (their ids derive from the old)
+                self.db.execute("UPDATE chunks SET doc_id=?, content_hash='' WHERE doc_id=?", (new, old))
                 self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (old,))
                 self._drop_from_dead_letters(old)
         return queued

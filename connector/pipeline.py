@@ -616,23 +616,60 @@ class SyncRun:
             if problem:  # fails alone, before it is encoded, instead of spoiling the batch it would be written in
                 return FailedDocument(doc.doc_id, problem, origin=doc.metadata.get("path"), kind="too_large")
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
-        ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
-        old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
+        old = list(reader.chunks(doc.doc_id)) if known else []
         same_model = known is not None and known.fingerprint == self.fingerprint
-        write, payload_only = [], []
-        for i, chunk in enumerate(chunks):
-            before = old.get(i)
-            if before is None or before.point_id != ids[i]:
-                write.append(i)  # a new point (or a renamed document's: written anew, the old point deleted)
-            elif same_model and before.content_hash == chunk.sha256:
-                if before.chunk_key != keys[i] or touched:
-                    payload_only.append(i)  # same text, same model: the vectors stand, the position moved
-            elif before.chunk_key != keys[i]:
-                write.append(i)
-        stale = [c.point_id for i, c in old.items() if i >= len(chunks) or c.point_id != ids[i]]
+        ids, write, payload_only = self._match_points(doc.doc_id, chunks, keys, old, same_model, touched)
+        kept = set(ids)
+        stale = [c.point_id for c in old if c.point_id not in kept]
         action = "unchanged" if touched else "changed" if known else "new"
         return DocPlan(doc, action, content_hash, self.fingerprint, chunks, payloads, keys, ids, write, stale,
                        payload_only)
+
+    def _match_points(self, doc_id: str, chunks: list[Chunk], keys: list[str], old: list[LedgerChunk],
+                      same_model: bool, touched: bool) -> tuple[list[str], list[int], list[int]]:
+        """Point ids for a document's chunks, and which chunks need their point written with vectors
+        (`write`) or only its payload (`payload_only`), given the points the ledger has (`old`).
+
+        A chunk keeps the point that holds its text's vectors already (`same_model`): the one at
+        its own index first, else any other of the document with that text (text inserted above
+        moved it to another index); such a point gets a payload-only update when its payload
+        changed (position, or the volatile metadata of a `touched` file). A point with exactly the
+        chunk's payload is kept as it is. Every other chunk is written with its vectors under the
+        point id of its index (`point_id`), or a variant of it when a kept point holds that id.
+        A renamed document's points are not kept (the ledger forgot their texts): it is written anew."""
+        ids: list[str | None] = [None] * len(chunks)
+        payload_only: list[int] = []
+        by_index = {c.chunk_index: c for c in old}
+        for i, chunk in enumerate(chunks):  # the same text at the same index, or the same payload
+            before = by_index.get(i)
+            if before is None:
+                continue
+            if same_model and before.content_hash == chunk.sha256:
+                ids[i] = before.point_id
+                if before.chunk_key != keys[i] or touched:
+                    payload_only.append(i)
+            elif before.chunk_key == keys[i]:
+                ids[i] = before.point_id
+                if touched:
+                    payload_only.append(i)
+        taken = {pid for pid in ids if pid is not None}
+        free: dict[str, list[str]] = {}  # text sha256 -> points that hold its vectors, not kept yet
+        for before in old:
+            if same_model and before.content_hash and before.point_id not in taken:
+                free.setdefault(before.content_hash, []).append(before.point_id)
+        for i, chunk in enumerate(chunks):  # moved texts
+            if ids[i] is None and free.get(chunk.sha256):
+                ids[i] = free[chunk.sha256].pop(0)
+                taken.add(ids[i])
+                payload_only.append(i)
+        write = [i for i in range(len(chunks)) if ids[i] is None]
+        for i in write:  # new texts
+            variant = 0
+            while (pid := point_id(self.sink.collection, doc_id, chunks[i].index, variant)) in taken:
+                variant += 1
+            ids[i] = pid
+            taken.add(pid)
+        return ids, write, sorted(payload_only)
 
     def _clean(self, doc: Document) -> tuple[str, list[tuple[int, int, dict]]]:
         """The normalised text, and for a document with sections (PDF pages) each section's span

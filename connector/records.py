@@ -17,9 +17,11 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def point_id(collection: str, doc_id: str, chunk_index: int) -> str:
-    """Deterministic point id: UUIDv5 of collection, doc_id and chunk index."""
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}\x1f{doc_id}\x1f{chunk_index}"))
+def point_id(collection: str, doc_id: str, chunk_index: int, variant: int = 0) -> str:
+    """Deterministic point id: UUIDv5 of collection, doc_id and chunk index (and `variant`, when
+    the sync needs another id for that index: a moved chunk that kept its point holds the first)."""
+    name = f"{collection}\x1f{doc_id}\x1f{chunk_index}" + (f"\x1f{variant}" if variant else "")
+    return str(uuid.uuid5(POINT_NAMESPACE, name))
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,46 @@ def test_a_text_reverted_after_a_crash_mid_write_gets_its_vectors_back(tmp_path,
     assert {**restored.payload, "metadata": None} == {**original.payload, "metadata": None}  # `modified` moved
     np.testing.assert_allclose(restored.dense, original.dense, rtol=1e-5, atol=1e-6)
     assert verify(config).ok
+
+
+@pytest.mark.parametrize("backend", ["qdrant", "milvus"])
+def test_a_chunk_inserted_above_moves_the_others_to_new_indexes_without_their_vectors(tmp_path, tiny_model_dir,
+                                                                                     tiny_encoder, backend,
+                                                                                     upserted_ids):
+    """Text inserted at the top makes one chunk more: every later chunk moves to the next index. Each
+    keeps its point (and vectors); only the new chunk is written with vectors. Removing the text
+    again moves them back, still without vectors."""
+    config = make_config(tmp_path, tiny_model_dir, backend)
+    write_doc(tmp_path, "Intro.")
+    run_sync(config, encoder=tiny_encoder)
+    before = store_points(config)
+    by_text: dict[str, dict[str, object]] = {}  # text -> {point id: point} (short texts repeat, as "bar.")
+    for point in before.values():
+        by_text.setdefault(point.payload["text"], {})[point.id] = point
+
+    write_doc(tmp_path, "A new first paragraph, long enough to be a chunk of its own here.\n\nIntro.")
+    upserted_ids.clear()
+    report = run_sync(config, encoder=tiny_encoder)
+    after = store_points(config)
+    assert len(after) > len(before) and report.exit_code == 0
+    new_texts = [p for p in after.values() if p.payload["text"] not in by_text]
+    kept = [p for p in after.values() if p.payload["text"] in by_text]
+    assert len(kept) >= len(before) - 1
+    assert report.chunks["encoded"] == report.chunks["upserted"] == len(new_texts) == len(upserted_ids)
+    assert report.chunks["payload_updated"] == len(kept)
+    assert len({p.id for p in kept}) == len(kept)
+    for point in kept:
+        old = by_text[point.payload["text"]].get(point.id)
+        assert old is not None  # kept a point that held its text, and so its vectors
+        assert point.payload["chunk_index"] != old.payload["chunk_index"]  # at another index
+        np.testing.assert_array_equal(point.dense, old.dense)
+    assert verify(config).ok
+
+    write_doc(tmp_path, "Intro.")  # back
+    upserted_ids.clear()
+    back = run_sync(config, encoder=tiny_encoder)
+    assert back.chunks["encoded"] == 0 and back.chunks["payload_updated"] == len(kept)
+    assert len(upserted_ids) == len(before) - len(kept)  # the chunk whose text came back: vectors from the cache
+    restored = store_points(config)
+    assert {i: p.payload["text"] for i, p in restored.items()} == {i: p.payload["text"] for i, p in before.items()}
+    assert verify(config).ok
