@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from connector import __version__
 from connector.config import FilesSourceConfig
 from connector.errors import SourceError
 from connector.records import Document, FailedDocument, UnchangedFile
@@ -183,8 +184,10 @@ class FilesSource(Source):
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")
         ]
-        # how files are read: a setting that changes makes every stamp differ, so every file is read again
-        self._settings = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        # how files are read (the settings, and the readers' version): when it changes every stamp
+        # differs, so every file is read again
+        how = {"config": config.model_dump(mode="json"), "version": __version__}
+        self._settings = hashlib.sha256(json.dumps(how, sort_keys=True).encode()).hexdigest()[:16]
         self._known: dict[str, str] = {}
 
     def skip_unchanged(self, stamps: dict[str, str]) -> None:
