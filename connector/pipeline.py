@@ -461,8 +461,8 @@ class SyncRun:
             report.cache_hits = sum(self._dry_run_shas[sha] for sha in in_cache)
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
-            settled = failed_origins | self._unsettled
-            self.ledger.replace_stamps({o: s for o, s in self._stamps.items() if o not in settled})
+            unsettled = failed_origins | self._unsettled  # read again next time, whatever their stamp
+            self.ledger.replace_stamps({o: s for o, s in self._stamps.items() if o not in unsettled})
             if self._deletes_waiting:  # left queued while the store was down
                 with busy(report, "write"):
                     self._delete(self.ledger.pending_deletes(), report, last=True)

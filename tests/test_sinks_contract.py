@@ -232,6 +232,32 @@ def test_set_payloads_of_a_missing_point_is_a_terminal_error(new_sink):
     assert sink.retrieve([points[0].id])[0].payload == points[0].payload
 
 
+def test_milvus_without_partial_updates_falls_back_to_the_default(tmp_path, monkeypatch):
+    """A Milvus server before 2.6 takes a partial upsert as whole rows and refuses them for their
+    missing vectors: the sink then reads the vectors and writes them back, from then on directly."""
+    from pymilvus import MilvusException
+
+    sink = make_sink(MilvusSinkConfig(uri=str(tmp_path / "milvus.db"), collection="c_old"), load_layout("chunks"))
+    sink.ensure_collection(DIM)
+    points = make_points(3)
+    sink.upsert(points)
+    real_upsert, partial_calls = sink.client.upsert, []
+
+    def old_server_upsert(collection, rows, **kwargs):
+        if kwargs.pop("partial_update", False):
+            partial_calls.append(len(rows))
+            raise MilvusException(code=6, message="vector field 'dense' missing or None")
+        return real_upsert(collection, rows, **kwargs)
+
+    monkeypatch.setattr(sink.client, "upsert", old_server_upsert)
+    for text in ("moved once", "moved twice"):
+        sink.set_payloads([(points[1].id, payload_for("doc-1", 1, text=text))])
+    got = sink.retrieve([points[1].id], with_vectors=True)[0]
+    assert got.payload["text"] == "moved twice" and partial_calls == [1]  # tried once, then the default
+    np.testing.assert_allclose(got.dense, points[1].dense, rtol=1e-6)
+    sink.close()
+
+
 def test_delete_and_delete_of_unknown_ids(new_sink):
     sink = new_sink(batch_size=2)
     sink.ensure_collection(DIM)
