@@ -2,8 +2,8 @@
 
 Per document: its content hash, the pipeline fingerprint it was processed with, and per chunk
 the point id, a key (hash of the point's text and payload) and the hash of the text whose vectors
-the point holds. Per source file: the stamp it had when the last complete sync read it (`files`). The ledger only moves after the
-store confirmed a write. Stale point ids go into `pending_deletes` in the same transaction that
+the point holds. Per source file: the stamp it had when the last finished sync read it (`files`).
+The ledger only moves after the store confirmed a write. Stale point ids go into `pending_deletes` in the same transaction that
 moves the document, and leave it only after the store confirmed the delete, so a crash at any
 moment leaves a state the next run converges from.
 """
