@@ -161,7 +161,9 @@ def _sync_text(report) -> str:
         f"{d['deleted']} deleted, {d['failed']} failed",
         f"chunks: {c['upserted']} {'to upsert' if report.dry_run else 'upserted'} "
         f"({c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} with a reused vector), "
-        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}"
+        + (f"{c['payload_updated']} {'to update' if report.dry_run else 'updated'} (payload only), "
+           if c["payload_updated"] else "")
+        + f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}"
         + (f", {c['failed']} failed" if c["failed"] else ""),
     ]
     for change in report.changes:

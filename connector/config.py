@@ -101,6 +101,12 @@ class FilesSourceConfig(Strict):
         False,
         description="Read files whose symlinks lead outside `path`; by default they fail as 'outside_root'.",
     )
+    change_detection: Literal["stat", "content"] = Field(
+        "stat",
+        description="How a re-sync finds unchanged files. 'stat': a file whose size, modification time (ns) and "
+        "inode are those of the last sync is not read again. 'content': every file is read and its text hashed "
+        "(slower; also catches an edit that kept the size and restored the modification time).",
+    )
 
     @field_validator("include", "exclude")
     @classmethod

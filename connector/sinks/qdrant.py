@@ -281,6 +281,19 @@ class QdrantSink(Sink):
         if self.is_local:
             self._say_if_large(len(structs))
 
+    def _set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
+        # one request: an overwrite-payload operation per point (each point its own payload)
+        m = self.models
+        operations = [m.OverwritePayloadOperation(overwrite_payload=m.SetPayload(payload=payload,
+                                                                                 points=[_canonical_id(pid)]))
+                      for pid, payload in items]
+        with self._op("set payload"):
+            result = self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
+        if any(r.status != m.UpdateStatus.COMPLETED for r in result):
+            raise TransientError(
+                f"Qdrant payload update on collection '{self.collection}' was not confirmed; write it again."
+            )
+
     def _say_if_large(self, written: int) -> None:
         """Log once when the embedded collection holds more than LOCAL_MODE_POINTS points. The
         count is taken after the first upsert and again whenever it may have crossed the limit
