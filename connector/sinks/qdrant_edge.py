@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -318,6 +319,22 @@ class QdrantEdgeSink(Sink):
                 self._metadata_path.unlink(missing_ok=True)
         finally:
             self.close()  # releases the lock
+
+    def export_snapshot(self, out: Path) -> dict:
+        """Write the collection as a Qdrant shard snapshot (a tar of the shard folder: `segments/`,
+        `wal/`, `edge_config.json`) to `out`, under the shard's lock, after a flush. A Qdrant server
+        restores it into shard 0 of a collection with the same vectors (README: Moving to a server)."""
+        shard = self._open("export snapshot")
+        with self._op("export snapshot"):
+            shard.flush()
+            points = shard.count(self.edge.CountRequest(exact=True))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_name(out.name + ".partial")
+            with tarfile.open(partial, "w") as archive:
+                for entry in sorted(self.shard_dir.iterdir()):
+                    archive.add(entry, arcname=entry.name)
+            os.replace(partial, out)
+        return {"collection": self.collection, "points": points, "snapshot": str(out), "bytes": out.stat().st_size}
 
     # ---- collection metadata: a small JSON file next to the shard ----------------------------
     @property
