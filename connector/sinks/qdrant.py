@@ -305,9 +305,10 @@ class QdrantSink(Sink):
         if self._points_bound > LOCAL_MODE_POINTS:
             self._said_large = True
             log.warning(
-                "embedded Qdrant in %s holds %d points in collection '%s'; beyond %d it keeps slowing down "
-                "(every point in memory, searched one by one). For a collection this size run a Qdrant server "
-                "and point sink.url at it (README: Servers).",
+                "embedded Qdrant in %s holds %d points in collection '%s'; beyond %d local mode keeps slowing down "
+                "(every point in memory, searched one by one). For a collection this size sync into Qdrant Edge "
+                "(a new sink.path, no engine: local-mode) or run a Qdrant server and point sink.url at it "
+                "(README: Servers and stores).",
                 self.path, self._points_bound, self.collection, LOCAL_MODE_POINTS,
             )
 
