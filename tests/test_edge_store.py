@@ -202,3 +202,17 @@ def test_export_snapshot_of_another_store_says_what_to_do(tmp_path, tiny_model_d
     proc = cli("export-snapshot", "-c", str(cfg), str(tmp_path / "kb.snapshot"))
     assert proc.returncode == 2 and "reads an embedded Qdrant Edge store" in proc.stderr, proc.stderr
     assert not (tmp_path / "kb.snapshot").exists()
+
+
+def test_set_payloads_overwrites_the_payload_and_keeps_the_vectors(tmp_path):
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
+        sink.ensure_collection(DIM)
+        points = make_points(3)
+        sink.upsert(points)
+        moved = {**points[1].payload, "char_start": 7, "char_end": 99}
+        sink._set_payloads([(points[1].id, moved)])
+        got = {p.id: p for p in sink.retrieve([p.id for p in points], with_vectors=True)}
+    assert got[points[1].id].payload == moved
+    assert got[points[0].id].payload == points[0].payload
+    np.testing.assert_allclose(got[points[1].id].dense, points[1].dense, atol=1e-6)
+    np.testing.assert_array_equal(got[points[1].id].sparse.indices, points[1].sparse.indices)
