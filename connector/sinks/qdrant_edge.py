@@ -33,9 +33,6 @@ log = logging.getLogger("connector.sinks")
 
 EDGE, LOCAL_MODE = "edge", "local-mode"
 EDGE_DIR = "edge"  # PATH/edge/<collection>: an Edge store; PATH/meta.json: a qdrant-client local-mode store
-# Build the HNSW and sparse indexes once this many points were written since the last build (and at
-# the end of every sync): the write waits for that build, so the pause stays bounded.
-INDEX_EVERY_POINTS = 50_000
 
 DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "l2": "Euclid", "manhattan": "Manhattan"}
 PAYLOAD_INDEX_TYPES = {"keyword": "Keyword", "text": "Text", "int": "Integer"}
@@ -98,7 +95,7 @@ class QdrantEdgeSink(Sink):
         self.shard_dir = self.folder / collection
         self._shard = None
         self._lock: ShardLock | None = None
-        self._written_since_index = 0
+        self._wrote = False  # the indexes are built when a sink that wrote closes (the end of a sync)
 
     # ---- plumbing --------------------------------------------------------------------
     @contextmanager
@@ -202,15 +199,13 @@ class QdrantEdgeSink(Sink):
 
         structs = [e.Point(id=_canonical_id(p.id), vector=vectors(p), payload=p.payload) for p in points]
         self._update("upsert", e.UpdateOperation.upsert_points(structs))
-        self._written_since_index += len(structs)
-        if self._written_since_index >= INDEX_EVERY_POINTS:
-            self.build_indexes()
 
     def _update(self, operation: str, update) -> None:
         shard = self._open(operation)
         with self._op(operation):
             shard.update(update)
             shard.flush()  # durable before the ledger records it
+        self._wrote = True
 
     def _set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
         """Overwrite these points' payloads, vectors untouched."""
@@ -218,14 +213,15 @@ class QdrantEdgeSink(Sink):
             self._update("set payload", self.edge.UpdateOperation.overwrite_payload([_canonical_id(pid)], payload))
 
     def build_indexes(self) -> None:
-        """Build the HNSW and sparse indexes of the points written since the last build (blocks
-        writes meanwhile). The sync calls it at its end; upserts every INDEX_EVERY_POINTS points."""
+        """Build the HNSW and sparse indexes of the points written since the last build. close()
+        calls it when this sink wrote: a sync's writes never wait for an index build (no other process
+        reads the shard meanwhile), and its end leaves the collection indexed."""
         if self._shard is None:
             return
         with self._op("optimize"):
             self._shard.optimize()
             self._shard.flush()
-        self._written_since_index = 0
+        self._wrote = False
 
     def _delete(self, ids: Sequence[str]) -> None:
         if ids:
@@ -363,7 +359,7 @@ class QdrantEdgeSink(Sink):
     def close(self) -> None:
         """Build the indexes of what this sink wrote (the end of a sync), close the shard, release
         its lock. Safe to call twice."""
-        if self._written_since_index:
+        if self._wrote:
             self.build_indexes()
         shard, self._shard = self._shard, None
         lock, self._lock = self._lock, None
