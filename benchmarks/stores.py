@@ -9,7 +9,8 @@ the 250 002-token vocabulary; a 540-character payload text) are upserted through
 own sink, 256 points per call; the sink is closed (Edge builds its indexes then) and opened again;
 then `--queries` dense, sparse and hybrid searches (limit 10) of perturbed stored points are timed.
 Reports insert seconds (points/s), index-build seconds (Edge: the close after the writes), query
-p50/p95 per mode, the process's peak RSS and the store's size on disk. The dense vectors alone
+p50/p95 per mode, the process's peak RSS (memory-mapped file pages included), its largest heap
+(anonymous RSS, sampled) and the store's size on disk. The dense vectors alone
 take N x 4 KiB. Writes its section of benchmarks/RESULTS.md (between the stores markers).
 """
 
@@ -66,6 +67,14 @@ def points(start: int, count: int, rng: np.random.Generator):
     return out
 
 
+def anon_rss_mb() -> float:
+    """The process's anonymous resident memory (heap, not memory-mapped files the kernel may drop)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
     """Runs inside the child process: write, reopen, query; returns the measurements."""
     from connector.sinks.factory import make_sink
@@ -75,6 +84,7 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
     sink = make_sink(config)
     sink.ensure_collection(DIM)
     samples = []
+    anon = [anon_rss_mb()]
     written = 0.0
     for start in range(0, n, 10_000):
         batch = points(start, min(10_000, n - start), rng)
@@ -83,9 +93,11 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
         sink.upsert(batch)
         written += time.perf_counter() - began
         del batch
+        anon.append(anon_rss_mb())
     began = time.perf_counter()
     sink.close()  # Edge: builds the indexes of what was written
     indexing = time.perf_counter() - began
+    anon.append(anon_rss_mb())
     sink = make_sink(config)
     count = sink.count()
     timings = {}
@@ -98,10 +110,12 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
             sink.search(mode, dense=dense, sparse=p.sparse, limit=10)
             spent.append((time.perf_counter() - began) * 1000)
         timings[mode] = (float(np.percentile(spent, 50)), float(np.percentile(spent, 95)))
+        anon.append(anon_rss_mb())
     sink.close()
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     return {"store": store, "points": n, "count": count, "insert_s": written, "index_s": indexing,
             "queries": timings, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "anon_rss_mb": max(anon),
             "disk_mb": disk / 2**20}
 
 
@@ -122,6 +136,7 @@ def row(r: dict) -> str:
     return (f"| {r['store']} | {r['points']:,} | {r['insert_s']:.1f} ({r['points'] / r['insert_s']:,.0f}/s) | "
             f"{r['index_s']:.1f} | {q['dense'][0]:.1f} / {q['dense'][1]:.1f} | {q['sparse'][0]:.1f} / "
             f"{q['sparse'][1]:.1f} | {q['hybrid'][0]:.1f} / {q['hybrid'][1]:.1f} | {r['peak_rss_mb']:,.0f} | "
+            f"{r['anon_rss_mb']:,.0f} | "
             f"{r['disk_mb']:,.0f} | {r['points'] * DIM * 4 / 2**20:,.0f} |")
 
 
@@ -152,11 +167,13 @@ def main() -> None:
         f"Points of bge-m3's shape (1024-d dense, sparse of 40-160 ids, 540-character payload) upserted through "
         f"the connector's sinks, {BATCH} per call; then {args.queries} searches per mode (limit 10) after a reopen. "
         "Insert: the upserts (Edge flushes each); index: the close after the writes (Edge builds its HNSW and "
-        "sparse indexes then). Query times p50 / p95 in ms. Written by `benchmarks/stores.py`.",
+        "sparse indexes then). Query times p50 / p95 in ms. Peak RSS counts the pages of memory-mapped files "
+        "too (the kernel drops them under pressure); heap: the largest anonymous RSS sampled after each "
+        "10 000 points and each query mode. Written by `benchmarks/stores.py`.",
         "",
         "| store | points | insert s (points/s) | index s | dense ms | sparse ms | hybrid ms | peak RSS MB | "
-        "disk MB | dense vectors MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "heap MB | disk MB | dense vectors MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         *machine_and_command(
