@@ -124,14 +124,16 @@ def measure(store: str, n: int, queries: int) -> dict:
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", store, str(n), str(queries), str(folder)],
                               capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{store} at {n} points failed:\n{proc.stderr[-3000:]}")
+        if proc.returncode != 0:  # a row that says why, and the other runs go on
+            return {"store": store, "points": n, "error": "failed: " + proc.stderr.strip().splitlines()[-1][:300]}
         return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['store']} | {r['points']:,} | {r['error']} | | | | | | | | {r['points'] * DIM * 4 / 2**20:,.0f} |"
     q = r["queries"]
     return (f"| {r['store']} | {r['points']:,} | {r['insert_s']:.1f} ({r['points'] / r['insert_s']:,.0f}/s) | "
             f"{r['index_s']:.1f} | {q['dense'][0]:.1f} / {q['dense'][1]:.1f} | {q['sparse'][0]:.1f} / "
@@ -151,14 +153,20 @@ def main() -> None:
                         choices=["edge", "local-mode", "milvus-lite"])
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--from-log", type=Path, help="Build the table from the result lines a run printed on "
+                        "stderr (one JSON object a line) instead of measuring.")
     args = parser.parse_args()
     load = os.getloadavg()
-    rows = []
-    for n in args.points:
-        for store in args.stores:
-            result = measure(store, n, args.queries)
-            print(json.dumps(result), file=sys.stderr)
-            rows.append(row(result))
+    if args.from_log:
+        results = [json.loads(line) for line in args.from_log.read_text().splitlines() if line.startswith('{"store"')]
+        rows = [row(r) for r in results]
+    else:
+        rows = []
+        for n in args.points:
+            for store in args.stores:
+                result = measure(store, n, args.queries)
+                print(json.dumps(result), file=sys.stderr)
+                rows.append(row(result))
     after = os.getloadavg()
     section = "\n".join([
         START,
