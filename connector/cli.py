@@ -417,6 +417,26 @@ def verify(ctx, config_path, repair):
     ctx.exit(0 if ok else 3)
 
 
+@cli.command("export-snapshot")
+@config_option()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def export_snapshot(ctx, config_path, out):
+    """Write the collection of an embedded Qdrant Edge store as a snapshot file OUT that a Qdrant server
+    restores (README: Moving to a server), so nothing is encoded again.
+
+    \b
+    Example:
+      connector export-snapshot -c configs/demo.yaml kb.snapshot
+    """
+    from connector import api
+
+    data = api.export_snapshot(load_config(config_path), out)
+    emit(ctx, data, f"wrote {printable(data['snapshot'])}: collection '{printable(data['collection'])}', "
+                    f"{data['points']} points, {data['bytes']} bytes")
+
+
 # ---- projection / backfill -----------------------------------------------------------------
 @cli.group()
 def projection():

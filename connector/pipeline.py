@@ -49,7 +49,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from connector.config import SyncConfig
+from connector.config import QdrantSinkConfig, SyncConfig
 from connector.encoders.base import Encoder
 from connector.encoders.cache import EmbeddingCache
 from connector.errors import StoreError, StoreUnreachableError, TransientError
@@ -124,7 +124,13 @@ def sink_target(config: SyncConfig) -> str:
     """A secret-free description of the store + collection a config writes to."""
     s = config.sink
     where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or getattr(s, "uri", "")
-    return f"{s.type}:{public_url(str(where))}#{s.collection}"  # no user:password@ or ?api-key=...
+    kind = s.type
+    if isinstance(s, QdrantSinkConfig) and s.path is not None:
+        from connector.sinks.qdrant_edge import EDGE, resolve_engine
+
+        if resolve_engine(s.path, s.engine) == EDGE:
+            kind = "qdrant-edge"  # a ledger bound to one embedded engine never switches to the other
+    return f"{kind}:{public_url(str(where))}#{s.collection}"  # no user:password@ or ?api-key=...
 
 
 def chunk_metadata(metadata: dict, spans: list[tuple[int, int, dict]], chunk: Chunk) -> dict:

@@ -23,6 +23,7 @@ VOCAB = 300
 SECRET = "s3cr3t-VALUE-never-printed"
 
 BACKENDS = [
+    "qdrant-edge",
     "qdrant-local",
     "milvus-lite",
     pytest.param("milvus-server", marks=pytest.mark.server),
@@ -87,8 +88,10 @@ def new_sink(request, tmp_path):
     opened = []
 
     def make(layout: Layout | None = None, page_size: int | None = None, batch_size: int = 64):
-        if kind == "qdrant-local":
-            config = QdrantSinkConfig(path=tmp_path / "qdrant", collection=collection, batch_size=batch_size)
+        if kind in ("qdrant-edge", "qdrant-local"):
+            engine = {"qdrant-edge": "edge", "qdrant-local": "local-mode"}[kind]
+            config = QdrantSinkConfig(path=tmp_path / "qdrant", engine=engine, collection=collection,
+                                      batch_size=batch_size)
         elif kind == "milvus-lite":
             config = MilvusSinkConfig(uri=str(tmp_path / "milvus.db"), collection=collection, batch_size=batch_size)
         else:
@@ -139,7 +142,7 @@ def test_create_then_reensure_is_noop_and_survives_reopen(new_sink, layout):
     assert info.vectors == {"dense": "dense", "sparse": "sparse"}
     assert info.dense_distance == "cosine"
     assert info.count == 3
-    if new_sink.kind == "qdrant-local":
+    if new_sink.kind.startswith("qdrant"):
         assert info.fields == set()  # schemaless payload
     else:
         assert {f.name for f in layout.fields} <= info.fields
@@ -383,7 +386,7 @@ def test_schema_mismatch_raises_and_writes_nothing(new_sink, layout, case):
     creator.close()  # embedded Qdrant: one open client per folder
 
     sink = new_sink()  # the real 'chunks' layout
-    if case == "field-missing" and new_sink.kind == "qdrant-local":
+    if case == "field-missing" and new_sink.kind.startswith("qdrant"):
         assert sink.ensure_collection(DIM) is False  # schemaless payload: nothing to compare
         return
     with pytest.raises(SchemaMismatchError) as info:
@@ -443,12 +446,14 @@ def test_calls_on_a_missing_collection_are_terminal(new_sink):
         sink.upsert(make_points(1))
 
 
-def test_embedded_qdrant_lock_is_released_by_close(tmp_path):
-    config = QdrantSinkConfig(path=tmp_path / "q", collection="locked")
+@pytest.mark.parametrize("engine, busy", [("edge", "is open in another process"),
+                                          ("local-mode", "another process or by another sink")])
+def test_embedded_qdrant_lock_is_released_by_close(tmp_path, engine, busy):
+    config = QdrantSinkConfig(path=tmp_path / "q", engine=engine, collection="locked")
     first = make_sink(config)
     first.ensure_collection(DIM)
     second = make_sink(config)
-    with pytest.raises(TerminalError, match="another process or by another sink"):
+    with pytest.raises(TerminalError, match=busy):
         second.count()
     first.close()
     assert second.count() == 0
@@ -475,7 +480,8 @@ def test_connection_refused_is_transient_and_hides_the_secret(backend, monkeypat
 @pytest.mark.parametrize(
     "module, config, extra",
     [
-        ("qdrant_client", QdrantSinkConfig(path="/nonexistent/q"), "qdrant"),
+        ("qdrant_client", QdrantSinkConfig(path="/nonexistent/q", engine="local-mode"), "qdrant"),
+        ("qdrant_edge", QdrantSinkConfig(path="/nonexistent/q"), "qdrant"),
         ("pymilvus", MilvusSinkConfig(uri="/nonexistent/m.db"), "milvus"),
         ("pymilvus", MilvusSinkConfig(uri="http://127.0.0.1:1"), "milvus"),
         ("milvus_lite", MilvusSinkConfig(uri="/nonexistent/m.db"), "milvus"),
