@@ -15,12 +15,14 @@ from connector.pipeline import open_sink, run_sync
 from connector.recovery import verify
 from connector.sinks.milvus import MilvusSink
 from connector.sinks.qdrant import QdrantSink
+from connector.sinks.qdrant_edge import QdrantEdgeSink
 
 PARAGRAPHS = [f"Part {k}: the pump with serial {k * 17} reports a pressure of {k * 3} bar." for k in range(8)]
 
 
 def make_config(tmp_path: Path, model: Path, backend: str):
-    sink = {"qdrant": {"type": "qdrant", "path": str(tmp_path / "qdrant")},
+    sink = {"qdrant": {"type": "qdrant", "path": str(tmp_path / "qdrant")},  # the default engine: Edge
+            "qdrant-local-mode": {"type": "qdrant", "path": str(tmp_path / "qdrant"), "engine": "local-mode"},
             "milvus": {"type": "milvus", "uri": str(tmp_path / "milvus.db")}}[backend]
     return parse_config({
         "source": {"type": "files", "path": str(tmp_path / "docs")},
@@ -52,14 +54,14 @@ def store_points(config) -> dict:
 def upserted_ids(monkeypatch):
     """The ids of every point written with its vectors."""
     written: list[str] = []
-    for cls in (QdrantSink, MilvusSink):
+    for cls in (QdrantSink, QdrantEdgeSink, MilvusSink):
         real = cls._upsert
         monkeypatch.setattr(cls, "_upsert", lambda self, points, real=real: (written.extend(p.id for p in points),
                                                                              real(self, points))[1])
     return written
 
 
-@pytest.mark.parametrize("backend", ["qdrant", "milvus"])
+@pytest.mark.parametrize("backend", ["qdrant", "qdrant-local-mode", "milvus"])
 def test_a_position_only_change_updates_payloads_and_keeps_vectors(tmp_path, tiny_model_dir, tiny_encoder, backend,
                                                                     upserted_ids):
     config = make_config(tmp_path, tiny_model_dir, backend)

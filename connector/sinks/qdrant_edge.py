@@ -208,9 +208,13 @@ class QdrantEdgeSink(Sink):
         self._wrote = True
 
     def _set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
-        """Overwrite these points' payloads, vectors untouched."""
-        for pid, payload in items:
-            self._update("set payload", self.edge.UpdateOperation.overwrite_payload([_canonical_id(pid)], payload))
+        """Overwrite these points' payloads, vectors untouched; one flush for the batch."""
+        shard = self._open("set payload")
+        with self._op("set payload"):
+            for pid, payload in items:
+                shard.update(self.edge.UpdateOperation.overwrite_payload([_canonical_id(pid)], payload))
+            shard.flush()  # durable before the ledger records it
+        self._wrote = True
 
     def build_indexes(self) -> None:
         """Build the HNSW and sparse indexes of the points written since the last build. close()
