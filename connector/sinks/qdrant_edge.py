@@ -27,6 +27,7 @@ from connector.lock import StateLock
 from connector.records import Hit, Point, SparseVector
 from connector.schemas_layout import Layout
 from connector.sinks.base import OWNER_KEY, RRF_K, CollectionInfo, Sink
+from connector.sinks import qdrant
 from connector.sinks.qdrant import _canonical_id, _to_sparse
 
 log = logging.getLogger("connector.sinks")
@@ -34,8 +35,9 @@ log = logging.getLogger("connector.sinks")
 EDGE, LOCAL_MODE = "edge", "local-mode"
 EDGE_DIR = "edge"  # PATH/edge/<collection>: an Edge store; PATH/meta.json: a qdrant-client local-mode store
 
-DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "l2": "Euclid", "manhattan": "Manhattan"}
-PAYLOAD_INDEX_TYPES = {"keyword": "Keyword", "text": "Text", "int": "Integer"}
+# the same tables as QdrantSink's; Edge spells the enum members capitalised (Cosine, not COSINE)
+DISTANCES = {layout: member.capitalize() for layout, member in qdrant.DISTANCES.items()}
+PAYLOAD_INDEX_TYPES = {layout: member.capitalize() for layout, member in qdrant.PAYLOAD_INDEX_TYPES.items()}
 
 
 def require_edge():
