@@ -1,6 +1,7 @@
 """The staged sync against the encoder alone, and peak memory as the corpus grows.
 
-    .venv/bin/python benchmarks/pipeline_sync.py [--docs 400] [--memory-docs 2000 20000] [--no-write]
+    .venv/bin/python benchmarks/pipeline_sync.py [--docs 400] [--memory-docs 2000 20000] [--stores ...] [--no-write]
+    .venv/bin/python benchmarks/pipeline_sync.py --wall-only [--docs 400] [--stores qdrant-edge]
 
 1. Wall time (same process; encode_throughput.py's `--shape small` model: 6 layers, hidden 384,
    vocab 250002, random weights, then its bge-m3-shaped model on a smaller corpus, where encoding
@@ -43,8 +44,8 @@ CACHE = ROOT / "benchmarks" / ".cache"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SENTENCES = ROOT / "connector" / "testing" / "sentences.txt"
 START, END = "<!-- pipeline:start -->", "<!-- pipeline:end -->"
-STORES = ("qdrant", "milvus")  # embedded: Qdrant local mode, Milvus Lite
-MEMORY_STORES = ("milvus-server", "qdrant", "milvus")
+STORES = ("qdrant-edge", "qdrant-local-mode", "milvus")  # embedded: Qdrant Edge, Qdrant local mode, Milvus Lite
+MEMORY_STORES = ("milvus-server", *STORES)
 
 
 def write_corpus(root: Path, docs: int, seed: int = 5) -> None:
@@ -61,10 +62,12 @@ def write_corpus(root: Path, docs: int, seed: int = 5) -> None:
 
 
 def make_config(work: Path, model: Path, store: str, name: str, uri: str | None = None):
-    """store: qdrant (embedded), milvus (Milvus Lite, embedded) or milvus-server (at `uri`)."""
+    """store: qdrant-edge or qdrant-local-mode (embedded Qdrant engines), milvus (Milvus Lite, embedded)
+    or milvus-server (at `uri`)."""
     from connector.config import parse_config
 
-    sink = {"qdrant": {"type": "qdrant", "path": f"./{name}/qdrant"},
+    sink = {"qdrant-edge": {"type": "qdrant", "path": f"./{name}/qdrant", "engine": "edge"},
+            "qdrant-local-mode": {"type": "qdrant", "path": f"./{name}/qdrant", "engine": "local-mode"},
             "milvus": {"type": "milvus", "uri": f"./{name}/milvus.db"},
             "milvus-server": {"type": "milvus", "uri": uri}}[store]
     return parse_config({
@@ -77,7 +80,7 @@ def make_config(work: Path, model: Path, store: str, name: str, uri: str | None 
 
 
 # ------------------------------------------------------------------------------------- wall time
-def measure_wall(docs: int, shape: str) -> dict:
+def measure_wall(docs: int, shape: str, stores=STORES) -> dict:
     from encode_throughput import ensure_model  # encode_throughput's models, cached in benchmarks/.cache
 
     from connector.pipeline import make_encoder, open_sink, run_sync
@@ -86,20 +89,22 @@ def measure_wall(docs: int, shape: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     try:
         write_corpus(work / "docs", docs)
-        encoder = make_encoder(make_config(work, model, "qdrant", "warm"))
+        encoder = make_encoder(make_config(work, model, "qdrant-edge", "warm"))
         encoder.encode(["warm-up: loads the weights", "a second text"])
         rows: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}  # the process's CPU seconds (every thread; the embedded stores' too)
         texts: list[str] = []
         reports = {}
         for attempt in range(2):
-            for store in STORES:
+            for store in stores:
                 for pipelined in (True, False):
                     name = f"{store}-{'staged' if pipelined else 'inline'}-{attempt}"
                     config = make_config(work, model, store, name)
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), time.process_time()
                     report = run_sync(config, encoder=encoder, pipelined=pipelined)
-                    rows.setdefault(f"{store} {'pipelined' if pipelined else 'stages one after the other'}", []).append(
-                        time.perf_counter() - started)
+                    label = f"{store} {'pipelined' if pipelined else 'stages one after the other'}"
+                    rows.setdefault(label, []).append(time.perf_counter() - started)
+                    cpu.setdefault(label, []).append(time.process_time() - cpu_started)
                     assert report.exit_code == 0, report.to_json()
                     reports[(store, pipelined)] = report
                     if not texts:  # the distinct chunk texts this sync encoded, from the store
@@ -108,13 +113,13 @@ def measure_wall(docs: int, shape: str) -> dict:
                         sink.close()
                         assert len(texts) == report.chunks["encoded"], (len(texts), report.chunks)
                     shutil.rmtree(work / name)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             encoder.encode(texts)
             rows.setdefault("encoder alone", []).append(time.perf_counter() - started)
+            cpu.setdefault("encoder alone", []).append(time.process_time() - cpu_started)
         tokens = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
-        report = reports[("qdrant", True)]
-        return {"shape": shape, "docs": docs, "chunks": len(texts), "tokens": tokens, "seconds": rows,
-                "documents": report.documents, "threads": __import__("torch").get_num_threads()}
+        return {"shape": shape, "docs": docs, "chunks": len(texts), "tokens": tokens, "seconds": rows, "cpu": cpu,
+                "documents": reports[(stores[0], True)].documents, "threads": __import__("torch").get_num_threads()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -135,7 +140,7 @@ def measure_remote(docs: int, delay_ms: float) -> dict:
         write_corpus(work / "docs", docs)
         server = MilvusLiteServer(work / "server-data")
         with LatencyProxy("127.0.0.1", server.port, delay_ms / 1000) as proxy:
-            encoder = make_encoder(make_config(work, model, "qdrant", "warm"))
+            encoder = make_encoder(make_config(work, model, "qdrant-edge", "warm"))
             encoder.encode(["warm-up: loads the weights", "a second text"])
             rows: dict[str, list[float]] = {}
             for attempt in range(2):
@@ -278,9 +283,9 @@ def render(walls: list[dict], remote: dict | None, memory: list[dict], command: 
         "",
         "Peak memory of a sync from scratch (a fresh process per run, tiny model, VmHWM of /proc/self/status), as the "
         "corpus grows. Target: 2 000 vs 20 000 documents < 100 MB apart. `milvus-server` writes to a `milvus-lite "
-        "server` process on 127.0.0.1, so the figure is the connector's own; the embedded stores (Qdrant local mode, "
-        "Milvus Lite) keep the collection inside the syncing process, so their figure includes the store's copy "
-        "of every point.",
+        "server` process on 127.0.0.1, so the figure is the connector's own; Qdrant local mode and Milvus Lite keep "
+        "the collection inside the syncing process, so their figure includes the store's copy of every point; Qdrant "
+        "Edge memory-maps its files, and VmHWM counts the mapped pages it touched.",
         "",
         "| store | documents | chunks | seconds | peak RSS MB | peak before the sync MB |",
         "|---|---|---|---|---|---|",
@@ -305,6 +310,32 @@ def render(walls: list[dict], remote: dict | None, memory: list[dict], command: 
     return "\n".join(lines)
 
 
+WALL_START, WALL_END = "<!-- pipeline-stores:start -->", "<!-- pipeline-stores:end -->"
+
+
+def render_wall_only(wall: dict, command: str) -> str:
+    """`--wall-only`: the wall-time runs alone, with the process's CPU seconds next to the wall
+    seconds (on a machine shared with other jobs, the CPU ratio is the steadier one)."""
+    wall_best = {name: min(values) for name, values in wall["seconds"].items()}
+    cpu_best = {name: min(values) for name, values in wall["cpu"].items()}
+    lines = [WALL_START, "## Pipelined sync per embedded store (wall and CPU seconds)", "",
+             f"{SHAPE_NAMES[wall['shape']]}: {wall['docs']} documents, {wall['chunks']} chunks, {wall['tokens']} tokens, "
+             f"{wall['threads']} encoder threads; the generated corpus and settings of the section above, synced from "
+             "scratch. CPU = this process's CPU seconds over all its threads (the encoder's, the stages', an embedded "
+             "Qdrant's; Milvus Lite runs its engine in a child process, not counted). Best of 2 alternating runs.", "",
+             "| run | wall s (best of 2) | all runs | x encoder alone | CPU s (best of 2) | x encoder alone (CPU) |",
+             "|---|---:|---|---:|---:|---:|"]
+    for name, values in wall["seconds"].items():
+        lines.append(f"| {name} | {wall_best[name]:.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
+                     f"{wall_best[name] / wall_best['encoder alone']:.3f} | {cpu_best[name]:.2f} | "
+                     f"{cpu_best[name] / cpu_best['encoder alone']:.3f} |")
+    lines += ["", f"- **Machine**: {cpu_model()}, {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}; "
+                  f"load average at the end {os.getloadavg()[0]:.1f} (other jobs share the cores).",
+              f"- **Command** (from the repository root, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC): `{command}`",
+              WALL_END]
+    return "\n".join(lines)
+
+
 def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "--memory-child":
         memory_child(*sys.argv[2:])
@@ -315,14 +346,21 @@ def main() -> int:
     parser.add_argument("--delay-ms", type=float, default=25, help="the remote store's delay each way (0: skip)")
     parser.add_argument("--memory-docs", type=int, nargs="*", default=[2000, 20000])
     parser.add_argument("--memory-stores", nargs="*", default=list(MEMORY_STORES), choices=MEMORY_STORES)
+    parser.add_argument("--stores", nargs="+", default=list(STORES), choices=STORES, help="stores of the wall-time runs")
+    parser.add_argument("--wall-only", action="store_true",
+                        help="only the small shape's wall-time runs, with CPU seconds, into their own section")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    walls = [measure_wall(args.docs, "small")] + ([measure_wall(args.full_docs, "full")] if args.full_docs else [])
+    command = " ".join([".venv/bin/python benchmarks/pipeline_sync.py", *sys.argv[1:]])
+    if args.wall_only:
+        wall = measure_wall(args.docs, "small", args.stores)
+        publish(RESULTS, WALL_START, WALL_END, render_wall_only(wall, command), write=not args.no_write)
+        return 0
+    walls = [measure_wall(args.docs, "small", args.stores)] + ([measure_wall(args.full_docs, "full", args.stores)] if args.full_docs else [])
     print(json.dumps(walls, indent=1), flush=True)
     remote = measure_remote(args.docs, args.delay_ms) if args.delay_ms else None
     print(json.dumps(remote, indent=1), flush=True)
     memory = measure_memory(args.memory_docs, args.memory_stores)
-    command = " ".join([".venv/bin/python benchmarks/pipeline_sync.py", *sys.argv[1:]])
     section = render(walls, remote, memory, command)
     publish(RESULTS, START, END, section, write=not args.no_write)
     return 0
