@@ -293,14 +293,22 @@ class QdrantEdgeSink(Sink):
         return points
 
     def iter_ids(self) -> Iterator[str]:
+        for record in self._scroll(with_payload=False):
+            yield str(record.id)
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict]]:
+        for record in self._scroll(with_payload=True):
+            yield str(record.id), record.payload or {}
+
+    def _scroll(self, with_payload: bool):
+        """Every record (no vectors), page by page: each page continues from the last one's offset."""
         shard = self._open("scroll")
         offset = None
         while True:
             with self._op("scroll"):
                 records, offset = shard.scroll(self.edge.ScrollRequest(
-                    offset=offset, limit=self.page_size, with_payload=False, with_vector=False))
-            for record in records:
-                yield str(record.id)
+                    offset=offset, limit=self.page_size, with_payload=with_payload, with_vector=False))
+            yield from records
             if offset is None:
                 return
 
