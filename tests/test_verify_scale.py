@@ -9,10 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from connector.config import parse_config
+from connector.config import RetryConfig, parse_config
+from connector.errors import TransientError
 from connector.pipeline import run_sync
 from connector.records import Point, SparseVector
 from connector.recovery import verify
+from connector.retry import RetryPolicy
 from connector.schemas_layout import load_layout
 from connector.sinks.base import Sink
 from connector.sinks.factory import make_sink
@@ -112,9 +114,14 @@ class PagedSink(Sink):
         super().__init__("kb", batch_size=8, layout=load_layout(), page_size=10)
         self.points = {f"p{i:03d}": {"doc_id": f"d{i // 3}"} for i in range(n)}
         self.retrieves: list[int] = []
+        self.fail_once = False
 
     def iter_ids(self):
-        yield from self.points
+        for n, pid in enumerate(self.points):
+            if n == 25 and self.fail_once:
+                self.fail_once = False
+                raise TransientError("connection reset during the scan")
+            yield pid
 
     def _retrieve(self, ids, with_vectors=False):
         self.retrieves.append(len(ids))
@@ -134,3 +141,17 @@ def test_a_sink_without_its_own_scan_retrieves_each_page_of_ids_once():
     sink = PagedSink(35)
     assert sink.scan_payloads(dict) == sink.points
     assert sink.retrieves == [10, 10, 10, 5]
+
+
+def test_a_scan_that_fails_midway_is_retried_from_the_start_with_a_fresh_consumer():
+    sink = PagedSink(35)
+    sink.retry, sink.fail_once = RetryPolicy(RetryConfig(attempts=2, initial_wait=0, jitter=0), sleep=lambda s: None), True
+    consumers = []
+
+    def consume(points):
+        consumers.append({})
+        consumers[-1].update(points)
+        return consumers[-1]
+
+    assert sink.scan_payloads(consume) == sink.points
+    assert len(consumers) == 2 and len(consumers[0]) == 20  # the first one saw two pages, then the error
