@@ -212,8 +212,14 @@ def library_search(config_path: Path) -> dict:
     from connector import api
     from connector.config import load_config
 
+    from connector.pipeline import open_sink
+
     config = load_config(config_path)
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
+    before, began = rss(), time.perf_counter()
+    with open_sink(config) as sink:  # what opening the store costs (status: this and the ledger's counts)
+        sink.describe()
+        open_s, open_mb = time.perf_counter() - began, rss() - before
     began = time.perf_counter()
     encoder = api.open_encoder(config)
     encoder.encode(["warm up"])
@@ -229,7 +235,7 @@ def library_search(config_path: Path) -> dict:
         began = time.perf_counter()
         encoder.encode([q])
         encode.append(time.perf_counter() - began)
-    return {"model_load_s": load_s, "first_s": spent[0], "median_s": statistics.median(spent[1:]),
+    return {"open_s": open_s, "open_mb": open_mb, "model_load_s": load_s, "first_s": spent[0], "median_s": statistics.median(spent[1:]),
             "max_s": max(spent), "encode_median_s": statistics.median(encode), "hits": hits,
             "rss_after_model_mb": after_model, "peak_rss_mb": rss(), "anon_after_model_mb": anon_model,
             "anon_after_mb": anon_rss_mb()}
@@ -261,18 +267,24 @@ def measure(folder: Path, info: dict) -> dict:
 
 
 # ---- the table -----------------------------------------------------------------------------
+def label(r: dict) -> str:
+    return r["engine"] + (" (no indexes)" if r.get("index_s", 0) is None else "")
+
+
 def table_rows(r: dict) -> list[str]:
     c, lib = r["commands"], r["commands"]["library_search"]
     model = c["model_load"]["peak_rss_mb"]
-    label = f"{r['engine']} | {r['points']:,}"
+    where = f"{label(r)} | {r['points']:,}"
     out = []
     for name in ("verify", "status", "failed"):
         m = c[name]
-        out.append(f"| {label} | `{name}` | {m['wall_s']:.2f} | {m['peak_rss_mb']:,.0f} | {m['anon_rss_mb']:,.0f} | |")
+        out.append(f"| {where} | `{name}` | {m['wall_s']:.2f} | {m['peak_rss_mb']:,.0f} | {m['anon_rss_mb']:,.0f} | |")
+    out.append(f"| {where} | opening the store (library: the sink's `describe()`, in a new process) | "
+               f"{lib['open_s']:.3f} | {lib['open_mb']:+,.0f} | | |")
     m = c["search"]
-    out.append(f"| {label} | `search` (process: model load + 1 query) | {m['wall_s']:.2f} | {m['peak_rss_mb']:,.0f} | "
+    out.append(f"| {where} | `search` (process: model load + 1 query) | {m['wall_s']:.2f} | {m['peak_rss_mb']:,.0f} | "
                f"{m['anon_rss_mb']:,.0f} | {m['peak_rss_mb'] - model:+,.0f} |")
-    out.append(f"| {label} | search after the model is loaded (library; first / median of "
+    out.append(f"| {where} | search after the model is loaded (library; first / median of "
                f"{2 * len(QUERIES) - 1}; encoding the query: {lib['encode_median_s']:.3f}) | "
                f"{lib['first_s']:.3f} / {lib['median_s']:.3f} | {lib['peak_rss_mb']:,.0f} | "
                f"{lib['anon_after_mb']:,.0f} | {lib['peak_rss_mb'] - lib['rss_after_model_mb']:+,.0f} |")
@@ -294,6 +306,9 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/commands-at-scale"))
     parser.add_argument("--local-mode-points", type=int, nargs="*", default=[],
                         help="Also measure Qdrant local mode (engine: local-mode) at these sizes (slow).")
+    parser.add_argument("--prebuilt", type=Path, nargs="*", default=[],
+                        help="Also measure these folders as they are (a config.yaml, a state dir and a store, and a "
+                        "built.json whose 'note' says how they differ from a build of this script).")
     parser.add_argument("--build-only", action="store_true", help="Build the stores, measure nothing.")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -302,14 +317,18 @@ def main() -> None:
     runs = [("edge", n) for n in args.points] + [("local-mode", n) for n in args.local_mode_points]
     built = [(args.folder / (f"{n}" if engine == "edge" else f"{engine}-{n}"), engine, n) for engine, n in runs]
     infos = [ensure_built(folder, n, engine, model) for folder, engine, n in built]
+    for folder in args.prebuilt:
+        built.append((folder, None, None))
+        infos.append(json.loads((folder / "built.json").read_text()))
     if args.build_only:
         return
     load = os.getloadavg()
     results = [measure(folder, info) for (folder, _, _), info in zip(built, infos)]
     after = os.getloadavg()
     (args.folder / "results.json").write_text(json.dumps(results, indent=1))
-    builds = "; ".join(f"{r['engine']} {r['points']:,} points in {r['documents']:,} documents: {r['insert_s']:.0f} s "
-                       f"of upserts, {r['index_s']:.0f} s of index build, {r['store_mb']:,.0f} MB on disk"
+    builds = "; ".join(f"{label(r)} {r['points']:,} points in {r['documents']:,} documents: {r['insert_s']:.0f} s "
+                       f"of upserts, " + (f"{r['index_s']:.0f} s of index build" if r["index_s"] is not None
+                                         else r.get("note", "")) + f", {r['store_mb']:,.0f} MB on disk"
                        for r in results)
     model = results[0]["commands"]["model_load"]
     model_mb = f"{model['peak_rss_mb']:,.0f} MB and {model['wall_s']:.1f} s"
@@ -333,6 +352,7 @@ def main() -> None:
         f"- **Stores** (built once, reused): {builds}.",
         *machine_and_command(
             f"benchmarks/commands_at_scale.py --points {' '.join(map(str, args.points))}"
+            + (f" --prebuilt {' '.join(map(str, args.prebuilt))}" if args.prebuilt else "")
             + (f" --local-mode-points {' '.join(map(str, args.local_mode_points))}" if args.local_mode_points else ""),
             f" ({flags()}), shared with other sessions (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
             f"at the start, {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f} at the end)"),

@@ -155,3 +155,15 @@ def test_a_scan_that_fails_midway_is_retried_from_the_start_with_a_fresh_consume
 
     assert sink.scan_payloads(consume) == sink.points
     assert len(consumers) == 2 and len(consumers[0]) == 20  # the first one saw two pages, then the error
+
+
+def test_the_chunk_keys_of_existing_ledgers_still_match():
+    """stable_hash keeps its exact output (the ledger's chunk keys are compared with it)."""
+    from datetime import date
+
+    from connector.pipeline import stable_hash
+
+    obj = {"payload": {"text": "Ünïcode ✓ 日本語", "doc_id": "a.md", "chunk_index": 2,
+                       "metadata": {"path": "a.md", "pages": [2, 3], "when": date(2026, 11, 29)}},
+           "fingerprint": "f" * 64}
+    assert stable_hash(obj) == "9b224e38dc5ed95d9b91a1087e8ba6ef7a93e9318de91ccf385b26f7c2759d25"
