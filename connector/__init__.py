@@ -13,7 +13,7 @@ The library API (the CLI and `connector serve` call the same functions):
 __version__ = "0.1.0"
 
 __all__ = ["backfill", "embed", "failed", "fit_projection", "load_config", "open_encoder", "query_cleaner",
-           "retry", "schema", "search", "similarity", "similarity_matrix", "split_conversation", "status", "sync",
+           "rebind", "retry", "schema", "search", "similarity", "similarity_matrix", "split_conversation", "status", "sync",
            "tokenize", "verify", "sync_registry", "write_textfile", "push_metrics", "export_run_metrics"]
 
 _HOMES = {

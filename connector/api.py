@@ -262,6 +262,68 @@ def export_snapshot(config: SyncConfig, out: Path) -> dict:
         sink.close()
 
 
+def rebind(config: SyncConfig) -> dict:
+    """Bind the config's state dir to the store the config now names, after the collection moved
+    there whole (a copied or moved store folder, a snapshot restored on a Qdrant server), so the
+    next sync goes on from the ledger instead of encoding everything again.
+
+    Under the state dir's lock: the collection must exist there with the layout's vectors and
+    fields, and `verify` against it must find every ledger point with its payload and nothing
+    else; only then is the ledger's target rewritten. Otherwise ConfigError, and the state dir
+    stays bound to the old store."""
+    from connector import recovery
+    from connector.ledger import Ledger
+    from connector.lock import StateLock
+    from connector.pipeline import open_sink, sink_target
+
+    new = sink_target(config)
+    if not (Path(config.state_dir) / Ledger.FILENAME).is_file():
+        raise ConfigError(f"state_dir {config.state_dir} holds no ledger: there is nothing to rebind. Point the config's "
+                          "state_dir at the state dir that synced the collection, or run `connector sync`.")
+    with StateLock(config.state_dir):
+        ledger = Ledger(config.state_dir)
+        try:
+            old = ledger.get_meta("target")
+            if old is None:
+                raise ConfigError(f"state_dir {config.state_dir} was never bound to a store: run `connector sync`.")
+            if old == new:
+                return {"target": new, "previous_target": old, "changed": False}
+            _check_moved_collection(config, open_sink)
+            ledger.set_meta("target", new)  # verify opens the ledger bound to the new target
+            try:
+                report = recovery.verify(config)
+            except BaseException:
+                ledger.set_meta("target", old)
+                raise
+            if not report.ok:
+                ledger.set_meta("target", old)
+                found = report.to_json()
+                raise ConfigError(
+                    f"{new} does not hold what the ledger lists (ledger points {found['ledger_points']}, store points "
+                    f"{found['store_points']}, missing {len(found['missing'])}, unknown {len(found['orphans'])}, stale "
+                    f"payloads {len(found['mismatched'])}); the state dir stays bound to {old}. Move or restore the "
+                    "whole collection (export-snapshot after the last sync), or sync into the new store with a new "
+                    "state_dir."
+                )
+        finally:
+            ledger.close()
+    return {"target": new, "previous_target": old, "changed": True, "points": report.ledger_points}
+
+
+def _check_moved_collection(config: SyncConfig, open_sink) -> None:
+    """The collection exists in the new store with the layout's vectors and payload fields."""
+    sink = open_sink(config)
+    try:
+        info = sink.describe()
+        if info is None:
+            raise ConfigError(f"collection '{config.sink.collection}' does not exist in the store the config names: "
+                              "copy the store folder or restore the snapshot there first (README: Moving to a server).")
+        k = config.projection.dim if config.projection and config.projection.output != "dense" else None
+        sink.layout.check(info, sink.layout.sizes(info.dense_size, k))
+    finally:
+        sink.close()
+
+
 def failed(config: SyncConfig) -> dict:
     """The dead letters grouped by error: ids, documents, points, attempts, first and last failure."""
     from connector.ledger import Ledger

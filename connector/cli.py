@@ -437,6 +437,31 @@ def export_snapshot(ctx, config_path, out):
                     f"{data['points']} points, {data['bytes']} bytes")
 
 
+@cli.command()
+@config_option()
+@json_option
+@click.pass_context
+def rebind(ctx, config_path):
+    """Bind the state dir to the store the config now names, after the collection moved there whole
+    (a copied store folder, a snapshot restored on a Qdrant server). Checks first that the store
+    holds exactly what the ledger lists (as `verify` does); then the next sync goes on from the
+    ledger, encoding nothing again.
+
+    \b
+    Example:
+      connector rebind -c configs/qdrant-server.yaml
+    """
+    from connector import api
+
+    data = api.rebind(load_config(config_path))
+    if not data["changed"]:
+        human = f"the state dir is already bound to {printable(data['target'])}"
+    else:
+        human = (f"bound to {printable(data['target'])} (was {printable(data['previous_target'])}): "
+                 f"its {data['points']} points match the ledger")
+    emit(ctx, data, human)
+
+
 # ---- projection / backfill -----------------------------------------------------------------
 @cli.group()
 def projection():

@@ -200,7 +200,9 @@ class Ledger:
         elif row[0] != target:
             raise ConfigError(
                 f"state_dir {self.path.parent} belongs to {row[0]}, but the config now targets {target}. "
-                "Give each target collection its own state_dir (or delete the old state_dir to start over)."
+                "Give each target collection its own state_dir (or delete the old state_dir to start over). If the "
+                "collection itself moved there (a copied store folder, a snapshot restored on a server), run "
+                "`connector rebind -c CONFIG` to bind this state dir to it."
             )
 
     def owner_id(self) -> str:
