@@ -302,7 +302,7 @@ def main() -> None:
         api.open_encoder(load_config(sys.argv[2])).encode(["warm up"])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, nargs="+", default=[50_000, 500_000])
+    parser.add_argument("--points", type=int, nargs="*", default=[50_000, 500_000])
     parser.add_argument("--folder", type=Path, default=Path("/tmp/commands-at-scale"))
     parser.add_argument("--local-mode-points", type=int, nargs="*", default=[],
                         help="Also measure Qdrant local mode (engine: local-mode) at these sizes (slow).")
