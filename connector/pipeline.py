@@ -74,8 +74,13 @@ TICK_SECONDS = 1.0  # while waiting for the encoder, the write stage checks a st
 VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
 
 
+# json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str), with its encoder built once (json.dumps
+# builds one per call with these options: a third of the time verify spends per point)
+_STABLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+
+
 def stable_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return hashlib.sha256(_STABLE_JSON.encode(obj).encode()).hexdigest()
 
 
 def stable_metadata(metadata: dict) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from connector.config import SyncConfig
@@ -115,45 +115,53 @@ class VerifyReport:
 
 def verify(config: SyncConfig, sleep=None) -> VerifyReport:
     """Compare the ledger with the store: every ledger point present with the payload the ledger
-    recorded, no point the ledger does not know, and per document the same number of points."""
-    report = VerifyReport()
+    recorded, no point the ledger does not know, and per document the same number of points.
+
+    One scan of the store, with payloads, in the store's own order, each point looked up in the
+    ledger's point index: time linear in the points, memory that of the index."""
     with open_state(config, sleep=sleep, dry_run=True) as (ledger, sink):
-        expected = ledger.point_index()  # point_id -> (doc_id, chunk_key, fingerprint)
+        # shared collection: the points of other state dirs are not orphans; ours are those the ledger queued
+        ours = set(ledger.pending_deletes()) if shared_collection(config) else None
+
+        def compare(points):  # a scan retried from the start compares afresh
+            return _compare(points, ledger.point_index(), ours)
+
+        report = compare(iter(())) if sink.describe() is None else sink.scan_payloads(compare)
         counts = ledger.counts()
         report.dead_letters, report.pending_deletes = counts["dead_letters"], counts["pending_deletes"]
-        stored = sink.all_ids() if sink.describe() is not None else set()
-        report.ledger_points, report.store_points = len(expected), len(stored)
-        report.missing = [{"id": pid, "doc_id": expected[pid][0]} for pid in sorted(set(expected) - stored)]
-        unknown = stored - set(expected)
-        if shared_collection(config):  # other state dirs' points; ours are only those its ledger queued
-            ours = unknown & set(ledger.pending_deletes())
-            report.foreign, unknown = len(unknown - ours), ours
-        for point in _retrieve_all(sink, sorted(unknown)):
-            report.orphans.append({"id": point.id, "doc_id": point.payload.get("doc_id")})
-        for point in _retrieve_all(sink, sorted(set(expected) & stored)):
-            doc_id, key, fingerprint = expected[point.id]
-            if chunk_key(point.payload, fingerprint) != key:
-                report.mismatched.append({"id": point.id, "doc_id": doc_id})
-    store_per_doc: dict[str, int] = defaultdict(int)
-    ledger_per_doc: dict[str, int] = defaultdict(int)
-    for pid, (doc_id, _, _) in expected.items():
-        ledger_per_doc[doc_id] += 1
-        if pid in stored:
-            store_per_doc[doc_id] += 1
-    for orphan in report.orphans:
-        if orphan["doc_id"] is not None:
-            store_per_doc[orphan["doc_id"]] += 1
-    report.stale_counts = [
-        {"doc_id": d, "ledger": ledger_per_doc.get(d, 0), "store": store_per_doc.get(d, 0)}
-        for d in sorted(set(ledger_per_doc) | set(store_per_doc))
-        if ledger_per_doc.get(d, 0) != store_per_doc.get(d, 0)
-    ]
     return report
 
 
-def _retrieve_all(sink, ids: list[str], page: int = 256):
-    for start in range(0, len(ids), page):
-        yield from sink.retrieve(ids[start : start + page])
+def _compare(points, expected: dict, ours: set | None) -> VerifyReport:
+    """The report of the store's (id, payload) pairs against the ledger's point index
+    (point_id -> (doc_id, chunk_key, fingerprint)), which it empties: what is left is missing.
+    `ours`: in a shared collection, the unknown points that are this state dir's (else None)."""
+    report = VerifyReport(ledger_points=len(expected))
+    ledger_per_doc = Counter(doc_id for doc_id, _, _ in expected.values())
+    for pid, payload in points:
+        report.store_points += 1
+        entry = expected.pop(pid, None)
+        if entry is None:
+            if ours is not None and pid not in ours:
+                report.foreign += 1
+            else:
+                report.orphans.append({"id": pid, "doc_id": payload.get("doc_id")})
+            continue
+        doc_id, key, fingerprint = entry
+        if chunk_key(payload, fingerprint) != key:
+            report.mismatched.append({"id": pid, "doc_id": doc_id})
+    report.missing = [{"id": pid, "doc_id": doc_id} for pid, (doc_id, _, _) in expected.items()]
+    for found in (report.missing, report.orphans, report.mismatched):
+        found.sort(key=lambda point: point["id"])
+    # A document's store count is its ledger count, less its missing points, plus its orphans.
+    missing_per_doc = Counter(p["doc_id"] for p in report.missing)
+    orphans_per_doc = Counter(p["doc_id"] for p in report.orphans if p["doc_id"] is not None)
+    report.stale_counts = [
+        {"doc_id": d, "ledger": ledger_per_doc[d], "store": ledger_per_doc[d] - missing_per_doc[d] + orphans_per_doc[d]}
+        for d in sorted(set(missing_per_doc) | set(orphans_per_doc))
+        if missing_per_doc[d] != orphans_per_doc[d]
+    ]
+    return report
 
 
 def repair(config: SyncConfig, found: VerifyReport, sleep=None, encoder=None) -> dict:

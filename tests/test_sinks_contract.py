@@ -285,6 +285,16 @@ def test_iter_ids_returns_every_id_once_across_pages(new_sink):
     assert set(ids) == {p.id for p in points}
 
 
+def test_iter_payloads_returns_every_point_once_with_its_payload_across_pages(new_sink):
+    sink = new_sink(page_size=7, batch_size=16)
+    sink.ensure_collection(DIM)
+    points = make_points(40)
+    sink.upsert(points)
+    scanned = list(sink.iter_payloads())
+    assert len(scanned) == 40
+    assert dict(scanned) == {p.id: p.payload for p in points}
+
+
 def test_empty_sparse_vector_round_trips(new_sink):
     sink = new_sink()
     sink.ensure_collection(DIM)

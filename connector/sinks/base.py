@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 
 import copy
 import dataclasses
+import itertools
 import logging
 
 from connector.errors import BatchTooLargeError, TerminalError
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from connector.retry import RetryPolicy
 
 log = logging.getLogger("connector.sinks")
+T = TypeVar("T")
 
 RRF_K = 60
 OWNER_KEY = "connector_owner"  # collection metadata: the owner id of the state dir that writes it, or "shared"
@@ -52,7 +54,7 @@ class Sink(ABC):
     file's folder). `from_config` must not connect: the sink connects on its first call.
     """
 
-    page_size = 1000  # ids per page in iter_ids
+    page_size = 1000  # points per page in iter_ids and iter_payloads
     retry: "RetryPolicy | None" = None  # set by make_sink; None calls the store once
 
     def __init__(self, collection: str, batch_size: int, layout: Layout, page_size: int | None = None):
@@ -108,6 +110,16 @@ class Sink(ABC):
     @abstractmethod
     def iter_ids(self) -> Iterator[str]:
         """Every point id in the collection, page by page."""
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict]]:
+        """Every point's (id, payload), in one pass over the collection in the store's order, page by page.
+
+        This default pages `iter_ids` and retrieves each page (one more store call per page); the
+        built-in backends override it with one scan that returns the payloads."""
+        ids = self.iter_ids()
+        while page := list(itertools.islice(ids, self.page_size)):
+            for point in self._retrieve(page):
+                yield point.id, point.payload
 
     @abstractmethod
     def _count(self) -> int: ...
@@ -181,6 +193,11 @@ class Sink(ABC):
     def all_ids(self) -> set[str]:
         """Every point id, read in one scan (retried from the start if the scan fails)."""
         return self._call("scan ids", lambda: set(self.iter_ids()))
+
+    def scan_payloads(self, consume: Callable[[Iterator[tuple[str, dict]]], T]) -> T:
+        """`consume(iter_payloads())`: every point's (id, payload) in one pass, fed to `consume`, whose
+        result is returned. If the scan fails, it is retried from the start with a new `consume` call."""
+        return self._call("scan points", lambda: consume(self.iter_payloads()))
 
     def ensure_collection(self, dense_size: int | None, projection_size: int | None = None) -> bool:
         """Create the collection if missing, else check it matches the layout. `dense_size` is the

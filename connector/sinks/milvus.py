@@ -451,24 +451,33 @@ class MilvusSink(Sink):
         return points
 
     def iter_ids(self) -> Iterator[str]:
-        self._ensure_loaded("iterate ids")
-        with self._op("iterate ids"):
+        for row in self._query_all([ID_FIELD], "iterate ids"):
+            yield str(row[ID_FIELD])
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict]]:
+        names = self._payload_names()
+        for row in self._query_all([ID_FIELD, *names], "scan payloads"):
+            yield str(row[ID_FIELD]), {name: row.get(name) for name in names}
+
+    def _query_all(self, fields: list[str], operation: str) -> Iterator[dict]:
+        """Every row's `fields`, through one query iterator, `page_size` rows per page."""
+        self._ensure_loaded(operation)
+        with self._op(operation):
             iterator = self.client.query_iterator(
                 self.collection,
                 batch_size=self.page_size,
                 filter="",
-                output_fields=[ID_FIELD],
+                output_fields=fields,
                 consistency_level=CONSISTENCY,
                 timeout=self.timeout,
             )
         try:
             while True:
-                with self._op("iterate ids"):
+                with self._op(operation):
                     page = iterator.next()
                 if not page:
                     return
-                for row in page:
-                    yield str(row[ID_FIELD])
+                yield from page
         finally:
             iterator.close()
 

@@ -385,14 +385,22 @@ class QdrantSink(Sink):
         return points
 
     def iter_ids(self) -> Iterator[str]:
+        for record in self._scroll(with_payload=False):
+            yield str(record.id)
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict]]:
+        for record in self._scroll(with_payload=True):
+            yield str(record.id), record.payload or {}
+
+    def _scroll(self, with_payload: bool):
+        """Every record (no vectors), page by page: each page continues from the last one's offset."""
         offset = None
         while True:
             with self._op("scroll"):
                 records, offset = self.client.scroll(
-                    self.collection, limit=self.page_size, offset=offset, with_payload=False, with_vectors=False
+                    self.collection, limit=self.page_size, offset=offset, with_payload=with_payload, with_vectors=False
                 )
-            for record in records:
-                yield str(record.id)
+            yield from records
             if offset is None:
                 return
 

@@ -11,6 +11,7 @@ as written survives a kill -9. qdrant-edge-py is imported lazily (the `qdrant` e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -293,14 +294,34 @@ class QdrantEdgeSink(Sink):
         return points
 
     def iter_ids(self) -> Iterator[str]:
+        for record in self._scroll(with_payload=False):
+            yield str(record.id)
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict]]:
+        self._open("scroll")
+        self._read_ahead("payload_storage")
+        for record in self._scroll(with_payload=True):
+            yield str(record.id), record.payload or {}
+
+    def _read_ahead(self, part: str) -> None:
+        """Read the segments' `part` files once, front to back, into the page cache, before a scan that
+        needs all of them. Edge evicts them when it opens a shard (`Memory.Cold`) and maps them for random
+        access: without this, a scan of 500 000 payloads waited on ~80 000 single-page reads."""
+        buffer = bytearray(1 << 20)
+        for path in sorted(self.shard_dir.glob(f"segments/*/{part}/*")):
+            with contextlib.suppress(OSError), open(path, "rb", buffering=0) as file:
+                while file.readinto(buffer):
+                    pass
+
+    def _scroll(self, with_payload: bool):
+        """Every record (no vectors), page by page: each page continues from the last one's offset."""
         shard = self._open("scroll")
         offset = None
         while True:
             with self._op("scroll"):
                 records, offset = shard.scroll(self.edge.ScrollRequest(
-                    offset=offset, limit=self.page_size, with_payload=False, with_vector=False))
-            for record in records:
-                yield str(record.id)
+                    offset=offset, limit=self.page_size, with_payload=with_payload, with_vector=False))
+            yield from records
             if offset is None:
                 return
 
