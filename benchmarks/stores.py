@@ -85,13 +85,14 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
     sink.ensure_collection(DIM)
     samples = []
     anon = [anon_rss_mb()]
-    written = 0.0
+    written, slowest = 0.0, 0.0
     for start in range(0, n, 10_000):
         batch = points(start, min(10_000, n - start), rng)
         samples += batch[:: max(1, len(batch) // 20)][:3]
         began = time.perf_counter()
         sink.upsert(batch)
-        written += time.perf_counter() - began
+        spent = time.perf_counter() - began
+        written, slowest = written + spent, max(slowest, spent)
         del batch
         anon.append(anon_rss_mb())
     began = time.perf_counter()
@@ -113,7 +114,8 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
         anon.append(anon_rss_mb())
     sink.close()
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    return {"store": store, "points": n, "count": count, "insert_s": written, "index_s": indexing,
+    return {"store": store, "points": n, "count": count, "insert_s": written, "slowest_10k_s": slowest,
+            "index_s": indexing,
             "queries": timings, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "anon_rss_mb": max(anon),
             "disk_mb": disk / 2**20}
@@ -132,14 +134,15 @@ def measure(store: str, n: int, queries: int) -> dict:
 
 
 def row(r: dict) -> str:
+    vectors_mb = f"{r['points'] * DIM * 4 / 2**20:,.0f}"
     if "error" in r:
-        return f"| {r['store']} | {r['points']:,} | {r['error']} | | | | | | | | {r['points'] * DIM * 4 / 2**20:,.0f} |"
+        return f"| {r['store']} | {r['points']:,} | {r['error']} | | | | | | | | | {vectors_mb} |"
     q = r["queries"]
+    slowest = f"{r['slowest_10k_s']:.1f}" if "slowest_10k_s" in r else ""  # rows of runs before that column
     return (f"| {r['store']} | {r['points']:,} | {r['insert_s']:.1f} ({r['points'] / r['insert_s']:,.0f}/s) | "
-            f"{r['index_s']:.1f} | {q['dense'][0]:.1f} / {q['dense'][1]:.1f} | {q['sparse'][0]:.1f} / "
+            f"{slowest} | {r['index_s']:.1f} | {q['dense'][0]:.1f} / {q['dense'][1]:.1f} | {q['sparse'][0]:.1f} / "
             f"{q['sparse'][1]:.1f} | {q['hybrid'][0]:.1f} / {q['hybrid'][1]:.1f} | {r['peak_rss_mb']:,.0f} | "
-            f"{r['anon_rss_mb']:,.0f} | "
-            f"{r['disk_mb']:,.0f} | {r['points'] * DIM * 4 / 2**20:,.0f} |")
+            f"{r['anon_rss_mb']:,.0f} | {r['disk_mb']:,.0f} | {vectors_mb} |")
 
 
 def main() -> None:
@@ -179,9 +182,9 @@ def main() -> None:
         "too (the kernel drops them under pressure); heap: the largest anonymous RSS sampled after each "
         "10 000 points and each query mode. Written by `benchmarks/stores.py`.",
         "",
-        "| store | points | insert s (points/s) | index s | dense ms | sparse ms | hybrid ms | peak RSS MB | "
+        "| store | points | insert s (points/s) | slowest 10k s | index s | dense ms | sparse ms | hybrid ms | peak RSS MB | "
         "heap MB | disk MB | dense vectors MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         *machine_and_command(

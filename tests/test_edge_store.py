@@ -250,15 +250,16 @@ def test_a_long_sync_builds_indexes_as_it_writes_not_only_at_its_end(tmp_path, m
     with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb", batch_size=50)) as sink:
         sink.index_every = 100
         sink.ensure_collection(DIM)
-        points = make_points(150, seed=4)
+        points = make_points(250, seed=4)
         sink.upsert(points[:100])  # two batches: the second one reaches index_every
         indexed_mid_sync = sink.client.info().indexed_vectors_count
-        sink.upsert(points[100:])
-        unindexed_tail = sink._unindexed
+        sink.upsert(points[100:])  # a second build at 200 points, 50 left for close()
+        segments, unindexed_tail = sink.client.info().segments_count, sink._unindexed
     assert indexed_mid_sync >= 100
-    assert unindexed_tail == 50  # built by close()
+    assert segments == 3  # two indexed segments of 100 points (not merged into one) and the one written to
+    assert unindexed_tail == 50
     with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
-        assert sink.client.info().indexed_vectors_count >= 150 and sink.count() == 150
+        assert sink.client.info().indexed_vectors_count >= 250 and sink.count() == 250
 
 
 def test_a_shard_created_without_int8_copy_keeps_its_config_and_searches(tmp_path):
@@ -272,9 +273,11 @@ def test_a_shard_created_without_int8_copy_keeps_its_config_and_searches(tmp_pat
         hnsw_config=e.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=e.Memory.Cached))
     e.EdgeShard.create(str(shard_dir), old).close()
     points = make_points(40, seed=6)
-    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb", batch_size=10)) as sink:
+        sink.index_every = 10
         sink.ensure_collection(DIM)
         sink.upsert(points)
+        assert sink._unindexed == 40  # its segments are unbounded: one build, at the end
     with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
         hits = sink.search("hybrid", dense=points[7].dense, sparse=points[7].sparse, limit=5)
         assert sink.count() == 40 and hits[0].id == points[7].id

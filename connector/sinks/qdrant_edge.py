@@ -48,7 +48,10 @@ HNSW_M, HNSW_EF_CONSTRUCT, FULL_SCAN_KB = 16, 100, 10_000
 QUANTILE = 0.99  # int8 range: the 0.5%..99.5% quantiles of the values, the outliers clipped
 OVERSAMPLING = 2.0  # a dense search rescores limit x OVERSAMPLING int8 candidates with the float vectors
 INDEXING_THRESHOLD_KB = 10_000  # a segment's vectors beyond this size get an HNSW index (Qdrant's default)
-INDEX_EVERY = 100_000  # points written between two index builds in one process (each build blocks writes)
+# Points written between two index builds in one process: each build blocks the writes, and indexes
+# just those points into a segment of its own (a segment holds at most INDEX_EVERY points' dense
+# vectors, so no build merges and indexes again what an earlier build indexed).
+INDEX_EVERY = 100_000
 
 
 def require_edge():
@@ -194,7 +197,8 @@ class QdrantEdgeSink(Sink):
             vectors=dense, sparse_vectors=sparse, payload_memory=e.Memory.Cold,
             hnsw_config=e.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB,
                                           memory=e.Memory.Cached),
-            optimizers=e.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
+            optimizers=e.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB,
+                                              max_segment_size=self._segment_kb(sizes)),
         )
         shard = self._open("create", create_config=config)
         with self._op("create"):
@@ -203,6 +207,17 @@ class QdrantEdgeSink(Sink):
                     schema = getattr(e.PayloadSchemaType, PAYLOAD_INDEX_TYPES[field.type])
                     shard.update(e.UpdateOperation.create_field_index(field.name, schema))
             shard.flush()
+
+    def _segment_kb(self, sizes: dict[str, int]) -> int:
+        """The dense vectors of `index_every` points, in KB: Edge's bound on a segment's size."""
+        dense = [sizes[spec.name] for spec in self.layout.vectors if spec.kind == "dense"]
+        return max(1, self.index_every * max(dense, default=1) * 4 // 1024)
+
+    def _builds_as_it_writes(self) -> bool:
+        """Was the shard created with bounded segments? (A shard created before keeps one build at
+        the end of a sync: there each build would merge and index the whole collection again.)"""
+        config = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+        return bool((config.get("optimizers") or {}).get("max_segment_size"))
 
     def _upsert(self, points: Sequence[Point]) -> None:
         e = self.edge
@@ -219,7 +234,7 @@ class QdrantEdgeSink(Sink):
         structs = [e.Point(id=_canonical_id(p.id), vector=vectors(p), payload=p.payload) for p in points]
         self._update("upsert", e.UpdateOperation.upsert_points(structs))
         self._unindexed += len(points)
-        if self._unindexed >= self.index_every:
+        if self._unindexed >= self.index_every and self._builds_as_it_writes():
             self.build_indexes()
 
     def _update(self, operation: str, update) -> None:
