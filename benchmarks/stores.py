@@ -8,7 +8,8 @@ shape (1024-d unit dense vectors, random; sparse vectors of 40-160 token ids dra
 the 250 002-token vocabulary; a 540-character payload text) are upserted through the connector's
 own sink, 256 points per call; the sink is closed (Edge builds its indexes then) and opened again;
 then `--queries` dense, sparse and hybrid searches (limit 10) of perturbed stored points are timed.
-Reports insert seconds (points/s), index-build seconds (Edge: the close after the writes), query
+Reports insert seconds (points/s; Edge's include its index builds every 100 000 points), the slowest
+upsert of 10 000 points (the longest the writes wait), index-build seconds (Edge: the close), query
 p50/p95 per mode, the process's peak RSS (memory-mapped file pages included), its largest heap
 (anonymous RSS, sampled) and the store's size on disk. The dense vectors alone
 take N x 4 KiB. Writes its section of benchmarks/RESULTS.md (between the stores markers).
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from common import machine_and_command, publish  # benchmarks/common.py (on sys.path when run as a script)
+from connector.sinks.qdrant_edge import INDEX_EVERY
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -95,6 +97,8 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
         written, slowest = written + spent, max(slowest, spent)
         del batch
         anon.append(anon_rss_mb())
+        print(f"progress: {store} {min(start + 10_000, n):,} of {n:,} points written in {written:.0f} s (slowest 10k "
+              f"{slowest:.1f} s, heap {anon[-1]:,.0f} MB), {time.strftime('%H:%M:%S')}", file=sys.stderr, flush=True)
     began = time.perf_counter()
     sink.close()  # Edge: builds the indexes of what was written
     indexing = time.perf_counter() - began
@@ -124,11 +128,16 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
 def measure(store: str, n: int, queries: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"stores-{store}-"))
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", store, str(n), str(queries), str(folder)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:  # a row that says why, and the other runs go on
-            return {"store": store, "points": n, "error": "failed: " + proc.stderr.strip().splitlines()[-1][:300]}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen([sys.executable, __file__, "--child", store, str(n), str(queries), str(folder)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = ["(no output)"]
+        for line in proc.stderr:  # the child's progress (and errors), passed on as they come
+            print(line, end="", file=sys.stderr, flush=True)
+            said.append(line.strip() or said[-1])
+        out = proc.stdout.read()
+        if proc.wait() != 0:  # a row that says why, and the other runs go on
+            return {"store": store, "points": n, "error": "failed: " + said[-1][:300]}
+        return json.loads(out.strip().splitlines()[-1])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -177,8 +186,9 @@ def main() -> None:
         "",
         f"Points of bge-m3's shape (1024-d dense, sparse of 40-160 ids, 540-character payload) upserted through "
         f"the connector's sinks, {BATCH} per call; then {args.queries} searches per mode (limit 10) after a reopen. "
-        "Insert: the upserts (Edge flushes each); index: the close after the writes (Edge builds its HNSW and "
-        "sparse indexes then). Query times p50 / p95 in ms. Peak RSS counts the pages of memory-mapped files "
+        "Insert: the upserts (Edge flushes each, and builds its HNSW, int8 and sparse indexes every "
+        f"{INDEX_EVERY:,} points); slowest 10k: the longest upsert call of 10 000 points; index: the close after the writes "
+        "(Edge builds the indexes of the points since its last build then). Query times p50 / p95 in ms. Peak RSS counts the pages of memory-mapped files "
         "too (the kernel drops them under pressure); heap: the largest anonymous RSS sampled after each "
         "10 000 points and each query mode. Written by `benchmarks/stores.py`.",
         "",
