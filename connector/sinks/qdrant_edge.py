@@ -114,6 +114,7 @@ class QdrantEdgeSink(Sink):
         self._wrote = False  # the indexes are built when a sink that wrote closes (the end of a sync)
         self._unindexed = 0  # points written since the last index build
         self.index_every = INDEX_EVERY
+        self._bounded_segments: bool | None = None  # read from the shard's config when first needed
 
     # ---- plumbing --------------------------------------------------------------------
     @contextmanager
@@ -201,6 +202,7 @@ class QdrantEdgeSink(Sink):
                                               max_segment_size=self._segment_kb(sizes)),
         )
         shard = self._open("create", create_config=config)
+        self._bounded_segments = True
         with self._op("create"):
             for field in self.layout.fields:
                 if field.index and field.type in PAYLOAD_INDEX_TYPES:
@@ -216,8 +218,10 @@ class QdrantEdgeSink(Sink):
     def _builds_as_it_writes(self) -> bool:
         """Was the shard created with bounded segments? (A shard created before keeps one build at
         the end of a sync: there each build would merge and index the whole collection again.)"""
-        config = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
-        return bool((config.get("optimizers") or {}).get("max_segment_size"))
+        if self._bounded_segments is None:
+            config = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+            self._bounded_segments = bool((config.get("optimizers") or {}).get("max_segment_size"))
+        return self._bounded_segments
 
     def _upsert(self, points: Sequence[Point]) -> None:
         e = self.edge
