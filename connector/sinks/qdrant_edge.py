@@ -47,7 +47,7 @@ PAYLOAD_INDEX_TYPES = {layout: member.capitalize() for layout, member in qdrant.
 HNSW_M, HNSW_EF_CONSTRUCT, FULL_SCAN_KB = 16, 100, 10_000
 QUANTILE = 0.99  # int8 range: the 0.5%..99.5% quantiles of the values, the outliers clipped
 OVERSAMPLING = 2.0  # a dense search rescores limit x OVERSAMPLING int8 candidates with the float vectors
-INDEXING_THRESHOLD_KB = 10_000  # a segment's vectors beyond this size get an HNSW index (Qdrant's default)
+INDEXING_THRESHOLD_KB = 10_000  # a segment whose vectors take more gets an HNSW index; a smaller one is scanned
 # Points written between two index builds in one process: each build blocks the writes, and indexes
 # just those points into a segment of its own (a segment holds at most INDEX_EVERY points' dense
 # vectors, so no build merges and indexes again what an earlier build indexed).
