@@ -8,7 +8,8 @@ shape (1024-d unit dense vectors, random; sparse vectors of 40-160 token ids dra
 the 250 002-token vocabulary; a 540-character payload text) are upserted through the connector's
 own sink, 256 points per call; the sink is closed (Edge builds its indexes then) and opened again;
 then `--queries` dense, sparse and hybrid searches (limit 10) of perturbed stored points are timed.
-Reports insert seconds (points/s), index-build seconds (Edge: the close after the writes), query
+Reports insert seconds (points/s; Edge's include its index builds every 100 000 points), the slowest
+upsert of 10 000 points (the longest the writes wait), index-build seconds (Edge: the close), query
 p50/p95 per mode, the process's peak RSS (memory-mapped file pages included), its largest heap
 (anonymous RSS, sampled) and the store's size on disk. The dense vectors alone
 take N x 4 KiB. Writes its section of benchmarks/RESULTS.md (between the stores markers).
@@ -17,6 +18,7 @@ take N x 4 KiB. Writes its section of benchmarks/RESULTS.md (between the stores 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from common import machine_and_command, publish  # benchmarks/common.py (on sys.path when run as a script)
+from connector.sinks.qdrant_edge import INDEX_EVERY
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -85,15 +88,19 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
     sink.ensure_collection(DIM)
     samples = []
     anon = [anon_rss_mb()]
-    written = 0.0
+    written, slowest = 0.0, 0.0
     for start in range(0, n, 10_000):
         batch = points(start, min(10_000, n - start), rng)
-        samples += batch[:: max(1, len(batch) // 20)][:3]
+        # copies: a point's dense vector is a view of its batch's array, which would stay alive with it
+        samples += [dataclasses.replace(p, dense=p.dense.copy()) for p in batch[:: max(1, len(batch) // 20)][:3]]
         began = time.perf_counter()
         sink.upsert(batch)
-        written += time.perf_counter() - began
+        spent = time.perf_counter() - began
+        written, slowest = written + spent, max(slowest, spent)
         del batch
         anon.append(anon_rss_mb())
+        print(f"progress: {store} {min(start + 10_000, n):,} of {n:,} points written in {written:.0f} s (slowest 10k "
+              f"{slowest:.1f} s, heap {anon[-1]:,.0f} MB), {time.strftime('%H:%M:%S')}", file=sys.stderr, flush=True)
     began = time.perf_counter()
     sink.close()  # Edge: builds the indexes of what was written
     indexing = time.perf_counter() - began
@@ -113,7 +120,8 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
         anon.append(anon_rss_mb())
     sink.close()
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    return {"store": store, "points": n, "count": count, "insert_s": written, "index_s": indexing,
+    return {"store": store, "points": n, "count": count, "insert_s": written, "slowest_10k_s": slowest,
+            "index_s": indexing,
             "queries": timings, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "anon_rss_mb": max(anon),
             "disk_mb": disk / 2**20}
@@ -122,24 +130,30 @@ def run_one(store: str, n: int, queries: int, folder: Path) -> dict:
 def measure(store: str, n: int, queries: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"stores-{store}-"))
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", store, str(n), str(queries), str(folder)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:  # a row that says why, and the other runs go on
-            return {"store": store, "points": n, "error": "failed: " + proc.stderr.strip().splitlines()[-1][:300]}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen([sys.executable, __file__, "--child", store, str(n), str(queries), str(folder)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = ["(no output)"]
+        for line in proc.stderr:  # the child's progress (and errors), passed on as they come
+            print(line, end="", file=sys.stderr, flush=True)
+            said.append(line.strip() or said[-1])
+        out = proc.stdout.read()
+        if proc.wait() != 0:  # a row that says why, and the other runs go on
+            return {"store": store, "points": n, "error": "failed: " + said[-1][:300]}
+        return json.loads(out.strip().splitlines()[-1])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def row(r: dict) -> str:
+    vectors_mb = f"{r['points'] * DIM * 4 / 2**20:,.0f}"
     if "error" in r:
-        return f"| {r['store']} | {r['points']:,} | {r['error']} | | | | | | | | {r['points'] * DIM * 4 / 2**20:,.0f} |"
+        return f"| {r['store']} | {r['points']:,} | {r['error']} | | | | | | | | | {vectors_mb} |"
     q = r["queries"]
+    slowest = f"{r['slowest_10k_s']:.1f}" if "slowest_10k_s" in r else ""  # rows of runs before that column
     return (f"| {r['store']} | {r['points']:,} | {r['insert_s']:.1f} ({r['points'] / r['insert_s']:,.0f}/s) | "
-            f"{r['index_s']:.1f} | {q['dense'][0]:.1f} / {q['dense'][1]:.1f} | {q['sparse'][0]:.1f} / "
+            f"{slowest} | {r['index_s']:.1f} | {q['dense'][0]:.1f} / {q['dense'][1]:.1f} | {q['sparse'][0]:.1f} / "
             f"{q['sparse'][1]:.1f} | {q['hybrid'][0]:.1f} / {q['hybrid'][1]:.1f} | {r['peak_rss_mb']:,.0f} | "
-            f"{r['anon_rss_mb']:,.0f} | "
-            f"{r['disk_mb']:,.0f} | {r['points'] * DIM * 4 / 2**20:,.0f} |")
+            f"{r['anon_rss_mb']:,.0f} | {r['disk_mb']:,.0f} | {vectors_mb} |")
 
 
 def main() -> None:
@@ -174,14 +188,15 @@ def main() -> None:
         "",
         f"Points of bge-m3's shape (1024-d dense, sparse of 40-160 ids, 540-character payload) upserted through "
         f"the connector's sinks, {BATCH} per call; then {args.queries} searches per mode (limit 10) after a reopen. "
-        "Insert: the upserts (Edge flushes each); index: the close after the writes (Edge builds its HNSW and "
-        "sparse indexes then). Query times p50 / p95 in ms. Peak RSS counts the pages of memory-mapped files "
+        "Insert: the upserts (Edge flushes each, and builds its HNSW, int8 and sparse indexes every "
+        f"{INDEX_EVERY:,} points); slowest 10k: the longest upsert call of 10 000 points; index: the close after the writes "
+        "(Edge builds the indexes of the points since its last build then). Query times p50 / p95 in ms. Peak RSS counts the pages of memory-mapped files "
         "too (the kernel drops them under pressure); heap: the largest anonymous RSS sampled after each "
         "10 000 points and each query mode. Written by `benchmarks/stores.py`.",
         "",
-        "| store | points | insert s (points/s) | index s | dense ms | sparse ms | hybrid ms | peak RSS MB | "
+        "| store | points | insert s (points/s) | slowest 10k s | index s | dense ms | sparse ms | hybrid ms | peak RSS MB | "
         "heap MB | disk MB | dense vectors MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         *machine_and_command(

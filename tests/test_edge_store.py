@@ -216,3 +216,70 @@ def test_set_payloads_overwrites_the_payload_and_keeps_the_vectors(tmp_path):
     assert got[points[0].id].payload == points[0].payload
     np.testing.assert_allclose(got[points[1].id].dense, points[1].dense, atol=1e-6)
     np.testing.assert_array_equal(got[points[1].id].sparse.indices, points[1].sparse.indices)
+
+
+# ---- indexes at scale: int8 copy with rescoring, builds during a long sync ------------------------
+def exact_top(points, query, limit):
+    scores = sorted(((float(np.dot(p.dense, query)), p.id) for p in points), reverse=True)
+    return [pid for _, pid in scores[:limit]], [s for s, _ in scores[:limit]]
+
+
+def test_dense_vectors_get_an_int8_copy_and_rescored_searches_rank_as_exact_search(tmp_path):
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
+        sink.ensure_collection(DIM)
+        points = make_points(300, seed=3)
+        sink.upsert(points)
+        sink.build_indexes()
+        config = json.loads((sink.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+        rng = np.random.default_rng(5)
+        for target in points[::60]:
+            query = target.dense + rng.normal(0, 0.05, DIM).astype(np.float32)
+            query /= np.linalg.norm(query)
+            hits = sink.search("dense", dense=query, limit=10)
+            ids, scores = exact_top(points, query, 10)
+            assert [h.id for h in hits] == ids
+            assert [h.score for h in hits] == pytest.approx(scores, abs=1e-5)  # float scores, not int8 ones
+    assert config["vectors"]["dense"]["quantization_config"] == {
+        "scalar": {"type": "int8", "quantile": 0.99, "memory": "cached"}}
+
+
+def test_a_long_sync_builds_indexes_as_it_writes_not_only_at_its_end(tmp_path, monkeypatch):
+    import connector.sinks.qdrant_edge as edge_module
+
+    monkeypatch.setattr(edge_module, "INDEXING_THRESHOLD_KB", 1)  # index even a tiny segment
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb", batch_size=50)) as sink:
+        sink.index_every = 100
+        sink.ensure_collection(DIM)
+        points = make_points(250, seed=4)
+        sink.upsert(points[:100])  # two batches: the second one reaches index_every
+        indexed_mid_sync = sink.client.info().indexed_vectors_count
+        sink.upsert(points[100:])  # a second build at 200 points, 50 left for close()
+        segments, unindexed_tail = sink.client.info().segments_count, sink._unindexed
+    assert indexed_mid_sync >= 100
+    assert segments == 3  # two indexed segments of 100 points (not merged into one) and the one written to
+    assert unindexed_tail == 50
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
+        assert sink.client.info().indexed_vectors_count >= 250 and sink.count() == 250
+
+
+def test_a_shard_created_without_int8_copy_keeps_its_config_and_searches(tmp_path):
+    import qdrant_edge as e
+
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
+        shard_dir = sink.shard_dir
+    old = e.EdgeConfig(  # the config of shards created before the int8 copy
+        vectors={"dense": e.EdgeVectorParams(size=DIM, distance=e.Distance.Cosine, memory=e.Memory.Cold)},
+        sparse_vectors={"sparse": e.EdgeSparseVectorParams(memory=e.Memory.Cached)}, payload_memory=e.Memory.Cold,
+        hnsw_config=e.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=e.Memory.Cached))
+    e.EdgeShard.create(str(shard_dir), old).close()
+    points = make_points(40, seed=6)
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb", batch_size=10)) as sink:
+        sink.index_every = 10
+        sink.ensure_collection(DIM)
+        sink.upsert(points)
+        assert sink._unindexed == 40  # its segments are unbounded: one build, at the end
+    with make_sink(QdrantSinkConfig(path=tmp_path / "q", collection="kb")) as sink:
+        hits = sink.search("hybrid", dense=points[7].dense, sparse=points[7].sparse, limit=5)
+        assert sink.count() == 40 and hits[0].id == points[7].id
+    config = json.loads((shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+    assert "quantization_config" not in config["vectors"]["dense"]

@@ -5,8 +5,11 @@ A store folder holds one Edge shard per collection, `PATH/edge/<collection>/`, n
 `<collection>.json` (collection metadata, e.g. the owner) and `<collection>.lock`: one process at a
 time opens a shard (an OS file lock, released when the process dies, even by kill -9); any other
 fails at once. Vectors and payload are memory-mapped files (`Memory.Cold`), so the process does
-not grow with the collection. Every write is flushed before it returns, so what the ledger counts
-as written survives a kill -9. qdrant-edge-py is imported lazily (the `qdrant` extra).
+not grow with the collection; the dense vectors also get an int8 copy (scalar quantization, 1 byte a
+dimension, memory-mapped and cached) that the HNSW graph is built and searched on, the best
+candidates rescored with the original vectors. Every write is flushed before it returns, so what the
+ledger counts as written survives a kill -9. The indexes are built every INDEX_EVERY points written
+and at the end of a sync. qdrant-edge-py is imported lazily (the `qdrant` extra).
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ EDGE_DIR = "edge"  # PATH/edge/<collection>: an Edge store; PATH/meta.json: a qd
 # the same tables as QdrantSink's; Edge spells the enum members capitalised (Cosine, not COSINE)
 DISTANCES = {layout: member.capitalize() for layout, member in qdrant.DISTANCES.items()}
 PAYLOAD_INDEX_TYPES = {layout: member.capitalize() for layout, member in qdrant.PAYLOAD_INDEX_TYPES.items()}
+
+# The index settings of a new shard (a shard keeps the ones it was created with; benchmarks/stores.py
+# measured them). HNSW_M and HNSW_EF_CONSTRUCT are Qdrant's defaults.
+HNSW_M, HNSW_EF_CONSTRUCT, FULL_SCAN_KB = 16, 100, 10_000
+QUANTILE = 0.99  # int8 range: the 0.5%..99.5% quantiles of the values, the outliers clipped
+OVERSAMPLING = 2.0  # a dense search rescores limit x OVERSAMPLING int8 candidates with the float vectors
+INDEXING_THRESHOLD_KB = 10_000  # a segment whose vectors take more gets an HNSW index; a smaller one is scanned
+# Points written between two index builds in one process: each build blocks the writes, and indexes
+# just those points into a segment of its own (a segment holds at most INDEX_EVERY points' dense
+# vectors, so no build merges and indexes again what an earlier build indexed).
+INDEX_EVERY = 100_000
 
 
 def require_edge():
@@ -99,6 +113,9 @@ class QdrantEdgeSink(Sink):
         self._shard = None
         self._lock: ShardLock | None = None
         self._wrote = False  # the indexes are built when a sink that wrote closes (the end of a sync)
+        self._unindexed = 0  # points written since the last index build
+        self.index_every = INDEX_EVERY
+        self._bounded_segments: bool | None = None  # read from the shard's config when first needed
 
     # ---- plumbing --------------------------------------------------------------------
     @contextmanager
@@ -171,22 +188,41 @@ class QdrantEdgeSink(Sink):
         for spec in self.layout.vectors:
             if spec.kind == "dense":
                 distance = getattr(e.Distance, DISTANCES[(spec.distance or "cosine").lower()])
-                dense[spec.name] = e.EdgeVectorParams(size=sizes[spec.name], distance=distance, memory=e.Memory.Cold)
+                int8 = e.ScalarQuantizationConfig(type=e.ScalarType.Int8, quantile=QUANTILE, memory=e.Memory.Cached)
+                dense[spec.name] = e.EdgeVectorParams(size=sizes[spec.name], distance=distance, memory=e.Memory.Cold,
+                                                      quantization_config=int8)
             elif spec.kind == "sparse":
                 sparse[spec.name] = e.EdgeSparseVectorParams(memory=e.Memory.Cached)
             else:
                 raise TerminalError(f"layout '{self.layout.name}': unknown vector kind {spec.kind!r}")
         config = e.EdgeConfig(
             vectors=dense, sparse_vectors=sparse, payload_memory=e.Memory.Cold,
-            hnsw_config=e.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=e.Memory.Cached),
+            hnsw_config=e.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB,
+                                          memory=e.Memory.Cached),
+            optimizers=e.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB,
+                                              max_segment_size=self._segment_kb(sizes)),
         )
         shard = self._open("create", create_config=config)
+        self._bounded_segments = True
         with self._op("create"):
             for field in self.layout.fields:
                 if field.index and field.type in PAYLOAD_INDEX_TYPES:
                     schema = getattr(e.PayloadSchemaType, PAYLOAD_INDEX_TYPES[field.type])
                     shard.update(e.UpdateOperation.create_field_index(field.name, schema))
             shard.flush()
+
+    def _segment_kb(self, sizes: dict[str, int]) -> int:
+        """The dense vectors of `index_every` points, in KB: Edge's bound on a segment's size."""
+        dense = [sizes[spec.name] for spec in self.layout.vectors if spec.kind == "dense"]
+        return max(1, self.index_every * max(dense, default=1) * 4 // 1024)
+
+    def _builds_as_it_writes(self) -> bool:
+        """Was the shard created with bounded segments? (A shard created before keeps one build at
+        the end of a sync: there each build would merge and index the whole collection again.)"""
+        if self._bounded_segments is None:
+            config = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+            self._bounded_segments = bool((config.get("optimizers") or {}).get("max_segment_size"))
+        return self._bounded_segments
 
     def _upsert(self, points: Sequence[Point]) -> None:
         e = self.edge
@@ -202,6 +238,9 @@ class QdrantEdgeSink(Sink):
 
         structs = [e.Point(id=_canonical_id(p.id), vector=vectors(p), payload=p.payload) for p in points]
         self._update("upsert", e.UpdateOperation.upsert_points(structs))
+        self._unindexed += len(points)
+        if self._unindexed >= self.index_every and self._builds_as_it_writes():
+            self.build_indexes()
 
     def _update(self, operation: str, update) -> None:
         shard = self._open(operation)
@@ -220,15 +259,16 @@ class QdrantEdgeSink(Sink):
         self._wrote = True
 
     def build_indexes(self) -> None:
-        """Build the HNSW and sparse indexes of the points written since the last build. close()
-        calls it when this sink wrote: a sync's writes never wait for an index build (no other process
-        reads the shard meanwhile), and its end leaves the collection indexed."""
+        """Build the HNSW, int8 and sparse indexes of the points written since the last build. Called
+        every `index_every` points upserted (so no single build blocks the writes for long) and by
+        close() when this sink wrote (the end of a sync leaves the collection indexed)."""
         if self._shard is None:
             return
         with self._op("optimize"):
             self._shard.optimize()
             self._shard.flush()
         self._wrote = False
+        self._unindexed = 0
 
     def _delete(self, ids: Sequence[str]) -> None:
         if ids:
@@ -240,9 +280,16 @@ class QdrantEdgeSink(Sink):
             points = shard.query(request)
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points]
 
+    def _dense_params(self):
+        """Search the int8 copy, rescore limit x OVERSAMPLING candidates with the float vectors
+        (a shard created without quantization searches its float vectors; the parameters are moot)."""
+        e = self.edge
+        return e.SearchParams(quantization=e.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
+
     def _search_dense(self, vector, limit: int, using: str = "dense") -> list[Hit]:
         query = self.edge.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using)
-        return self._query("dense search", self.edge.QueryRequest(limit=limit, query=query, with_payload=True))
+        request = self.edge.QueryRequest(limit=limit, query=query, with_payload=True, params=self._dense_params())
+        return self._query("dense search", request)
 
     def _sparse_query(self, vector: SparseVector):
         sparse = self.edge.SparseVector(indices=[int(i) for i in vector.indices], values=[float(v) for v in vector.values])
@@ -261,7 +308,7 @@ class QdrantEdgeSink(Sink):
         e = self.edge
         depth = max(limit * 4, 20)
         prefetches = [e.Prefetch(limit=depth, query=e.Query.Nearest(np.asarray(dense, dtype=np.float32).tolist(),
-                                                                      using=using))]
+                                                                      using=using), params=self._dense_params())]
         if sparse is not None and len(sparse.indices):
             prefetches.append(e.Prefetch(limit=depth, query=self._sparse_query(sparse)))
         request = e.QueryRequest(limit=limit, prefetches=prefetches, query=e.Fusion.Rrf(k=RRF_K + 1), with_payload=True)
