@@ -113,14 +113,25 @@ def test_edge_hybrid_search_scores_as_the_shared_rrf_fusion(tmp_path):
 
 # ---- one process at a time ----------------------------------------------------------------------
 SLOW_SYNC = """
-import sys, time
+import sqlite3, sys, time
+from pathlib import Path
 from connector.sinks.qdrant_edge import QdrantEdgeSink
 from connector.cli import main
-real = QdrantEdgeSink._upsert
-def slow(self, points):
-    time.sleep(0.5)
+real, release, ledger = QdrantEdgeSink._upsert, Path(sys.argv[2]), Path(sys.argv[3])
+def committed():
+    if not ledger.exists():
+        return 0
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM documents WHERE content_hash != ''").fetchone()[0]
+    finally:
+        db.close()
+def held(self, points):  # once a document is committed, writes wait until the test has read
+    deadline = time.monotonic() + 300
+    while committed() >= 1 and not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     real(self, points)
-QdrantEdgeSink._upsert = slow
+QdrantEdgeSink._upsert = held
 sys.argv = ["connector", "sync", "-c", sys.argv[1], "--json"]
 main()
 """
@@ -139,7 +150,9 @@ def committed_documents(state: Path) -> int:
 
 def test_reads_during_a_sync_fail_at_once_and_the_store_stays_sound(tmp_path, tiny_model_dir):
     cfg = write_project(tmp_path, tiny_model_dir, docs=12, batch_size=1)
-    sync = subprocess.Popen([sys.executable, "-c", SLOW_SYNC, str(cfg)], stdout=subprocess.PIPE,
+    release = tmp_path / "release"
+    sync = subprocess.Popen([sys.executable, "-c", SLOW_SYNC, str(cfg), str(release),
+                             str(tmp_path / "state" / "ledger.sqlite")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -151,6 +164,7 @@ def test_reads_during_a_sync_fail_at_once_and_the_store_stays_sound(tmp_path, ti
         search = cli("search", "-c", str(cfg), "pump pressure", "--json")
         assert sync.poll() is None, "the sync ended during the reads: they proved nothing"
     finally:
+        release.touch()
         out, err = sync.communicate(timeout=300)
     assert status.returncode == 1
     assert "is open in another process" in json.loads(status.stdout)["store"]["error"]
