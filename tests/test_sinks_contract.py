@@ -275,7 +275,7 @@ def test_delete_and_delete_of_unknown_ids(new_sink):
     assert sink.count() == 2
 
 
-def test_iter_ids_returns_every_id_once_across_pages(new_sink):
+def test_iter_ids_and_iter_payloads_return_every_point_once_across_pages(new_sink):
     sink = new_sink(page_size=7, batch_size=16)
     sink.ensure_collection(DIM)
     points = make_points(40)
@@ -283,13 +283,6 @@ def test_iter_ids_returns_every_id_once_across_pages(new_sink):
     ids = list(sink.iter_ids())
     assert len(ids) == 40
     assert set(ids) == {p.id for p in points}
-
-
-def test_iter_payloads_returns_every_point_once_with_its_payload_across_pages(new_sink):
-    sink = new_sink(page_size=7, batch_size=16)
-    sink.ensure_collection(DIM)
-    points = make_points(40)
-    sink.upsert(points)
     scanned = list(sink.iter_payloads())
     assert len(scanned) == 40
     assert dict(scanned) == {p.id: p.payload for p in points}
