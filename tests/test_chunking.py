@@ -37,6 +37,21 @@ def n_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+PROSE_SENTENCES = [s for s in LATIN_SENTENCES if s.endswith((".", "!", "?"))]
+
+
+def sentence_bounds(text: str) -> tuple[set[int], set[int]]:
+    """Where the sentences of PROSE_SENTENCES begin and end in `text`, a join of them."""
+    starts, ends = set(), set()
+    for sentence in set(PROSE_SENTENCES):
+        at = text.find(sentence)
+        while at != -1:
+            starts.add(at)
+            ends.add(at + len(sentence))
+            at = text.find(sentence, at + 1)
+    return starts, ends
+
+
 def paragraphs_text(seed: int, n_paragraphs: int, sentences=ALL_SENTENCES) -> str:
     rng = random.Random(seed)
     paragraphs = [" ".join(rng.choice(sentences) for _ in range(rng.randint(1, 5))) for _ in range(n_paragraphs)]
@@ -113,17 +128,37 @@ def test_offsets_are_characters_not_bytes(tokenizer):
 # --- where the splits go ----------------------------------------------------------------------------
 
 
-def test_whole_paragraphs_when_they_fit(tokenizer):
+def test_chunks_take_whole_paragraphs_then_the_next_paragraphs_sentences(tokenizer):
     rng = random.Random(3)
     # One long paragraph, then three short ones, and again: the short ones can share a chunk.
-    paragraphs = [" ".join(rng.sample(LATIN_SENTENCES, 4 if i % 4 == 0 else 1)) for i in range(32)]
+    paragraphs = [" ".join(rng.sample(PROSE_SENTENCES, 4 if i % 4 == 0 else 1)) for i in range(32)]
     text = "\n\n".join(paragraphs)
     max_tokens = max(n_tokens(tokenizer, p) for p in paragraphs) + 5
     chunks = Chunker(tokenizer, max_tokens, 0).split("d", text)
-    assert len(chunks) > 1
-    for chunk in chunks:
-        assert all(part in paragraphs for part in chunk.text.split("\n\n")), chunk.text
-    assert len(chunks) < len(paragraphs)  # short paragraphs share a chunk
+    assert 1 < len(chunks) < len(paragraphs)  # short paragraphs share a chunk
+    starts, ends = sentence_bounds(text)
+    for chunk, after in zip(chunks, chunks[1:]):
+        assert chunk.char_start in starts and chunk.char_end in ends, chunk.text
+        # full: the next sentence would not have fitted as well (a paragraph break does not end a
+        # chunk that has room for more)
+        next_end = min(e for e in ends if e > chunk.char_end)
+        assert n_tokens(tokenizer, text[chunk.char_start : next_end]) > max_tokens, chunk.text
+    assert any("\n\n" in c.text and not c.text.endswith(tuple(paragraphs)) for c in chunks)
+
+
+def test_fill_on_a_multi_paragraph_corpus(tokenizer):
+    # Documents of paragraphs of one to eight sentences, as in a manual or a knowledge base: the
+    # chunks hold at least 90% of max_tokens on average, counting each document's short last chunk.
+    chunker = Chunker(tokenizer, 256, 32)
+    fills = []
+    for seed in range(12):
+        rng = random.Random(seed)
+        paragraphs = [" ".join(rng.choices(PROSE_SENTENCES, k=rng.randint(1, 8))) for _ in range(60)]
+        text = "\n\n".join(paragraphs)
+        chunks = chunker.split(f"doc-{seed}", text)
+        check_contract(tokenizer, chunker, text, chunks)
+        fills += [n_tokens(tokenizer, c.text) / chunker.max_tokens for c in chunks]
+    assert sum(fills) / len(fills) >= 0.9
 
 
 def test_sentences_when_a_paragraph_is_too_long(tokenizer):
@@ -172,10 +207,11 @@ def test_long_text_across_many_windows(tokenizer):
     chunker = Chunker(tokenizer, 16, 4)
     chunks = chunker.split("d", text)
     check_contract(tokenizer, chunker, text, chunks)
-    # The windows do not change where chunks end, compared with one call over the whole text
+    # The windows do not change where chunks end, compared with one window over the whole text
     # (the library may pick another boundary in rare spots).
-    whole = TextSplitter.from_huggingface_tokenizer(tokenizer.backend_tokenizer, 12)
-    expected_ends = {offset + len(piece) for offset, piece in whole.chunk_indices(text)}
+    whole = Chunker(tokenizer, 16, 4)
+    whole._first_window_chars = len(text)
+    expected_ends = {c.char_end for c in whole.split("d", text)}
     ends = [c.char_end for c in chunks]
     assert sum(end in expected_ends for end in ends) >= 0.95 * len(ends)
 
@@ -235,3 +271,36 @@ def test_any_text_keeps_the_contract(tokenizer, text, max_tokens, overlap_share)
         assert chunks == []
     elif n_tokens(tokenizer, text.strip()) <= max_tokens:
         assert [c.text for c in chunks] == [text.strip()]
+
+
+_prose = st.lists(
+    st.tuples(st.sampled_from(PROSE_SENTENCES + CJK_SENTENCES), st.sampled_from([" ", " ", "\n", "\n\n"])),
+    min_size=1,
+    max_size=80,
+).map(lambda parts: "".join(sentence + gap for sentence, gap in parts))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_prose, extra=st.integers(0, 60), overlap_share=st.floats(0, 0.5))
+def test_chunks_end_between_sentences_when_every_sentence_fits(tokenizer, text, extra, overlap_share):
+    longest = max(n_tokens(tokenizer, s) for s in PROSE_SENTENCES + CJK_SENTENCES)
+    overlap = int((longest + extra) * overlap_share)
+    chunker = Chunker(tokenizer, longest + extra + overlap, overlap)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    _, ends = sentence_bounds(text)
+    ends |= cjk_sentence_ends(text)
+    for chunk in chunks:
+        assert chunk.char_end in ends, chunk.text[-40:]
+    for before, after in zip(chunks, chunks[1:]):
+        assert after.char_start < before.char_end if overlap else after.char_start >= before.char_end
+
+
+def cjk_sentence_ends(text: str) -> set[int]:
+    ends = set()
+    for sentence in CJK_SENTENCES:
+        at = text.find(sentence)
+        while at != -1:
+            ends.add(at + len(sentence))
+            at = text.find(sentence, at + 1)
+    return ends

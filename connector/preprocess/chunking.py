@@ -42,6 +42,12 @@ _MIN_WINDOW_CHARS = 1_024
 # not tokenised as a whole just to find out.
 _SURELY_TOO_LONG_CHARS_PER_TOKEN = 64
 _LAST_WHITESPACE = re.compile(r"\s(?=\S*\Z)")
+# A chunk is filled with the next piece's leading sentences, looked for in this many characters per
+# token of room.
+_HEAD_CHARS_PER_TOKEN = 16
+_SENTENCE_END = re.compile(r"(?:[.!?…]|[。！？．｡])[\"')\]}»”’」』]*\Z")
+_WIDE_SENTENCE_END = re.compile(r"[。！？．｡][\"')\]}»”’」』]*\Z")
+_SPACE = re.compile(r"\s*")
 
 
 def _strip_span(text: str, start: int, end: int) -> tuple[int, int] | None:
@@ -52,6 +58,20 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int] | None:
         return None
     start += len(piece) - len(piece.lstrip())
     return start, start + len(stripped)
+
+
+def _ends_sentence(text: str, cut: int) -> bool:
+    """Whether a chunk may end at `cut` without cutting a sentence: at the end of the text or of a
+    line, or after sentence-final punctuation (and closing quotes or brackets) that is followed by
+    whitespace and then not by a lowercase letter; after CJK sentence punctuation, even without the
+    whitespace. A simplified form of the Unicode sentence boundaries (UAX #29) the library uses."""
+    gap = _SPACE.match(text, cut).end()
+    if gap == len(text) or "\n" in text[cut:gap]:
+        return True
+    before = text[max(0, cut - 8) : cut]
+    if _WIDE_SENTENCE_END.search(before):
+        return True
+    return gap > cut and _SENTENCE_END.search(before) is not None and not text[gap].islower()
 
 
 def backend_tokenizer(tokenizer) -> Tokenizer:
@@ -135,7 +155,8 @@ class Chunker:
             if self.count_tokens(text[start:end]) <= self.max_tokens:
                 return [(start, end)]
         capacity = self.max_tokens - self.overlap_tokens
-        spans = [fitted for span in self._split_spans(text) for fitted in self._fit(text, *span, capacity)]
+        pieces = (fitted for span in self._split_spans(text) for fitted in self._fit(text, *span, capacity))
+        spans = list(self._filled(text, pieces, capacity))
         if self.overlap_tokens:
             for i in range(1, len(spans)):
                 previous_start = spans[i - 1][0]
@@ -163,6 +184,58 @@ class Chunker:
                 if stripped:
                     yield stripped
             pos = next_pos
+
+    def _filled(self, text: str, pieces: Iterator[tuple[int, int]], capacity: int) -> Iterator[tuple[int, int]]:
+        """The pieces, in order, packed into chunks of up to `capacity` tokens.
+
+        The library ends a chunk where the next unit of the level it chose does not fit: after a
+        paragraph, say, when the next paragraph is too long, however much room is left. Here a chunk
+        takes the next pieces whole while they fit, then the leading sentences (or lines) of the next
+        piece that fit, and so on; the rest of that piece begins the next chunk. A chunk is never cut
+        inside a sentence here: a piece whose first sentence does not fit the room stays whole."""
+        current: tuple[int, int] | None = None
+        for piece in pieces:
+            while piece is not None:
+                if current is None:
+                    current, piece = piece, None
+                elif self.count_tokens(text[current[0] : piece[1]]) <= capacity:
+                    current, piece = (current[0], piece[1]), None
+                else:
+                    cut = self._leading_sentences_end(text, current, piece, capacity)
+                    if cut is None:
+                        yield current
+                        current, piece = piece, None
+                    else:
+                        current, piece = (current[0], cut), _strip_span(text, cut, piece[1])
+        if current is not None:
+            yield current
+
+    def _leading_sentences_end(
+        self, text: str, current: tuple[int, int], piece: tuple[int, int], capacity: int
+    ) -> int | None:
+        """Where the chunk `current` ends once it takes the longest run of whole sentences (or lines)
+        that begins `piece` and fits within `capacity` tokens (words, if `current` ends inside a
+        sentence); None if not even one fits."""
+        start, end = current
+        piece_start, piece_end = piece
+        # A chunk that ends inside a sentence (one longer than a chunk: the library cut it between
+        # words) can as well end a few words further into it.
+        in_sentence = not _ends_sentence(text, end)
+        room = capacity - self.count_tokens(text[start:end])
+        while room > 0:
+            # The units the library picks for `room` tokens lie near the piece's start.
+            head = text[piece_start : min(piece_end, piece_start + _HEAD_CHARS_PER_TOKEN * room)]
+            first = next(iter(TextSplitter.from_callback(self.count_tokens, room).chunk_indices(head)), None)
+            if first is None:
+                return None
+            cut = piece_start + first[0] + len(first[1])
+            if not (_ends_sentence(text, cut) or in_sentence):
+                return None
+            excess = self.count_tokens(text[start:cut]) - capacity
+            if excess <= 0:
+                return cut
+            room -= excess  # the joined text tokenises a little longer than its parts
+        return None
 
     def _fit(self, text: str, start: int, end: int, capacity: int) -> Iterator[tuple[int, int]]:
         """Split text[start:end] again if it is over max_tokens when tokenised alone.
