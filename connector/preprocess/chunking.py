@@ -42,9 +42,6 @@ _MIN_WINDOW_CHARS = 1_024
 # not tokenised as a whole just to find out.
 _SURELY_TOO_LONG_CHARS_PER_TOKEN = 64
 _LAST_WHITESPACE = re.compile(r"\s(?=\S*\Z)")
-# A chunk is filled with the next piece's leading sentences, looked for in this many characters per
-# token of room.
-_HEAD_CHARS_PER_TOKEN = 16
 _SENTENCE_END = re.compile(r"(?:[.!?…]|[。！？．｡])[\"')\]}»”’」』]*\Z")
 _WIDE_SENTENCE_END = re.compile(r"[。！？．｡][\"')\]}»”’」』]*\Z")
 _SPACE = re.compile(r"\s*")
@@ -221,14 +218,21 @@ class Chunker:
         # A chunk that ends inside a sentence (one longer than a chunk: the library cut it between
         # words) can as well end a few words further into it.
         in_sentence = not _ends_sentence(text, end)
-        room = capacity - self.count_tokens(text[start:end])
+        used = self.count_tokens(text[start:end])
+        room = capacity - used
+        # The library is shown only the piece's head, about twice as long as `room` tokens of the
+        # chunk's text, and longer if all of it fits.
+        head = 2 * room * -(-(end - start) // max(used, 1))
         while room > 0:
-            # The units the library picks for `room` tokens lie near the piece's start.
-            head = text[piece_start : min(piece_end, piece_start + _HEAD_CHARS_PER_TOKEN * room)]
-            first = next(iter(TextSplitter.from_callback(self.count_tokens, room).chunk_indices(head)), None)
+            head_end = min(piece_end, piece_start + head)
+            splitter = TextSplitter.from_callback(self.count_tokens, room)
+            first = next(iter(splitter.chunk_indices(text[piece_start:head_end])), None)
             if first is None:
                 return None
             cut = piece_start + first[0] + len(first[1])
+            if head_end < piece_end and not text[cut:head_end].strip():
+                head *= 2
+                continue
             if not (_ends_sentence(text, cut) or in_sentence):
                 return None
             excess = self.count_tokens(text[start:cut]) - capacity
