@@ -192,18 +192,23 @@ class Chunker:
         inside a sentence here: a piece whose first sentence does not fit the room stays whole."""
         current: tuple[int, int] | None = None
         for piece in pieces:
-            while piece is not None:
+            waiting = [piece]  # pieces to place, the next one last
+            while waiting:
+                piece = waiting.pop()
                 if current is None:
-                    current, piece = piece, None
+                    current = piece
                 elif self.count_tokens(text[current[0] : piece[1]]) <= capacity:
-                    current, piece = (current[0], piece[1]), None
+                    current = (current[0], piece[1])
                 else:
                     cut = self._leading_sentences_end(text, current, piece, capacity)
                     if cut is None:
                         yield current
-                        current, piece = piece, None
+                        current = piece
                     else:
-                        current, piece = (current[0], cut), _strip_span(text, cut, piece[1])
+                        current = (current[0], cut)
+                        rest = _strip_span(text, cut, piece[1])
+                        if rest:  # alone, it may tokenise a little longer than in place
+                            waiting.extend(reversed(list(self._fit(text, *rest, capacity))))
         if current is not None:
             yield current
 
@@ -216,7 +221,7 @@ class Chunker:
         start, end = current
         piece_start, piece_end = piece
         # A chunk that ends inside a sentence (one longer than a chunk: the library cut it between
-        # words) can as well end a few words further into it.
+        # words) can as well end a few words further into it, between words.
         in_sentence = not _ends_sentence(text, end)
         used = self.count_tokens(text[start:end])
         room = capacity - used
@@ -233,7 +238,7 @@ class Chunker:
             if head_end < piece_end and not text[cut:head_end].strip():
                 head *= 2
                 continue
-            if not (_ends_sentence(text, cut) or in_sentence):
+            if not (_ends_sentence(text, cut) or in_sentence and text[cut : cut + 1].isspace()):
                 return None
             excess = self.count_tokens(text[start:cut]) - capacity
             if excess <= 0:
