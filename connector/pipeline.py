@@ -56,7 +56,7 @@ from connector.errors import StoreError, StoreUnreachableError, TransientError
 from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.ownership import claim
 from connector.locations import public_url
-from connector.preprocess.chunking import Chunker
+from connector.preprocess.chunking import CHUNKING_VERSION, Chunker
 from connector.preprocess.factory import document_text_settings, make_preprocessor
 from connector.records import REFUSED_KINDS, Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
 from connector.sinks.base import Sink
@@ -369,7 +369,7 @@ class SyncRun:
             self.fingerprint = stable_hash(
                 {
                     "vectors": vectors_id,
-                    "chunking": self.config.chunking.model_dump(),
+                    "chunking": {**self.config.chunking.model_dump(), "version": CHUNKING_VERSION},
                     **DEFAULT_TEXT_SETTINGS,  # see content_hash_for
                     "layout": self.sink.layout.name,
                     "projection": self.projection.sha256 if self.projection else None,

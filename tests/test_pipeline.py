@@ -239,6 +239,20 @@ def test_a_changed_rule_rewrites_only_the_documents_whose_text_changes(tmp_path,
     assert third.documents["unchanged"] == 21 and third.chunks["upserted"] == 0
 
 
+def test_a_new_chunking_version_rechunks_every_document_once(tmp_path, tiny_model_dir, tiny_encoder, monkeypatch):
+    config = make_config(tmp_path, tiny_model_dir, "s", write_corpus(tmp_path / "docs", docs=20))
+    first = run_sync(config, encoder=tiny_encoder)
+    assert first.exit_code == 0 and first.documents["new"] == 20
+
+    monkeypatch.setattr(pipeline, "CHUNKING_VERSION", pipeline.CHUNKING_VERSION + 1)
+    again = run_sync(config, encoder=tiny_encoder)
+    assert again.exit_code == 0 and again.documents["changed"] == 20  # every document is chunked again
+    assert again.chunks["upserted"] == first.chunks["upserted"]  # and every point rewritten ...
+    assert again.chunks["encoded"] == 0  # ... here from the cache: this chunker made the same texts
+    assert verify(config).ok
+    assert run_sync(config, encoder=tiny_encoder).documents["unchanged"] == 20
+
+
 def test_chunk_counts_add_up_with_texts_shared_across_documents(tmp_path, tiny_model_dir, tiny_encoder,
                                                               small_windows):
     docs = tmp_path / "docs"

@@ -33,6 +33,10 @@ from connector.config import ChunkingConfig
 from connector.errors import ConfigError
 from connector.records import Chunk
 
+# Part of the sync's fingerprint: raised whenever the same settings give other chunks, so that a
+# store synced by an older version is re-chunked on purpose, and all of it at once. 2: each chunk is
+# filled with the leading sentences of the paragraph that no longer fits whole.
+CHUNKING_VERSION = 2
 # A window holds about this many chunks: its size in characters is first guessed at 4 characters per
 # token, then follows the chunk length seen in the previous window; it doubles when a window holds
 # fewer than two chunks.
