@@ -5,11 +5,11 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from semantic_text_splitter import TextSplitter
 from transformers import AutoTokenizer
 
 from connector.config import ChunkingConfig
 from connector.errors import ConfigError
+from connector.preprocess import chunking
 from connector.preprocess.chunking import Chunker
 from connector.testing.tiny_model import SENTENCES
 
@@ -199,19 +199,18 @@ def test_hard_token_split_without_any_boundary(tokenizer, text):
     assert "".join(c.text for c in chunks) == text
 
 
-def test_long_text_across_many_windows(tokenizer):
-    # max_tokens 16 starts with 1,024-character windows: this text spans dozens of them,
+def test_long_text_across_many_windows(tokenizer, monkeypatch):
+    # max_tokens 16 gives windows of a few hundred characters: this text spans hundreds of them,
     # including boundary-free runs that force hard cuts inside a window.
     text = paragraphs_text(5, 150) + "\n\n" + "y" * 3000 + " " + paragraphs_text(6, 50)
     assert len(text) > 30_000
     chunker = Chunker(tokenizer, 16, 4)
     chunks = chunker.split("d", text)
     check_contract(tokenizer, chunker, text, chunks)
-    # The windows do not change where chunks end, compared with one window over the whole text
+    # The windows do not change where chunks end, compared with windows of at least 2,048 characters
     # (the library may pick another boundary in rare spots).
-    whole = Chunker(tokenizer, 16, 4)
-    whole._first_window_chars = len(text)
-    expected_ends = {c.char_end for c in whole.split("d", text)}
+    monkeypatch.setattr(chunking, "_MIN_WINDOW_CHARS", 2_048)
+    expected_ends = {c.char_end for c in Chunker(tokenizer, 16, 4).split("d", text)}
     ends = [c.char_end for c in chunks]
     assert sum(end in expected_ends for end in ends) >= 0.95 * len(ends)
 

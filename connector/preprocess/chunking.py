@@ -38,10 +38,9 @@ from connector.records import Chunk
 # filled with the leading sentences of the paragraph that no longer fits whole.
 CHUNKING_VERSION = 2
 # A window holds about this many chunks: its size in characters is first guessed at 4 characters per
-# token, then follows the chunk length seen in the previous window; it doubles when a window holds
-# fewer than two chunks.
-_WINDOW_CHUNKS = 16
-_MIN_WINDOW_CHARS = 1_024
+# token, then follows the length of the chunks before; it doubles when a window holds fewer than two.
+_WINDOW_CHUNKS = 3
+_MIN_WINDOW_CHARS = 256
 # A text this many characters per token of max_tokens is surely too long for one chunk, so it is
 # not tokenised as a whole just to find out.
 _SURELY_TOO_LONG_CHARS_PER_TOKEN = 64
@@ -156,18 +155,16 @@ class Chunker:
             if self.count_tokens(text[start:end]) <= self.max_tokens:
                 return [(start, end)]
         capacity = self.max_tokens - self.overlap_tokens
-        pieces = (fitted for span in self._split_spans(text) for fitted in self._fit(text, *span, capacity))
-        spans = list(self._filled(text, pieces, capacity))
+        spans = list(self._packed(text, capacity))
         if self.overlap_tokens:
             for i in range(1, len(spans)):
                 previous_start = spans[i - 1][0]
                 spans[i] = (self._overlap_start(text, previous_start, *spans[i]), spans[i][1])
         return spans
 
-    def _split_spans(self, text: str) -> Iterator[tuple[int, int]]:
-        """Spans of at most max_tokens - overlap_tokens tokens, window by window."""
-        pos = 0
-        window = self._first_window_chars
+    def _split_spans(self, text: str, pos: int, window: int) -> Iterator[tuple[int, int]]:
+        """The library's spans of at most max_tokens - overlap_tokens tokens from `pos` on, window by
+        window, the first window `window` characters long."""
         while pos < len(text):
             end = self._window_end(text, pos, window)
             pieces = self._splitter.chunk_indices(text[pos:end])
@@ -186,35 +183,45 @@ class Chunker:
                     yield stripped
             pos = next_pos
 
-    def _filled(self, text: str, pieces: Iterator[tuple[int, int]], capacity: int) -> Iterator[tuple[int, int]]:
-        """The pieces, in order, packed into chunks of up to `capacity` tokens.
+    def _packed(self, text: str, capacity: int) -> Iterator[tuple[int, int]]:
+        """Spans of up to `capacity` tokens, each one from where the one before it ends: the library's
+        first piece there, then the next pieces whole while they fit, then the leading sentences (or
+        lines) of the next one that fit (see _take).
 
-        The library ends a chunk where the next unit of the level it chose does not fit: after a
-        paragraph, say, when the next paragraph is too long, however much room is left. Here a chunk
-        takes the next pieces whole while they fit, then the leading sentences (or lines) of the next
-        piece that fit, and so on; the rest of that piece begins the next chunk. A chunk is never cut
-        inside a sentence here: a piece whose first sentence does not fit the room stays whole."""
-        current: tuple[int, int] | None = None
-        for piece in pieces:
-            waiting = [piece]  # pieces to place, the next one last
-            while waiting:
-                piece = waiting.pop()
-                if current is None:
-                    current = piece
-                elif self.count_tokens(text[current[0] : piece[1]]) <= capacity:
-                    current = (current[0], piece[1])
-                else:
-                    cut = self._leading_sentences_end(text, current, piece, capacity)
-                    if cut is None:
-                        yield current
-                        current = piece
-                    else:
-                        current = (current[0], cut)
-                        rest = _strip_span(text, cut, piece[1])
-                        if rest:  # alone, it may tokenise a little longer than in place
-                            waiting.extend(reversed(list(self._fit(text, *rest, capacity))))
-        if current is not None:
+        The library alone ends a chunk where the next unit of the level it chose does not fit: after
+        a paragraph, say, when the next paragraph is too long, however much room is left. Each chunk
+        starts the library afresh where the one before ended, rather than filling a fixed sequence of
+        the library's pieces, so that after an edit the chunks fall back in step with the old ones."""
+        pos = 0
+        window = self._first_window_chars
+        while True:
+            pieces = (fitted for span in self._split_spans(text, pos, window) for fitted in self._fit(text, *span, capacity))
+            current = next(pieces, None)
+            if current is None:
+                return
+            for piece in pieces:
+                current, full = self._take(text, current, piece, capacity)
+                if full:
+                    break
             yield current
+            pos = current[1]
+            window = max(_MIN_WINDOW_CHARS, _WINDOW_CHUNKS * (current[1] - current[0]))
+
+    def _take(
+        self, text: str, current: tuple[int, int], piece: tuple[int, int], capacity: int
+    ) -> tuple[tuple[int, int], bool]:
+        """The span `current` extended by the whole `piece` if that fits within `capacity` tokens, else
+        by the longest run of the piece's leading sentences that fits; and whether it is now full. A
+        chunk is never cut inside a sentence here: a piece whose first sentence does not fit the room
+        that is left is left for the next chunk."""
+        if self.count_tokens(text[current[0] : piece[1]]) <= capacity:
+            return (current[0], piece[1]), False
+        while piece is not None:
+            cut = self._leading_sentences_end(text, current, piece, capacity)
+            if cut is None:
+                return current, True
+            current, piece = (current[0], cut), _strip_span(text, cut, piece[1])
+        return current, False
 
     def _leading_sentences_end(
         self, text: str, current: tuple[int, int], piece: tuple[int, int], capacity: int
