@@ -109,10 +109,12 @@ def splitters(tok) -> dict:
     from connector.preprocess.chunking import Chunker
 
     class LibraryBoundaries(Chunker):
-        """The chunker as it was up to chunking version 1: the library's pieces, not filled."""
+        """The chunker as it was up to chunking version 1: the library's pieces, not filled, from
+        windows of 16 chunks' length."""
 
-        def _filled(self, text, pieces, capacity):
-            return pieces
+        def _packed(self, text, capacity):
+            window = max(1_024, 16 * 4 * self.max_tokens)
+            return (piece for span in self._split_spans(text, 0, window) for piece in self._fit(text, *span, capacity))
 
     found = {}
     for name, cls in (("connector, before (chunking version 1)", LibraryBoundaries), ("connector", Chunker)):

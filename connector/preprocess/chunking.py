@@ -8,16 +8,23 @@ string indices. The library counts a piece's tokens where it lies in the text, s
 tokenised alone once more and split again in the rare case it is then too long (a piece cut inside
 a word gets an extra word-start token).
 
+The library alone ends a chunk where the next unit of the level it chose does not fit (after a
+paragraph when the next paragraph is too long, however much room is left), which left chunks about
+87% full on average. So each chunk is filled up: it takes the library's first piece where the chunk
+starts, the next pieces whole while they fit, then the leading sentences (or lines) of the next one
+that fit; the next chunk starts where it ends. A chunk ends inside a sentence only where the library
+had to cut one longer than a chunk. Figures: benchmarks/RESULTS.md (chunk fill).
+
 Overlap is added here rather than by the library, which only overlaps whole semantic units and so
-often adds none at paragraph or sentence boundaries. The splitter fills each chunk up to
+often adds none at paragraph or sentence boundaries. The chunks are filled up to
 `max_tokens - overlap_tokens` tokens; then every chunk after the first is extended backwards by up
 to `overlap_tokens` tokens of the text before it, starting at a word when one starts there.
 
 The library slows down quadratically on long runs with no word boundary (a base64 image inlined in
-Markdown, CJK without punctuation), so a long text is fed to it in windows of a few chunks each; the
-last chunk of a window is dropped and the next window starts where that chunk started, so chunks
-continue across windows as in one call over the whole text (the library's choice of boundary can
-differ in rare spots, with the same guarantees).
+Markdown, CJK without punctuation), so it is shown a window of a few chunks' length from where a
+chunk starts; the last piece of a window is dropped and the next window starts where that piece
+started, so pieces continue across windows as in one call over the whole text (the library's choice
+of boundary can differ in rare spots, with the same guarantees).
 """
 
 from __future__ import annotations
@@ -107,7 +114,9 @@ class Chunker:
     - every chunk after the first starts with up to `overlap_tokens` tokens of the text before it
       (counted as tokenised in place; alone they can make a token or two more), so boundaries keep
       some context; it starts at a word when one starts in that stretch. No chunk starts or ends
-      with whitespace.
+      with whitespace;
+    - chunks are full: each takes whole paragraphs while they fit, then the next paragraph's leading
+      sentences; one ends inside a sentence only if that sentence alone is longer than a chunk.
     """
 
     def __init__(self, tokenizer, max_tokens: int, overlap_tokens: int = 0):
