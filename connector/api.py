@@ -9,12 +9,13 @@ its coalescing batcher) and a `clean` function (the config's query cleaning, `qu
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from connector.config import SyncConfig
-from connector.errors import ConnectorError, InputError
+from connector.errors import ConfigError, ConnectorError, InputError
 from connector.records import lexical_score
 
 #: bge-m3 authors' hybrid: dense + 0.3 * lexical (design.md)
@@ -238,6 +239,27 @@ def status(config: SyncConfig) -> dict:
     finally:
         sink.close()
     return data
+
+
+def export_snapshot(config: SyncConfig, out: Path) -> dict:
+    """Write the config's collection, held in an embedded Qdrant Edge store, as a snapshot a Qdrant
+    server restores (see QdrantEdgeSink.export_snapshot). ConfigError for any other store."""
+    from connector.pipeline import open_sink
+    from connector.sinks.qdrant_edge import QdrantEdgeSink
+
+    sink = open_sink(config)
+    try:
+        if not isinstance(sink, QdrantEdgeSink):
+            raise ConfigError(
+                "export-snapshot reads an embedded Qdrant Edge store (sink: {type: qdrant, path: ...}, engine edge); "
+                "a Qdrant server makes its own snapshots (POST /collections/NAME/snapshots), and a local-mode or "
+                "Milvus store moves by a sync into the new store."
+            )
+        if sink.describe() is None:
+            raise ConfigError(f"collection '{sink.collection}' does not exist in {sink.path}: run `connector sync` first")
+        return sink.export_snapshot(Path(out))
+    finally:
+        sink.close()
 
 
 def failed(config: SyncConfig) -> dict:

@@ -161,7 +161,9 @@ def _sync_text(report) -> str:
         f"{d['deleted']} deleted, {d['failed']} failed",
         f"chunks: {c['upserted']} {'to upsert' if report.dry_run else 'upserted'} "
         f"({c['encoded']} {'to encode' if report.dry_run else 'encoded'}, {c['cached']} with a reused vector), "
-        f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}"
+        + (f"{c['payload_updated']} {'to update' if report.dry_run else 'updated'} (payload only), "
+           if c["payload_updated"] else "")
+        + f"{c['deleted']} {'to delete' if report.dry_run else 'deleted'}"
         + (f", {c['failed']} failed" if c["failed"] else ""),
     ]
     for change in report.changes:
@@ -413,6 +415,26 @@ def verify(ctx, config_path, repair):
                         f"{final['repaired']['points_invalidated']} point(s) rewritten by a sync")
     emit(ctx, final, "\n".join(lines))
     ctx.exit(0 if ok else 3)
+
+
+@cli.command("export-snapshot")
+@config_option()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def export_snapshot(ctx, config_path, out):
+    """Write the collection of an embedded Qdrant Edge store as a snapshot file OUT that a Qdrant server
+    restores (README: Moving to a server), so nothing is encoded again.
+
+    \b
+    Example:
+      connector export-snapshot -c configs/demo.yaml kb.snapshot
+    """
+    from connector import api
+
+    data = api.export_snapshot(load_config(config_path), out)
+    emit(ctx, data, f"wrote {printable(data['snapshot'])}: collection '{printable(data['collection'])}', "
+                    f"{data['points']} points, {data['bytes']} bytes")
 
 
 # ---- projection / backfill -----------------------------------------------------------------

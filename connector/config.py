@@ -101,6 +101,12 @@ class FilesSourceConfig(Strict):
         False,
         description="Read files whose symlinks lead outside `path`; by default they fail as 'outside_root'.",
     )
+    change_detection: Literal["stat", "content"] = Field(
+        "stat",
+        description="How a re-sync finds unchanged files. 'stat': a file whose size, modification time (ns) and "
+        "inode are those of the last sync is not read again. 'content': every file is read and its text hashed "
+        "(slower; also catches an edit that kept the size and restored the modification time).",
+    )
 
     @field_validator("include", "exclude")
     @classmethod
@@ -203,7 +209,12 @@ class EncoderConfig(Strict):
 class QdrantSinkConfig(Strict):
     type: Literal["qdrant"] = "qdrant"
     collection: str = "chunks"
-    path: Optional[Path] = Field(None, description="Embedded Qdrant folder (local mode).")
+    path: Optional[Path] = Field(None, description="Embedded Qdrant folder.")
+    engine: Optional[Literal["edge", "local-mode"]] = Field(
+        None, description="Embedded engine (with 'path'): 'edge' (Qdrant's own engine, qdrant-edge-py) or 'local-mode' "
+        "(qdrant-client's pure-Python store, up to ~20 000 points). Default: the engine of the store already in the "
+        "folder, 'edge' for a new folder.",
+    )
     url: Optional[str] = Field(None, description="Qdrant server URL, e.g. http://localhost:6333.")
     api_key_env: Optional[str] = Field(None, description="Environment variable holding the API key.")
     batch_size: int = Field(64, ge=1, description="Points per upsert call.")
@@ -226,6 +237,8 @@ class QdrantSinkConfig(Strict):
             raise ValueError("give exactly one of 'path' (embedded Qdrant) or 'url' (Qdrant server)")
         if self.api_key_env and self.url is None:
             raise ValueError("'api_key_env' only applies with 'url'")
+        if self.engine and self.path is None:
+            raise ValueError("'engine' only applies with 'path' (an embedded store)")
         return self
 
 

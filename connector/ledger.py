@@ -1,8 +1,9 @@
 """The ledger: what the connector knows it has written, in SQLite under state_dir.
 
 Per document: its content hash, the pipeline fingerprint it was processed with, and per chunk
-the point id and a key (hash of the point's text and payload). The ledger only moves after the
-store confirmed a write. Stale point ids go into `pending_deletes` in the same transaction that
+the point id, a key (hash of the point's text and payload) and the hash of the text whose vectors
+the point holds. Per source file: the stamp it had when the last finished sync read it (`files`).
+The ledger only moves after the store confirmed a write. Stale point ids go into `pending_deletes` in the same transaction that
 moves the document, and leave it only after the store confirmed the delete, so a crash at any
 moment leaves a state the next run converges from.
 """
@@ -40,6 +41,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 -- mark_in_flight looks chunks up by point id, once per point written: without this index each
 -- lookup scanned the table, and a 20 000-document sync took 30x the time of a 2 000-document one
 CREATE INDEX IF NOT EXISTS chunks_by_point_id ON chunks(point_id);
+-- per source file, its stamp (size, mtime, inode, reading settings) when the last sync that
+-- finished read everything from it without a failure: a file that still has it is not read again
+CREATE TABLE IF NOT EXISTS files (origin TEXT PRIMARY KEY, stamp TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_deletes (point_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,6 +70,24 @@ CREATE TABLE IF NOT EXISTS failed_documents (
 """
 
 
+# Columns added after the first release: (table, column, declaration). A ledger written by an older
+# version gets them on open, with their default (which means "unknown": nothing is skipped for it).
+ADDED_COLUMNS = (
+    # sha256 of the chunk text whose vectors the point holds; '' while unknown or in flight
+    ("chunks", "content_hash", "TEXT NOT NULL DEFAULT ''"),
+    # hash of the volatile metadata (file mtime) the document's points were written with; '' = unknown
+    ("documents", "volatile_hash", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the ADDED_COLUMNS a ledger does not have yet."""
+    for table, column, declaration in ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -75,6 +97,7 @@ class LedgerDoc:
     doc_id: str
     content_hash: str
     fingerprint: str
+    volatile_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,7 @@ class LedgerChunk:
     chunk_index: int
     point_id: str
     chunk_key: str
+    content_hash: str = ""  # sha256 of the text whose vectors the point holds ('' = unknown)
 
 
 @dataclass
@@ -94,6 +118,7 @@ class DocCommit:
     chunks: list[LedgerChunk]
     stale_point_ids: list[str]
     origin: str | None = None
+    volatile_hash: str = ""  # see LedgerDoc
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "chunks": [astuple(c) for c in self.chunks]})
@@ -131,6 +156,7 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        migrate(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -147,6 +173,7 @@ class Ledger:
         empty.path, empty.exists = path, False
         empty.db = sqlite3.connect(":memory:", isolation_level=None)
         empty.db.executescript(SCHEMA)
+        migrate(empty.db)
         return empty
 
     def reader(self) -> "Ledger":
@@ -188,13 +215,14 @@ class Ledger:
     # ---- reads ------------------------------------------------------------------------------
     def document(self, doc_id: str) -> LedgerDoc | None:
         row = self.db.execute(
-            "SELECT doc_id, content_hash, fingerprint FROM documents WHERE doc_id=?", (doc_id,)
+            "SELECT doc_id, content_hash, fingerprint, volatile_hash FROM documents WHERE doc_id=?", (doc_id,)
         ).fetchone()
         return LedgerDoc(*row) if row else None
 
     def chunks(self, doc_id: str) -> list[LedgerChunk]:
         rows = self.db.execute(
-            "SELECT chunk_index, point_id, chunk_key FROM chunks WHERE doc_id=? ORDER BY chunk_index", (doc_id,)
+            "SELECT chunk_index, point_id, chunk_key, content_hash FROM chunks WHERE doc_id=? ORDER BY chunk_index",
+            (doc_id,),
         )
         return [LedgerChunk(*r) for r in rows]
 
@@ -208,6 +236,21 @@ class Ledger:
     def documents_from(self, origin: str) -> list[str]:
         """The doc_ids that came from one source file (the file itself, or its records)."""
         return [r[0] for r in self.db.execute("SELECT doc_id FROM documents WHERE origin=? ORDER BY doc_id", (origin,))]
+
+    def stamps(self) -> dict[str, str]:
+        """origin -> the stamp the file had when the last finished sync read it, for the files none
+        of whose documents is dirty (in flight, invalidated by `verify --repair`, renamed)."""
+        rows = self.db.execute(
+            "SELECT origin, stamp FROM files WHERE origin NOT IN"
+            " (SELECT origin FROM documents WHERE content_hash='' AND origin IS NOT NULL)"
+        )
+        return dict(rows)
+
+    def replace_stamps(self, stamps: dict[str, str]) -> None:
+        """After a sync that finished: the files it read, or found unchanged, without a failure."""
+        with self._transaction():
+            self.db.execute("DELETE FROM files")
+            self.db.executemany("INSERT INTO files(origin, stamp) VALUES (?, ?)", stamps.items())
 
     def iter_point_ids(self) -> Iterator[str]:
         for (pid,) in self.db.execute("SELECT point_id FROM chunks"):
@@ -225,7 +268,7 @@ class Ledger:
         point_ids = list(point_ids)
         with self._transaction():
             for pid in point_ids:
-                self.db.execute("UPDATE chunks SET chunk_key='' WHERE point_id=?", (pid,))
+                self.db.execute("UPDATE chunks SET chunk_key='', content_hash='' WHERE point_id=?", (pid,))
                 self.db.execute(
                     "UPDATE documents SET content_hash='' WHERE doc_id IN (SELECT doc_id FROM chunks WHERE point_id=?)",
                     (pid,),
@@ -270,13 +313,13 @@ class Ledger:
     def _commit(self, c: DocCommit) -> None:
         self.db.execute("DELETE FROM chunks WHERE doc_id=?", (c.doc_id,))
         self.db.executemany(
-            "INSERT INTO chunks(doc_id, chunk_index, point_id, chunk_key) VALUES (?, ?, ?, ?)",
-            [(c.doc_id, ch.chunk_index, ch.point_id, ch.chunk_key) for ch in c.chunks],
+            "INSERT INTO chunks(doc_id, chunk_index, point_id, chunk_key, content_hash) VALUES (?, ?, ?, ?, ?)",
+            [(c.doc_id, ch.chunk_index, ch.point_id, ch.chunk_key, ch.content_hash) for ch in c.chunks],
         )
         self.db.execute(
-            "INSERT OR REPLACE INTO documents(doc_id, content_hash, fingerprint, chunk_count, origin, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (c.doc_id, c.content_hash, c.fingerprint, len(c.chunks), c.origin, now_iso()),
+            "INSERT OR REPLACE INTO documents(doc_id, content_hash, fingerprint, chunk_count, origin, updated_at,"
+            " volatile_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (c.doc_id, c.content_hash, c.fingerprint, len(c.chunks), c.origin, now_iso(), c.volatile_hash),
         )
         # A point just written must never be deleted by an older queued delete.
         self.db.executemany("DELETE FROM pending_deletes WHERE point_id=?", [(ch.point_id,) for ch in c.chunks])
@@ -347,6 +390,8 @@ class Ledger:
             return self._forget(doc_id)
 
     def _forget(self, doc_id: str) -> list[str]:
+        # its file is read again if it comes back, even with the same stamp (moved away and back)
+        self.db.execute("DELETE FROM files WHERE origin IN (SELECT origin FROM documents WHERE doc_id=?)", (doc_id,))
         ids = [r[0] for r in self.db.execute("SELECT point_id FROM chunks WHERE doc_id=?", (doc_id,))]
         self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
         self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
@@ -369,21 +414,26 @@ class Ledger:
                     queued += self._forget(old)
                     continue
                 self.db.execute("UPDATE documents SET doc_id=?, content_hash='' WHERE doc_id=?", (new, old))
-                self.db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new, old))
+                # content_hash '': its points are not taken over by the new doc_id (their ids derive from the old)
+                self.db.execute("UPDATE chunks SET doc_id=?, content_hash='' WHERE doc_id=?", (new, old))
                 self.db.execute("DELETE FROM failed_documents WHERE doc_id=?", (old,))
                 self._drop_from_dead_letters(old)
         return queued
 
-    def mark_in_flight(self, points: Iterable[tuple[str, str]], replaying_dead_letter: bool = False) -> None:
+    def mark_in_flight(self, points: Iterable[tuple[str, str]], replaying_dead_letter: bool = False,
+                       vectors: bool = True) -> None:
         """Before an upsert of (doc_id, point_id) pairs: make the ledger safe for a crash that
         lands after the store took the points but before the documents are committed. A point
         the ledger does not know yet is queued for deletion (commit takes it off the queue); a
-        point it knows, and its document, are marked dirty so the next run rewrites them. A sync's
-        write also makes the documents' dead letters obsolete; a replay keeps its own letter."""
+        point it knows, and its document, are marked dirty so the next run rewrites them; when
+        the write replaces its vectors (`vectors`; not for a payload-only update), the text its
+        vectors stand for becomes unknown too. A sync's write also makes the documents' dead
+        letters obsolete; a replay keeps its own letter."""
         points = list(points)
+        dirty = "chunk_key='', content_hash=''" if vectors else "chunk_key=''"
         with self._transaction():
             for doc_id, pid in points:
-                known = self.db.execute("UPDATE chunks SET chunk_key='' WHERE point_id=?", (pid,)).rowcount
+                known = self.db.execute(f"UPDATE chunks SET {dirty} WHERE point_id=?", (pid,)).rowcount
                 if not known:
                     self.db.execute(
                         "INSERT OR IGNORE INTO pending_deletes(point_id, doc_id) VALUES (?, ?)", (pid, doc_id)
@@ -398,7 +448,7 @@ class Ledger:
     def reset(self) -> None:
         """Forget every document, chunk, queued delete and dead letter (the store was emptied)."""
         with self._transaction():
-            for table in ("chunks", "documents", "pending_deletes", "dead_letter_docs", "dead_letters",
+            for table in ("chunks", "documents", "files", "pending_deletes", "dead_letter_docs", "dead_letters",
                           "failed_documents"):
                 self.db.execute(f"DELETE FROM {table}")
 

@@ -22,9 +22,16 @@ class AlreadyRunningError(ConnectorError):
 class StateLock:
     FILENAME = "lock"
 
-    def __init__(self, state_dir: Path):
-        self.path = Path(state_dir) / self.FILENAME
+    def __init__(self, state_dir: Path, filename: str | None = None):
+        self.path = Path(state_dir) / (filename or self.FILENAME)
         self._fd: int | None = None
+
+    def busy(self, owner: str) -> ConnectorError:
+        """The error raised when another process holds the lock (`owner`: its pid)."""
+        return AlreadyRunningError(
+            f"already running (pid {owner}): another connector process works on state_dir "
+            f"{self.path.parent}; wait for it to finish, or stop it"
+        )
 
     def __enter__(self) -> "StateLock":
         private_dir(self.path.parent)
@@ -34,10 +41,7 @@ class StateLock:
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise AlreadyRunningError(
-                f"already running (pid {owner}): another connector process works on state_dir "
-                f"{self.path.parent}; wait for it to finish, or stop it"
-            ) from None
+            raise self.busy(owner) from None
         pid = str(os.getpid()).encode()
         os.pwrite(fd, pid, 0)
         os.ftruncate(fd, len(pid))

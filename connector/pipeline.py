@@ -49,7 +49,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from connector.config import SyncConfig
+from connector.config import QdrantSinkConfig, SyncConfig
 from connector.encoders.base import Encoder
 from connector.encoders.cache import EmbeddingCache
 from connector.errors import StoreError, StoreUnreachableError, TransientError
@@ -58,7 +58,8 @@ from connector.ownership import claim
 from connector.locations import public_url
 from connector.preprocess.chunking import CHUNKING_VERSION, Chunker
 from connector.preprocess.factory import document_text_settings, make_preprocessor
-from connector.records import REFUSED_KINDS, Chunk, Document, FailedDocument, Point, point_id, points_to_bytes
+from connector.records import (REFUSED_KINDS, Chunk, Document, FailedDocument, Point, UnchangedFile, point_id,
+                               points_to_bytes)
 from connector.sinks.base import Sink
 from connector.retry import CircuitBreaker
 from connector.stages import TICK, background
@@ -79,6 +80,12 @@ def stable_hash(obj) -> str:
 
 def stable_metadata(metadata: dict) -> dict:
     return {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
+
+
+def volatile_hash(metadata: dict) -> str:
+    """The volatile metadata a document's points carry: when it moves (a file touched, its text
+    unchanged), the points get a payload-only update."""
+    return stable_hash({k: metadata[k] for k in VOLATILE_METADATA if k in metadata})
 
 
 def document_hash(doc: Document) -> str:
@@ -117,7 +124,13 @@ def sink_target(config: SyncConfig) -> str:
     """A secret-free description of the store + collection a config writes to."""
     s = config.sink
     where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or getattr(s, "uri", "")
-    return f"{s.type}:{public_url(str(where))}#{s.collection}"  # no user:password@ or ?api-key=...
+    kind = s.type
+    if isinstance(s, QdrantSinkConfig) and s.path is not None:
+        from connector.sinks.qdrant_edge import EDGE, resolve_engine
+
+        if resolve_engine(s.path, s.engine) == EDGE:
+            kind = "qdrant-edge"  # a ledger bound to one embedded engine never switches to the other
+    return f"{kind}:{public_url(str(where))}#{s.collection}"  # no user:password@ or ?api-key=...
 
 
 def chunk_metadata(metadata: dict, spans: list[tuple[int, int, dict]], chunk: Chunk) -> dict:
@@ -151,7 +164,9 @@ def chunk_payload(chunk: Chunk, metadata: dict) -> dict:
 class SyncReport:
     """Counts of one sync (or of a dry run: what it would do).
 
-    `chunks` counts points: `upserted` written, `deleted`, `failed` (kept as dead letters); and of
+    `chunks` counts points: `upserted` written with their vectors, `payload_updated` whose payload
+    alone was rewritten (their text is unchanged, only its position or the volatile metadata
+    moved), `deleted`, `failed` (kept as dead letters); and of
     the points given vectors, `encoded` those the model encoded (a text shared by several points is
     encoded once, for one of them) and `cached` the others, whose vector came from the embedding
     cache or from a point of the same text. Without failures, encoded + cached == upserted.
@@ -167,7 +182,8 @@ class SyncReport:
         default_factory=lambda: dict.fromkeys(["seen", "new", "changed", "unchanged", "deleted", "failed"], 0)
     )
     chunks: dict = field(
-        default_factory=lambda: dict.fromkeys(["encoded", "cached", "upserted", "deleted", "failed"], 0)
+        default_factory=lambda: dict.fromkeys(["encoded", "cached", "upserted", "payload_updated", "deleted",
+                                               "failed"], 0)
     )
     failures: list = field(default_factory=list)  # [{doc_id, reason, dead_letter?}]
     errors: list = field(default_factory=list)  # problems not tied to one document: [{operation, reason, ...}]
@@ -207,24 +223,25 @@ class SyncReport:
 
 @dataclass
 class DocPlan:
-    """What a new or changed document needs: its chunks, and which points to (re)write."""
+    """What a new, changed or touched document needs: its chunks, and which points to (re)write."""
 
     doc: Document
-    action: str  # 'new' or 'changed'
+    action: str  # 'new', 'changed', or 'unchanged' (same content, the file touched: its `modified` moved)
     content_hash: str
     fingerprint: str
     chunks: list[Chunk]
     payloads: list[dict]
     keys: list[str]
     ids: list[str]
-    write: list[int]  # indices of chunks whose point must be (re)written
+    write: list[int]  # indices of chunks whose point must be (re)written with its vectors
     stale_ids: list[str]
+    payload_only: list[int] = field(default_factory=list)  # chunks whose point keeps its vectors, gets this payload
 
     def commit(self) -> DocCommit:
         return DocCommit(
             self.doc.doc_id, self.content_hash, self.fingerprint,
-            [LedgerChunk(i, self.ids[i], self.keys[i]) for i in range(len(self.chunks))],
-            self.stale_ids, origin=self.doc.metadata.get("path"),
+            [LedgerChunk(i, self.ids[i], self.keys[i], self.chunks[i].sha256) for i in range(len(self.chunks))],
+            self.stale_ids, origin=self.doc.metadata.get("path"), volatile_hash=volatile_hash(self.doc.metadata),
         )
 
 
@@ -357,6 +374,9 @@ class SyncRun:
         self._deletes_waiting = False  # deletes left queued while the store was down
         self._dry_run_shas: Counter[str] = Counter()  # points to write per text
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
+        self._stamps: dict[str, str] = {}  # origin -> stamp (with stamp_suffix) of the files this run read or skipped
+        self._unsettled: set[str] = set()  # origins of documents dead-lettered or set aside: read them again next time
+        self._known_stamps: dict[str, str] = {}  # what the ledger recorded, for the files the source may skip
 
     # ---- lazily built parts (an unchanged corpus never loads the model weights) -------------
     @property
@@ -422,6 +442,7 @@ class SyncRun:
             with busy(report, "write"):
                 self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
             self._watch_store()
+        self._offer_stamps()
         seen: set[str] = set()
         failed_origins: set[str] = set()  # files with an unreadable part: never prune what came from them
         try:
@@ -446,6 +467,8 @@ class SyncRun:
             report.cache_hits = sum(self._dry_run_shas[sha] for sha in in_cache)
         else:
             self.ledger.keep_failures(f["doc_id"] for f in report.failures)
+            unsettled = failed_origins | self._unsettled  # read again next time, whatever their stamp
+            self.ledger.replace_stamps({o: s for o, s in self._stamps.items() if o not in unsettled})
             if self._deletes_waiting:  # left queued while the store was down
                 with busy(report, "write"):
                     self._delete(self.ledger.pending_deletes(), report, last=True)
@@ -504,6 +527,18 @@ class SyncRun:
             for plan in window.plans:
                 self._describe(plan, report)
 
+    def _stamp_suffix(self) -> str:
+        """What besides the file decides its documents' points (text settings, model, chunking, layout):
+        recorded after each file's stamp, so that a change of either makes every file be read again."""
+        return "|" + stable_hash({"text_settings": self.text_settings, "fingerprint": self.fingerprint})[:16]
+
+    def _offer_stamps(self) -> None:
+        """Tell the source which files it need not read (see Source.skip_unchanged)."""
+        self.encoder  # noqa: B018 - the fingerprint
+        suffix = self._stamp_suffix()
+        self._known_stamps = {origin: stamp for origin, stamp in self.ledger.stamps().items() if stamp.endswith(suffix)}
+        self.source.skip_unchanged({origin: stamp[: -len(suffix)] for origin, stamp in self._known_stamps.items()})
+
     def _check_store_has_ledger(self, report: SyncReport) -> None:
         """A collection dropped or emptied behind the ledger's back: start over (the cache keeps it cheap)."""
         lost = store_lost(self.sink, self.ledger)
@@ -534,9 +569,15 @@ class SyncRun:
         for item in self._progress(items):
             if self._cancel.is_set():
                 return
+            if isinstance(item, UnchangedFile):
+                self._skipped(item.origin, reader, seen, report)
+                continue
             report.documents["seen"] += 1
             seen.add(item.doc_id)
             if isinstance(item, Document):
+                origin = item.metadata.get("path")
+                if item.stamp is not None and origin is not None:
+                    self._stamps[origin] = item.stamp + self._stamp_suffix()
                 item = self._plan(item, reader)  # a DocPlan, a FailedDocument, or None when unchanged
             if item is None:
                 report.documents["unchanged"] += 1
@@ -548,19 +589,31 @@ class SyncRun:
             else:
                 report.documents[item.action] += 1
                 window.plans.append(item)
-                window.chunks += len(item.write)
+                window.chunks += len(item.write) + len(item.payload_only)
             if window.chunks >= WINDOW_CHUNKS or len(window.failed) >= WINDOW_CHUNKS:
                 yield window
                 window = Window()
         if window.plans or window.failed:
             yield window
 
+    def _skipped(self, origin: str, reader: Ledger, seen: set[str], report: SyncReport) -> None:
+        """A file the source did not read (its stamp is unchanged): its documents are seen, unchanged."""
+        doc_ids = reader.documents_from(origin)
+        report.documents["seen"] += len(doc_ids)
+        report.documents["unchanged"] += len(doc_ids)
+        seen.update(doc_ids)
+        self._stamps[origin] = self._known_stamps[origin]
+
     def _plan(self, doc: Document, reader: Ledger) -> DocPlan | FailedDocument | None:
         content_hash = content_hash_for(doc, self.text_settings)
         known = reader.document(doc.doc_id)
         self.encoder  # noqa: B018 - the fingerprint and the chunker need the model's tokenizer
+        touched = False  # same content, but the points' volatile metadata (`modified`) is out of date
         if known and known.content_hash == content_hash and known.fingerprint == self.fingerprint:
-            return None
+            # '' : recorded before the ledger kept it; such points are refreshed with the next change
+            touched = known.volatile_hash not in ("", volatile_hash(doc.metadata))
+            if not touched:
+                return None
         text, spans = self._clean(doc)
         chunks = self.chunker.split(doc.doc_id, text)
         payloads = [chunk_payload(c, chunk_metadata(doc.metadata, spans, c)) for c in chunks]
@@ -569,14 +622,60 @@ class SyncRun:
             if problem:  # fails alone, before it is encoded, instead of spoiling the batch it would be written in
                 return FailedDocument(doc.doc_id, problem, origin=doc.metadata.get("path"), kind="too_large")
         keys = [chunk_key(p, self.fingerprint) for p in payloads]
-        ids = [point_id(self.sink.collection, doc.doc_id, c.index) for c in chunks]
-        old = {c.chunk_index: c for c in reader.chunks(doc.doc_id)} if known else {}
-        # a chunk stored under another point id (a renamed document) is written anew, the old point deleted
-        write = [i for i in range(len(chunks))
-                 if i not in old or (old[i].point_id, old[i].chunk_key) != (ids[i], keys[i])]
-        stale = [c.point_id for i, c in old.items() if i >= len(chunks) or c.point_id != ids[i]]
-        return DocPlan(doc, "changed" if known else "new", content_hash, self.fingerprint, chunks, payloads, keys,
-                       ids, write, stale)
+        old = list(reader.chunks(doc.doc_id)) if known else []
+        same_model = known is not None and known.fingerprint == self.fingerprint
+        ids, write, payload_only = self._match_points(doc.doc_id, chunks, keys, old, same_model, touched)
+        kept = set(ids)
+        stale = [c.point_id for c in old if c.point_id not in kept]
+        action = "unchanged" if touched else "changed" if known else "new"
+        return DocPlan(doc, action, content_hash, self.fingerprint, chunks, payloads, keys, ids, write, stale,
+                       payload_only)
+
+    def _match_points(self, doc_id: str, chunks: list[Chunk], keys: list[str], old: list[LedgerChunk],
+                      same_model: bool, touched: bool) -> tuple[list[str], list[int], list[int]]:
+        """Point ids for a document's chunks, and which chunks need their point written with vectors
+        (`write`) or only its payload (`payload_only`), given the points the ledger has (`old`).
+
+        A chunk keeps the point that holds its text's vectors already (`same_model`): the one at
+        its own index first, else any other of the document with that text (text inserted above
+        moved it to another index); such a point gets a payload-only update when its payload
+        changed (position, or the volatile metadata of a `touched` file). A point with exactly the
+        chunk's payload is kept as it is. Every other chunk is written with its vectors under the
+        point id of its index (`point_id`), or a variant of it when a kept point holds that id.
+        A renamed document's points are not kept (the ledger forgot their texts): it is written anew."""
+        ids: list[str | None] = [None] * len(chunks)
+        payload_only: list[int] = []
+        by_index = {c.chunk_index: c for c in old}
+        for i, chunk in enumerate(chunks):  # the same text at the same index, or the same payload
+            before = by_index.get(i)
+            if before is None:
+                continue
+            if same_model and before.content_hash == chunk.sha256:
+                ids[i] = before.point_id
+                if before.chunk_key != keys[i] or touched:
+                    payload_only.append(i)
+            elif before.chunk_key == keys[i]:
+                ids[i] = before.point_id
+                if touched:
+                    payload_only.append(i)
+        taken = {pid for pid in ids if pid is not None}
+        free: dict[str, list[str]] = {}  # text sha256 -> points that hold its vectors, not kept yet
+        for before in old:
+            if same_model and before.content_hash and before.point_id not in taken:
+                free.setdefault(before.content_hash, []).append(before.point_id)
+        for i, chunk in enumerate(chunks):  # moved texts
+            if ids[i] is None and free.get(chunk.sha256):
+                ids[i] = free[chunk.sha256].pop(0)
+                taken.add(ids[i])
+                payload_only.append(i)
+        write = [i for i in range(len(chunks)) if ids[i] is None]
+        for i in write:  # new texts
+            variant = 0
+            while (pid := point_id(self.sink.collection, doc_id, chunks[i].index, variant)) in taken:
+                variant += 1
+            ids[i] = pid
+            taken.add(pid)
+        return ids, write, sorted(payload_only)
 
     def _clean(self, doc: Document) -> tuple[str, list[tuple[int, int, dict]]]:
         """The normalised text, and for a document with sections (PDF pages) each section's span
@@ -626,7 +725,8 @@ class SyncRun:
     def _write(self, part: Part, report: SyncReport, final: bool = False) -> None:
         """Upsert a part batch by batch; commit each document once the store confirmed all its
         points. A document whose write failed for good becomes a dead letter with all its points,
-        one whose write waits for the store is deferred; either way its later points are skipped."""
+        one whose write waits for the store is deferred; either way its later points are skipped.
+        With the window's first part go the payload-only updates of all its documents."""
         window = part.window
         report.chunks["encoded"] += part.encoded
         report.chunks["cached"] += part.cached
@@ -634,24 +734,36 @@ class SyncRun:
         if window.remaining is None:  # the window's first part
             for item in window.failed:
                 self._fail(report, item, dry_run=False)
-            window.remaining = [len(plan.write) for plan in window.plans]
+            window.remaining = [len(plan.write) + len(plan.payload_only) for plan in window.plans]
             self._commit([plan for n, plan in enumerate(window.plans) if window.remaining[n] == 0], report)
-        queue = [(n, p) for n, p in part.points if n not in window.set_aside]
+            payloads = [(n, Point(id=plan.ids[i], dense=None, sparse=None, payload=plan.payloads[i]))
+                        for n, plan in enumerate(window.plans) for i in plan.payload_only]
+            self._write_queue(window, payloads, report, final, vectors=False)
+        self._write_queue(window, part.points, report, final)
+
+    def _write_queue(self, window: Window, points: list[tuple[int, Point]], report: SyncReport, final: bool,
+                     vectors: bool = True) -> None:
+        queue = [(n, p) for n, p in points if n not in window.set_aside]
         while queue:
             if self.breaker is not None and self.breaker.is_open:  # the store is down: no calls until a probe says so
                 self._defer(window, {n for n, _ in queue})
                 return
             batch, queue = queue[: self.sink.batch_size], queue[self.sink.batch_size :]
-            self._write_batch(window, batch, report, final)
+            self._write_batch(window, batch, report, final, vectors)
             queue = [(n, p) for n, p in queue if n not in window.set_aside]
 
-    def _write_batch(self, window: Window, batch: list[tuple[int, Point]], report: SyncReport, final: bool) -> None:
-        """One upsert. A transient failure defers the batch's documents (during the last pass, with
-        the store answering, they become dead letters). A terminal one is split by document in halves,
-        down to the one bad document: only that one becomes a dead letter."""
-        self.ledger.mark_in_flight((window.plans[n].doc.doc_id, p.id) for n, p in batch)
+    def _write_batch(self, window: Window, batch: list[tuple[int, Point]], report: SyncReport, final: bool,
+                     vectors: bool = True) -> None:
+        """One upsert (or, without `vectors`, one payload-only update). A transient failure defers the
+        batch's documents (during the last pass, with the store answering, they become dead letters). A
+        terminal one is split by document in halves, down to the one bad document: only that one
+        becomes a dead letter."""
+        self.ledger.mark_in_flight(((window.plans[n].doc.doc_id, p.id) for n, p in batch), vectors=vectors)
         try:
-            self.sink.upsert([p for _, p in batch])
+            if vectors:
+                self.sink.upsert([p for _, p in batch])
+            else:
+                self.sink.set_payloads([(p.id, p.payload) for _, p in batch])
         except TransientError as err:
             docs = {n for n, _ in batch}
             if self.breaker is None or (final and not self.breaker.is_open):
@@ -670,9 +782,9 @@ class SyncRun:
             for half in ([(n, p) for n, p in batch if n in first], [(n, p) for n, p in batch if n not in first]):
                 half = [(n, p) for n, p in half if n not in window.set_aside]
                 if half:
-                    self._write_batch(window, half, report, final)
+                    self._write_batch(window, half, report, final, vectors)
             return
-        report.chunks["upserted"] += len(batch)
+        report.chunks["upserted" if vectors else "payload_updated"] += len(batch)
         if self._chunk_bar is not None:
             self._chunk_bar.update(len(batch))
         done = []
@@ -730,7 +842,7 @@ class SyncRun:
                 self._deferred.add(plan)
                 continue
             plans.append(plan)
-            points += len(plan.write)
+            points += len(plan.write) + len(plan.payload_only)
             if points >= WINDOW_CHUNKS:
                 self._write_plans(plans, report, final)
                 plans, points = [], 0
@@ -779,11 +891,13 @@ class SyncRun:
         letter_docs = []
         points_total = 0
         for plan in plans:
-            vectors, _ = self._vectors_for([plan.chunks[i] for i in plan.write])
-            points = [self._point(plan.ids[i], vectors[plan.chunks[i].sha256], plan.payloads[i]) for i in plan.write]
+            rewrite = plan.write + plan.payload_only  # a replay writes whole points
+            vectors, _ = self._vectors_for([plan.chunks[i] for i in rewrite])
+            points = [self._point(plan.ids[i], vectors[plan.chunks[i].sha256], plan.payloads[i]) for i in rewrite]
             letter_docs.append((plan.commit(), points_to_bytes(points), len(points)))
             points_total += len(points)
         letter = self.ledger.add_dead_letter(str(err), error_kind(err), attempts, letter_docs)
+        self._unsettled.update(plan.doc.metadata.get("path") for plan in plans)
         reason = f"store write failed after {attempts} attempt(s), kept as dead letter {letter}: {err}"
         for plan in plans:
             report.documents["failed"] += 1
@@ -888,10 +1002,12 @@ class SyncRun:
     def _describe(self, plan: DocPlan, report: SyncReport) -> None:
         """Dry run: count what the plan would do."""
         report.chunks["upserted"] += len(plan.write)
+        report.chunks["payload_updated"] += len(plan.payload_only)
         report.chunks["deleted"] += len(plan.stale_ids)
         self._dry_run_shas.update(plan.chunks[i].sha256 for i in plan.write)  # a Counter: counts points
         report.changes.append({"doc_id": plan.doc.doc_id, "action": plan.action, "chunks": len(plan.chunks),
-                               "chunks_to_upsert": len(plan.write), "chunks_to_delete": len(plan.stale_ids)})
+                               "chunks_to_upsert": len(plan.write), "chunks_to_update_payload": len(plan.payload_only),
+                               "chunks_to_delete": len(plan.stale_ids)})
 
     def _progress(self, items: Iterable):
         if not self.progress:

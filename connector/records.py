@@ -17,9 +17,11 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def point_id(collection: str, doc_id: str, chunk_index: int) -> str:
-    """Deterministic point id: UUIDv5 of collection, doc_id and chunk index."""
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}\x1f{doc_id}\x1f{chunk_index}"))
+def point_id(collection: str, doc_id: str, chunk_index: int, variant: int = 0) -> str:
+    """Deterministic point id: UUIDv5 of collection, doc_id and chunk index (and `variant`, when
+    the sync needs another id for that index: a moved chunk that kept its point holds the first)."""
+    name = f"{collection}\x1f{doc_id}\x1f{chunk_index}" + (f"\x1f{variant}" if variant else "")
+    return str(uuid.uuid5(POINT_NAMESPACE, name))
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,24 @@ class Document:
 
     A source may give `sections` (e.g. PDF pages) instead of one text: `text` is then their texts
     joined by blank lines, and every chunk gets the metadata of the sections it overlaps
-    (for pages: `pages: [first, ..., last]`)."""
+    (for pages: `pages: [first, ..., last]`).
+
+    `stamp`: what the source can tell about the item's file without reading it (see
+    `Source.skip_unchanged`), or None."""
 
     doc_id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     sections: tuple[Section, ...] = ()
+    stamp: str | None = None
+
+
+@dataclass(frozen=True)
+class UnchangedFile:
+    """A source file the source did not read because its stamp is the one the last sync recorded:
+    every document the ledger has from `origin` is unchanged (see `Source.skip_unchanged`)."""
+
+    origin: str
 
 
 @dataclass(frozen=True)

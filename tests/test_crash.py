@@ -85,11 +85,12 @@ def assert_converged(cfg: Path) -> None:
         assert all(chunk in source for chunk in chunks), doc_id
 
 
-@pytest.mark.parametrize("backend", ["qdrant", "milvus"])
+@pytest.mark.parametrize("backend", ["qdrant-edge", "qdrant-local-mode", "milvus"])
 def test_kill_9_at_any_moment_converges(tmp_path, tiny_model_dir, backend):
     docs = tmp_path / "docs"
     write_corpus(docs, version=0)
-    sink = {"qdrant": {"type": "qdrant", "path": "./store/qdrant"},
+    sink = {"qdrant-edge": {"type": "qdrant", "path": "./store/qdrant", "engine": "edge"},
+            "qdrant-local-mode": {"type": "qdrant", "path": "./store/qdrant", "engine": "local-mode"},
             "milvus": {"type": "milvus", "uri": "./store/milvus.db"}}[backend]
     config = {
         "source": {"type": "files", "path": "./docs"},

@@ -165,7 +165,7 @@ def test_a_store_that_answers_but_refuses_every_write_stops_within_the_outage_bu
         tmp_path, tiny_model_dir, monkeypatch):
     """Probes (a count) succeed, every upsert fails transiently: that store is down, and the time it
     is down adds up from the first failure, whatever the probes say."""
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"})
     fault = QdrantFault(monkeypatch, connect_error(), after=3)
     code, report, out = run("sync", "-c", str(cfg))
     assert code == 3 and report["stopped"], out
@@ -179,7 +179,7 @@ def test_a_store_that_answers_but_refuses_every_write_stops_within_the_outage_bu
 
 
 def test_qdrant_terminal_failures_become_dead_letters_and_retry_completes(tmp_path, tiny_model_dir, monkeypatch):
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"})
     fault = QdrantFault(monkeypatch, bad_request(), after=3)
     code, report, out = run("sync", "-c", str(cfg))
     assert code == 3, out
@@ -205,7 +205,8 @@ def test_qdrant_terminal_failures_become_dead_letters_and_retry_completes(tmp_pa
 def test_terminal_error_is_not_retried_and_on_error_stop_stops(tmp_path, tiny_model_dir, monkeypatch):
     from qdrant_client.http.exceptions import UnexpectedResponse
 
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"}, on_error="stop")
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"},
+                      on_error="stop")
     bad_request = UnexpectedResponse(400, "Bad Request", b'{"status":{"error":"Wrong input"}}', httpx.Headers())
     fault = QdrantFault(monkeypatch, bad_request, after=1)
     code, report, out = run("sync", "-c", str(cfg), "--prune")
@@ -227,7 +228,7 @@ def test_terminal_error_is_not_retried_and_on_error_stop_stops(tmp_path, tiny_mo
 def test_verify_repair_fixes_missing_orphan_and_stale_points(tmp_path, tiny_model_dir):
     from connector.records import Point, SparseVector
 
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"})
     assert run("sync", "-c", str(cfg))[0] == 0
     config = load_config(cfg)
     with make_sink(config.sink) as sink:
@@ -254,7 +255,7 @@ def test_verify_repair_fixes_missing_orphan_and_stale_points(tmp_path, tiny_mode
 def test_a_second_sync_on_the_same_state_dir_fails_at_once(tmp_path, tiny_model_dir):
     from connector.lock import StateLock
 
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"})
     state = load_config(cfg).state_dir
     with StateLock(state):
         code, data, out = run("sync", "-c", str(cfg))
@@ -269,7 +270,7 @@ def test_a_second_sync_on_the_same_state_dir_fails_at_once(tmp_path, tiny_model_
 def test_crash_after_the_store_write_before_the_commit_leaves_no_orphans(tmp_path, tiny_model_dir, monkeypatch):
     """The store took a new version's points, the process died before the ledger commit, and the
     source went back to the old version: the next sync still converges (no orphan, no stale text)."""
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"})
     assert run("sync", "-c", str(cfg))[0] == 0
     doc = tmp_path / "docs" / "doc-05.md"
     original = doc.read_text(encoding="utf-8")
@@ -292,7 +293,7 @@ def test_crash_after_the_store_write_before_the_commit_leaves_no_orphans(tmp_pat
 # ---- regressions: dead letters must never bring back old or deleted content ----------------
 def dead_letter_then_heal(tmp_path, tiny_model_dir, monkeypatch, edit) -> tuple[Path, QdrantFault]:
     """Sync, apply `edit` to the source, sync again while the store refuses every upsert (dead letters)."""
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"})
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"})
     assert run("sync", "-c", str(cfg))[0] == 0
     edit(tmp_path / "docs")
     fault = QdrantFault(monkeypatch, bad_request(), after=0)
@@ -380,7 +381,8 @@ def test_a_batch_refused_for_one_document_is_split_down_to_that_document(tmp_pat
     from qdrant_client import QdrantClient
     from qdrant_client.http.exceptions import UnexpectedResponse
 
-    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store"}, sink_batch_size=64)
+    cfg = make_config(tmp_path, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"},
+                      sink_batch_size=64)
     real = QdrantClient.upsert
     calls = []
 

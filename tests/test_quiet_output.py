@@ -19,7 +19,7 @@ XHTML = (
 )
 
 
-def project(tmp_path: Path, model: Path, batch_size: int = 64) -> Path:
+def project(tmp_path: Path, model: Path, batch_size: int = 64, engine: str = "edge") -> Path:
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "pump.xhtml.html").write_text(XHTML, encoding="utf-8")
@@ -29,7 +29,7 @@ def project(tmp_path: Path, model: Path, batch_size: int = 64) -> Path:
         "source": {"type": "files", "path": "./docs"},
         "chunking": {"max_tokens": 32, "overlap_tokens": 4},
         "encoder": {"model": str(model), "max_length": 512, "batch_size": 4},
-        "sink": {"type": "qdrant", "path": "./store", "collection": "kb", "batch_size": batch_size},
+        "sink": {"type": "qdrant", "path": "./store", "engine": engine, "collection": "kb", "batch_size": batch_size},
         "state_dir": "./state",
     }
     path = tmp_path / "config.yaml"
@@ -51,7 +51,7 @@ def test_a_sync_of_an_xml_declared_page_prints_no_library_warning(tmp_path, tiny
 
 
 def test_a_large_embedded_collection_is_reported_once_in_the_connectors_words(tmp_path, tiny_model_dir):
-    config = project(tmp_path, tiny_model_dir, batch_size=1)  # many upserts past the limit
+    config = project(tmp_path, tiny_model_dir, batch_size=1, engine="local-mode")  # many upserts past the limit
     # The limit lowered to 3 points, for qdrant-client and for the connector alike; two syncs,
     # the second opening a collection already past it.
     code = f"""

@@ -14,6 +14,7 @@ from connector.config import MilvusSinkConfig, QdrantSinkConfig, load_config
 from connector.errors import MissingExtraError, SchemaMismatchError, StoreError, TerminalError, TransientError
 from connector.records import Point, SparseVector, lexical_score, point_id, sha256_text
 from connector.schemas_layout import Layout, VectorSpec, load_layout
+from connector.sinks.base import Sink
 from connector.sinks.factory import make_sink
 from milvus_server import free_port, milvus_server  # noqa: F401  (session fixture)
 
@@ -22,6 +23,7 @@ VOCAB = 300
 SECRET = "s3cr3t-VALUE-never-printed"
 
 BACKENDS = [
+    "qdrant-edge",
     "qdrant-local",
     "milvus-lite",
     pytest.param("milvus-server", marks=pytest.mark.server),
@@ -86,8 +88,10 @@ def new_sink(request, tmp_path):
     opened = []
 
     def make(layout: Layout | None = None, page_size: int | None = None, batch_size: int = 64):
-        if kind == "qdrant-local":
-            config = QdrantSinkConfig(path=tmp_path / "qdrant", collection=collection, batch_size=batch_size)
+        if kind in ("qdrant-edge", "qdrant-local"):
+            engine = {"qdrant-edge": "edge", "qdrant-local": "local-mode"}[kind]
+            config = QdrantSinkConfig(path=tmp_path / "qdrant", engine=engine, collection=collection,
+                                      batch_size=batch_size)
         elif kind == "milvus-lite":
             config = MilvusSinkConfig(uri=str(tmp_path / "milvus.db"), collection=collection, batch_size=batch_size)
         else:
@@ -138,7 +142,7 @@ def test_create_then_reensure_is_noop_and_survives_reopen(new_sink, layout):
     assert info.vectors == {"dense": "dense", "sparse": "sparse"}
     assert info.dense_distance == "cosine"
     assert info.count == 3
-    if new_sink.kind == "qdrant-local":
+    if new_sink.kind.startswith("qdrant"):
         assert info.fields == set()  # schemaless payload
     else:
         assert {f.name for f in layout.fields} <= info.fields
@@ -190,6 +194,71 @@ def test_upsert_same_ids_twice_overwrites_without_duplicates(new_sink):
     assert sink.count() == 6
     assert sorted(sink.iter_ids()) == sorted(p.id for p in points)
     assert sink.retrieve([points[3].id])[0].payload["text"] == "new text 3"
+
+
+@pytest.mark.parametrize("how", ["store", "default"])
+def test_set_payloads_overwrites_payloads_and_keeps_vectors(new_sink, how, monkeypatch):
+    """`set_payloads` rewrites only the payload: through the store's own payload-only call (no
+    vectors sent: `_upsert` is not called), and through the base class's default (retrieve with
+    vectors + upsert), which every backend must also get right."""
+    layout = load_layout("chunks_dense_legacy", legacy_field="dense_8")
+    sink = new_sink(layout=layout, batch_size=3)
+    sink.ensure_collection(DIM, 8)
+    rng = np.random.default_rng(5)
+    points = [dataclasses.replace(p, extra={"dense_8": unit(rng, 8)}) for p in make_points(7)]
+    sink.upsert(points)
+    moved = {p.id: {**payload_for("doc-1", i + 1), "metadata": {"modified": "2026-01-01T00:00:00+00:00"}}
+             for i, p in enumerate(points[:5])}
+    upserts = []
+    if how == "default":
+        monkeypatch.setattr(sink, "_set_payloads", lambda items: Sink._set_payloads(sink, items))
+    else:
+        real_upsert = sink._upsert
+        monkeypatch.setattr(sink, "_upsert", lambda batch: (upserts.append(len(batch)), real_upsert(batch)))
+    sink.set_payloads(list(moved.items()))
+    assert upserts == []
+    assert sink.count() == 7
+    for got, want in zip(sink.retrieve([p.id for p in points], with_vectors=True), points):
+        assert_same_point(got, dataclasses.replace(want, payload=moved.get(want.id, want.payload)))
+        np.testing.assert_allclose(got.extra["dense_8"], want.extra["dense_8"], rtol=1e-6)
+
+
+def test_set_payloads_of_a_missing_point_is_a_terminal_error(new_sink):
+    sink = new_sink()
+    sink.ensure_collection(DIM)
+    points = make_points(2)
+    sink.upsert(points)
+    with pytest.raises(TerminalError):
+        sink.set_payloads([(str(uuid.uuid4()), payload_for("doc-1", 5))])
+    with pytest.raises(TerminalError, match="unknown"):  # checked against the layout like an upsert
+        sink.set_payloads([(points[0].id, {**payload_for("doc-1", 0), "extra": 1})])
+    assert sink.retrieve([points[0].id])[0].payload == points[0].payload
+
+
+def test_milvus_without_partial_updates_falls_back_to_the_default(tmp_path, monkeypatch):
+    """A Milvus server before 2.6 takes a partial upsert as whole rows and refuses them for their
+    missing vectors: the sink then reads the vectors and writes them back, from then on directly."""
+    from pymilvus import MilvusException
+
+    sink = make_sink(MilvusSinkConfig(uri=str(tmp_path / "milvus.db"), collection="c_old"), load_layout("chunks"))
+    sink.ensure_collection(DIM)
+    points = make_points(3)
+    sink.upsert(points)
+    real_upsert, partial_calls = sink.client.upsert, []
+
+    def old_server_upsert(collection, rows, **kwargs):
+        if kwargs.pop("partial_update", False):
+            partial_calls.append(len(rows))
+            raise MilvusException(code=6, message="vector field 'dense' missing or None")
+        return real_upsert(collection, rows, **kwargs)
+
+    monkeypatch.setattr(sink.client, "upsert", old_server_upsert)
+    for text in ("moved once", "moved twice"):
+        sink.set_payloads([(points[1].id, payload_for("doc-1", 1, text=text))])
+    got = sink.retrieve([points[1].id], with_vectors=True)[0]
+    assert got.payload["text"] == "moved twice" and partial_calls == [1]  # tried once, then the default
+    np.testing.assert_allclose(got.dense, points[1].dense, rtol=1e-6)
+    sink.close()
 
 
 def test_delete_and_delete_of_unknown_ids(new_sink):
@@ -317,7 +386,7 @@ def test_schema_mismatch_raises_and_writes_nothing(new_sink, layout, case):
     creator.close()  # embedded Qdrant: one open client per folder
 
     sink = new_sink()  # the real 'chunks' layout
-    if case == "field-missing" and new_sink.kind == "qdrant-local":
+    if case == "field-missing" and new_sink.kind.startswith("qdrant"):
         assert sink.ensure_collection(DIM) is False  # schemaless payload: nothing to compare
         return
     with pytest.raises(SchemaMismatchError) as info:
@@ -377,12 +446,14 @@ def test_calls_on_a_missing_collection_are_terminal(new_sink):
         sink.upsert(make_points(1))
 
 
-def test_embedded_qdrant_lock_is_released_by_close(tmp_path):
-    config = QdrantSinkConfig(path=tmp_path / "q", collection="locked")
+@pytest.mark.parametrize("engine, busy", [("edge", "is open in another process"),
+                                          ("local-mode", "another process or by another sink")])
+def test_embedded_qdrant_lock_is_released_by_close(tmp_path, engine, busy):
+    config = QdrantSinkConfig(path=tmp_path / "q", engine=engine, collection="locked")
     first = make_sink(config)
     first.ensure_collection(DIM)
     second = make_sink(config)
-    with pytest.raises(TerminalError, match="another process or by another sink"):
+    with pytest.raises(TerminalError, match=busy):
         second.count()
     first.close()
     assert second.count() == 0
@@ -409,7 +480,8 @@ def test_connection_refused_is_transient_and_hides_the_secret(backend, monkeypat
 @pytest.mark.parametrize(
     "module, config, extra",
     [
-        ("qdrant_client", QdrantSinkConfig(path="/nonexistent/q"), "qdrant"),
+        ("qdrant_client", QdrantSinkConfig(path="/nonexistent/q", engine="local-mode"), "qdrant"),
+        ("qdrant_edge", QdrantSinkConfig(path="/nonexistent/q"), "qdrant"),
         ("pymilvus", MilvusSinkConfig(uri="/nonexistent/m.db"), "milvus"),
         ("pymilvus", MilvusSinkConfig(uri="http://127.0.0.1:1"), "milvus"),
         ("milvus_lite", MilvusSinkConfig(uri="/nonexistent/m.db"), "milvus"),

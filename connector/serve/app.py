@@ -97,6 +97,16 @@ class SearchRequest(_Body):
 
 
 # ---- the service's state ----------------------------------------------------------------------
+def open_service_encoder(settings: ServeSettings):
+    """The encoder as the service uses it (benchmarks/serve_latency.py measures it alone)."""
+    encoder = api.open_encoder(settings.config, model=settings.model, max_length=settings.max_length)
+    # A coalesced batch is one forward pass: let it hold the whole batch, and pad short
+    # texts of different lengths together instead of splitting it at 2% padding.
+    encoder.batch_size = max(encoder.batch_size, settings.max_batch)
+    encoder.max_padding = 0.5
+    return encoder
+
+
 class Service:
     """The encoder (loaded in the background), the batcher, the projection and the open sinks."""
 
@@ -119,11 +129,7 @@ class Service:
     def _load(self) -> None:
         s = self.settings
         try:
-            encoder = api.open_encoder(s.config, model=s.model, max_length=s.max_length)
-            # A coalesced batch is one forward pass: let it hold the whole batch, and pad short
-            # texts of different lengths together instead of splitting it at 2% padding.
-            encoder.batch_size = max(encoder.batch_size, s.max_batch)
-            encoder.max_padding = 0.5
+            encoder = open_service_encoder(s)
             encoder.encode(["warm up"])  # reads the weights now, not in the first request
             try:
                 self.projection = api.legacy_projection(s.config, encoder)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import copy
+import dataclasses
 import logging
 
 from connector.errors import BatchTooLargeError, TerminalError
@@ -77,6 +78,22 @@ class Sink(ABC):
     @abstractmethod
     def _delete(self, ids: Sequence[str]) -> None:
         """Delete one batch of ids (ids that do not exist are ignored)."""
+
+    def _set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
+        """Overwrite the payloads of one batch of existing points, their vectors untouched.
+
+        This default reads the points with their vectors and upserts them again with the new
+        payloads: correct on every store, but it sends the vectors twice. Backends override it
+        with their store's payload-only call. A point that does not exist is an error."""
+        payloads = dict(items)
+        points = self._retrieve(list(payloads), True)
+        missing = sorted(set(payloads) - {p.id for p in points})
+        if missing:
+            raise TerminalError(
+                f"payload update on collection '{self.collection}': {len(missing)} point(s) do not exist "
+                f"(e.g. {missing[0]}); run `connector verify --repair` to rewrite them"
+            )
+        self._upsert([dataclasses.replace(p, payload=payloads[p.id]) for p in points])
 
     @abstractmethod
     def _search_dense(self, vector, limit: int, using: str = "dense") -> list[Hit]: ...
@@ -217,6 +234,16 @@ class Sink(ABC):
                 f"upsert into collection '{self.collection}': point {point.id} has a payload that does not "
                 f"match the '{self.layout.name}' layout ({'; '.join(parts)}). Put extra data under 'metadata'."
             )
+
+    def set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
+        """Overwrite these points' payloads ((point id, payload) pairs), vectors untouched; returns
+        when the store confirmed every batch. The points must exist; each payload must hold exactly
+        the layout's fields, as for `upsert`."""
+        items = list(items)
+        for pid, payload in items:
+            self.check_payload(Point(id=pid, dense=None, sparse=None, payload=payload))
+        for start in range(0, len(items), self.batch_size):
+            self._call("set payload", self._set_payloads, items[start : start + self.batch_size])
 
     def delete(self, ids: Sequence[str]) -> None:
         ids = list(ids)

@@ -167,6 +167,7 @@ class MilvusSink(Sink):
         self.timeout = timeout
         self._client = None
         self._loaded = False
+        self._partial_updates = True  # payload-only updates by partial upsert (Milvus 2.6+, Lite 3)
 
     @classmethod
     def from_config(cls, config: MilvusSinkConfig, layout: Layout) -> "MilvusSink":
@@ -365,6 +366,29 @@ class MilvusSink(Sink):
         if written is not None and written != len(rows):
             raise TransientError(
                 f"Milvus upsert on collection '{self.collection}': the store confirmed {written} of "
+                f"{len(rows)} rows; write the batch again"
+            )
+
+    def _set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
+        if not self._partial_updates:
+            super()._set_payloads(items)
+            return
+        rows = [{ID_FIELD: str(pid), **{name: _plain(payload[name]) for name in self._payload_names()}}
+                for pid, payload in items]
+        try:
+            with self._op("set payload"):
+                result = self.client.upsert(self.collection, rows, timeout=self.timeout, partial_update=True)
+        except TerminalError:
+            # A server without partial updates (before Milvus 2.6) takes the rows as whole rows and
+            # refuses them for their missing vectors. The default (vectors read and written again)
+            # works there; if it does, this server has no partial updates (else a point was missing).
+            super()._set_payloads(items)
+            self._partial_updates = False
+            return
+        written = result.get("upsert_count") if isinstance(result, dict) else None
+        if written is not None and written != len(rows):
+            raise TransientError(
+                f"Milvus payload update on collection '{self.collection}': the store confirmed {written} of "
                 f"{len(rows)} rows; write the batch again"
             )
 

@@ -154,7 +154,17 @@ class QdrantSink(Sink):
         self._said_large = False
 
     @classmethod
-    def from_config(cls, config: QdrantSinkConfig, layout: Layout) -> "QdrantSink":
+    def from_config(cls, config: QdrantSinkConfig, layout: Layout) -> "Sink":
+        """A server or local-mode QdrantSink, or for an embedded Edge store (the default for a new
+        folder, see qdrant_edge.resolve_engine) a QdrantEdgeSink."""
+        if config.path is not None:
+            from connector.sinks.qdrant_edge import EDGE, QdrantEdgeSink, resolve_engine
+
+            engine = resolve_engine(config.path, config.engine)
+            if engine == EDGE:
+                return QdrantEdgeSink(config.collection, layout, path=config.path, batch_size=config.batch_size)
+            if config.engine is None:
+                _note_local_mode(config.path)
         api_key = secret_from_env(config.api_key_env, "Qdrant sink (sink.api_key_env)")
         return cls(
             config.collection,
@@ -281,6 +291,19 @@ class QdrantSink(Sink):
         if self.is_local:
             self._say_if_large(len(structs))
 
+    def _set_payloads(self, items: Sequence[tuple[str, dict]]) -> None:
+        # one request: an overwrite-payload operation per point (each point its own payload)
+        m = self.models
+        operations = [m.OverwritePayloadOperation(overwrite_payload=m.SetPayload(payload=payload,
+                                                                                 points=[_canonical_id(pid)]))
+                      for pid, payload in items]
+        with self._op("set payload"):
+            result = self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
+        if any(r.status != m.UpdateStatus.COMPLETED for r in result):
+            raise TransientError(
+                f"Qdrant payload update on collection '{self.collection}' was not confirmed; write it again."
+            )
+
     def _say_if_large(self, written: int) -> None:
         """Log once when the embedded collection holds more than LOCAL_MODE_POINTS points. The
         count is taken after the first upsert and again whenever it may have crossed the limit
@@ -295,9 +318,10 @@ class QdrantSink(Sink):
         if self._points_bound > LOCAL_MODE_POINTS:
             self._said_large = True
             log.warning(
-                "embedded Qdrant in %s holds %d points in collection '%s'; beyond %d it keeps slowing down "
-                "(every point in memory, searched one by one). For a collection this size run a Qdrant server "
-                "and point sink.url at it (README: Servers).",
+                "embedded Qdrant in %s holds %d points in collection '%s'; beyond %d local mode keeps slowing down "
+                "(every point in memory, searched one by one). For a collection this size sync into Qdrant Edge "
+                "(a new sink.path, no engine: local-mode) or run a Qdrant server and point sink.url at it "
+                "(README: Servers and stores).",
                 self.path, self._points_bound, self.collection, LOCAL_MODE_POINTS,
             )
 
@@ -395,6 +419,17 @@ class QdrantSink(Sink):
         if client is not None:
             with self._op("close"):
                 client.close()  # releases the embedded folder's lock
+
+
+_noted: set[Path] = set()
+
+
+def _note_local_mode(path: Path) -> None:
+    if path not in _noted:
+        _noted.add(path)
+        log.warning("sink.path %s holds a Qdrant local-mode store: kept on local mode (`engine: local-mode` says so "
+                    "and silences this); a new folder gets Qdrant Edge, much faster beyond ~20 000 points "
+                    "(README: Servers and stores).", path)
 
 
 def _distance_name(distance) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Iterator
 
-from connector.records import Document, FailedDocument
+from connector.records import Document, FailedDocument, UnchangedFile
 
 
 class Source(ABC):
@@ -34,8 +34,17 @@ class Source(ABC):
     """
 
     @abstractmethod
-    def read(self) -> Iterator[Document | FailedDocument]:
+    def read(self) -> Iterator[Document | FailedDocument | UnchangedFile]:
         """Yield every document of the source (see the class docstring)."""
+
+    def skip_unchanged(self, stamps: dict[str, str]) -> None:
+        """Called by the sync before it takes the first item of `read()`: per origin (a file), the
+        `Document.stamp` its documents had when the last finished sync read them all without a
+        failure. A source that stamps its documents may then yield `UnchangedFile(origin)` for a
+        file whose stamp is still the same, without reading it: the sync counts every document it
+        has from that origin as seen and unchanged (none is pruned). The stamp must change whenever
+        the file's content, or a setting that decides how it is read, may have changed.
+        Default: ignored, every item is read."""
 
     def renamed_doc_ids(self, known: dict[str, str | None]) -> dict[str, str]:
         """Documents the ledger knows under a doc_id this source no longer gives them (the source

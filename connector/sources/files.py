@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import stat as stat_module
@@ -11,9 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from connector import __version__
 from connector.config import FilesSourceConfig
 from connector.errors import SourceError
-from connector.records import Document, FailedDocument
+from connector.records import Document, FailedDocument, UnchangedFile
 from connector.sources.base import Source
 from connector.sources.docxfile import read_docx
 from connector.sources.htmlfile import read_html
@@ -153,6 +156,10 @@ class FilesSource(Source):
     - metadata: `path` (relative), `modified` (file mtime, ISO 8601 UTC), `title` when known; for
       records also the record's metadata fields (`path` and `modified` win over record fields
       of the same name). No line number: a record that moves within its file is not a change.
+    - Change detection (`config.change_detection`, default 'stat'): every document carries its file's
+      stamp (size, mtime in ns, inode, and a hash of this config); a file whose stamp is the one
+      the sync passed to `skip_unchanged` is not opened: `UnchangedFile(path)` stands for all its
+      documents. With 'content' every file is read.
     - Nothing outside the root is read: the root is resolved once (it may itself be a symlink), and
       a file whose real path is outside it (a symlink to /etc/passwd, or through other symlinks)
       fails as 'outside_root' unless `config.follow_symlinks_outside`. Symlinked folders are never
@@ -177,6 +184,31 @@ class FilesSource(Source):
         self._excluded_dirs = [
             glob_to_regex(p.strip()[: -len("/**")]) for p in config.exclude if p.strip().endswith("/**")
         ]
+        # how files are read (the settings, and the readers' version): when it changes every stamp
+        # differs, so every file is read again
+        how = {"config": config.model_dump(mode="json"), "version": __version__}
+        self._settings = hashlib.sha256(json.dumps(how, sort_keys=True).encode()).hexdigest()[:16]
+        self._known: dict[str, str] = {}
+
+    def skip_unchanged(self, stamps: dict[str, str]) -> None:
+        if self.config.change_detection == "stat":
+            self._known = stamps
+
+    def _stamp(self, stat: os.stat_result) -> str:
+        return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{self._settings}"
+
+    def _unchanged(self, rel: str) -> bool:
+        """Does the file still have the stamp the sync knows (checked without opening it)?"""
+        known = self._known.get(rel)
+        if known is None:
+            return False
+        path = os.path.join(self.root_real, rel)
+        try:
+            self._check_inside(rel, os.path.realpath(path))
+            stat = os.stat(path)
+        except (ReadFailure, OSError):
+            return False  # read as usual, which reports the problem
+        return stat_module.S_ISREG(stat.st_mode) and self._stamp(stat) == known
 
     def read(self) -> Iterator[Document | FailedDocument]:
         """Yield the documents (see the class docstring); raises SourceError right away if the root
@@ -225,9 +257,12 @@ class FilesSource(Source):
         files = set(self.paths())
         return {doc_id: record_doc_id(origin, doc_id) for doc_id, origin in bare.items() if doc_id not in files}
 
-    def _documents(self) -> Iterator[Document | FailedDocument]:
+    def _documents(self) -> Iterator[Document | FailedDocument | UnchangedFile]:
         seen: dict[str, str] = {}  # doc_id -> where it was first seen
         for rel in self.paths():
+            if self._unchanged(rel):
+                yield UnchangedFile(rel)
+                continue
             for item, where in self._read_file(rel):
                 first = seen.get(item.doc_id)
                 if first is not None:
@@ -262,8 +297,10 @@ class FilesSource(Source):
             yield FailedDocument(rel, f"cannot read the file: {one_line(err)}", kind="unreadable"), rel
             return
         metadata: dict[str, Any] = {"path": rel, "modified": _modified(stat)}
+        stamp = self._stamp(stat)  # taken before reading: a write meanwhile gives the file a newer one
         if suffix in RECORD_SUFFIXES:
-            yield from self._records(rel, stream, suffix, metadata)
+            for item, where in self._records(rel, stream, suffix, metadata):
+                yield (dataclasses.replace(item, stamp=stamp) if isinstance(item, Document) else item), where
             return
         if stat.st_size > self.config.max_file_mb * _MIB:
             stream.close()
@@ -294,7 +331,7 @@ class FilesSource(Source):
         metadata.update(parsed.metadata or {})
         if parsed.title:
             metadata["title"] = parsed.title
-        yield Document(rel, parsed.text, metadata, parsed.sections), rel
+        yield Document(rel, parsed.text, metadata, parsed.sections, stamp), rel
 
     def _open(self, rel: str) -> tuple[BinaryIO, os.stat_result]:
         """Open a listed file: a regular file whose real path is inside the root (unless
