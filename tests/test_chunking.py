@@ -209,6 +209,18 @@ def test_sentences_when_a_paragraph_is_too_long(tokenizer):
         assert chunk.text[-1] in ".!?\"", f"chunk does not end a sentence: {chunk.text[-40:]!r}"
 
 
+def test_a_sentence_longer_than_a_chunk_is_cut_apart_from_the_text_around_it(tokenizer):
+    # Every paragraph is one sentence longer than a chunk: it is cut between words, and no chunk
+    # takes text across a paragraph break, so an edit of the first paragraph changes its chunks only.
+    paragraphs = [f"Part {k}: the pump with serial {k * 17} reports a pressure of {k * 3} bar." for k in range(8)]
+    chunker = Chunker(tokenizer, 24, 0)
+    assert all(n_tokens(tokenizer, p) > 24 for p in paragraphs)
+    before = chunker.split("d", "\n\n".join(["Intro.", *paragraphs]))
+    assert all("\n" not in c.text for c in before)
+    after = chunker.split("d", "\n\n".join(["Intro, now a little longer.", *paragraphs]))
+    assert [c.text for c in after[1:]] == [c.text for c in before[1:]]
+
+
 def test_cjk_sentence_punctuation_is_a_boundary(tokenizer):
     rng = random.Random(4)
     sentences = [rng.choice(CJK_SENTENCES) for _ in range(60)]

@@ -16,8 +16,9 @@ changes the chunks near it and seldom more.
   boundary stays a chunk end whatever is edited elsewhere, and the chunks between two of them do
   not depend on the text outside. A dynamic programme over the boundaries finds the placement in
   linear time.
-- A sentence longer than a chunk is cut between words (scored the same way), and a run without
-  whitespace every `max_tokens - overlap_tokens` tokens, never before a combining mark.
+- A sentence longer than a chunk is cut into chunks of its own (they take nothing of the text
+  around it), between words (scored the same way), and a run without whitespace every
+  `max_tokens - overlap_tokens` tokens, never before a combining mark.
 
 Why: a chunk filled greedily ends wherever its budget runs out, so a line added at the top of a
 document moved every later chunk's end, and every chunk was encoded again. Boundary kinds
@@ -258,7 +259,7 @@ class Chunker:
         at the highest-scoring boundaries. This optimum over the whole text moves an end only where
         an edit makes it no longer the best: a high-scoring end stays one, and the chunks between two
         such ends depend on the text between them only."""
-        nodes = self._nodes(text, start, end, budget, tokens, breaks)
+        nodes, fixed = self._nodes(text, start, end, budget, tokens, breaks)
         counts = [tokens.count_to(at) for at in nodes]
         # best[j]: the lowest cost (chunks times _CHUNK_COST less the scores of their ends) of chunks
         # up to node j, the last one ending there;
@@ -273,8 +274,8 @@ class Chunker:
             i = came_from[j] = window[0]
             score = _boundary_score(text, nodes[j]) if j < len(nodes) - 1 else 0
             best[j] = best[i] + _CHUNK_COST - score
-            while window and best[window[-1]] >= best[j]:
-                window.pop()
+            while window and (j in fixed or best[window[-1]] >= best[j]):
+                window.pop()  # (every chunk after a fixed end starts there)
             window.append(j)
         cuts, j = [], len(nodes) - 1
         while j:
@@ -283,14 +284,17 @@ class Chunker:
         return cuts[::-1]
 
     @staticmethod
-    def _nodes(text, start, end, budget, tokens, breaks) -> list[int]:
+    def _nodes(text, start, end, budget, tokens, breaks) -> tuple[list[int], set[int]]:
         """The places a chunk of text[start:end] may end, in order, from `start` (where none ends) to
         `end`: the boundaries; inside a stretch between two of them that is over `budget` tokens (one
         sentence longer than a chunk), every word end too; inside a run without whitespace that is
-        still over, a cut every `budget` tokens (never before a combining mark)."""
-        nodes = [start]
+        still over, a cut every `budget` tokens (never before a combining mark). And the indexes of
+        the boundaries around such a stretch, where a chunk must end: a chunk cut inside a sentence
+        holds nothing of the text around that sentence, so the cuts inside it depend on it alone."""
+        nodes, fixed = [start], set()
         for stop in breaks[bisect_right(breaks, start) : bisect_left(breaks, end)] + [end]:
             if tokens.count_to(stop) - tokens.count_to(nodes[-1]) > budget:
+                fixed.add(len(nodes) - 1)
                 words = [m.start() for m in _WHITESPACE.finditer(text, nodes[-1] + 1, stop)]
                 for word_end in [w for w in words if not text[w - 1].isspace()] + [stop]:
                     while tokens.count_to(word_end) - tokens.count_to(nodes[-1]) > budget:
@@ -302,8 +306,9 @@ class Chunker:
                         nodes.append(cut)
                     if word_end != stop:
                         nodes.append(word_end)
+                fixed.add(len(nodes))
             nodes.append(stop)
-        return nodes
+        return nodes, fixed
 
     def _halved(self, text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
         """text[start:end], or halves of it (and so on) if it is over `limit` tokens alone: only for
