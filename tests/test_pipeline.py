@@ -227,13 +227,14 @@ def test_a_changed_rule_rewrites_only_the_documents_whose_text_changes(tmp_path,
     chat_chunks = len(ledger_contents(config)["chat.md"][1])
     assert again.exit_code == 0
     assert again.documents["changed"] == 21  # every document is read again with the new rules ...
-    # ... and only the one whose text changed is rewritten (its chunks whose text only moved: payload only)
-    assert again.chunks["upserted"] + again.chunks["payload_updated"] == chat_chunks
+    # ... and only the one whose text changed is rewritten (its chunks whose text only moved: payload
+    # only; a chunk before the change, same text at the same place, not at all)
+    assert 1 <= again.chunks["upserted"] + again.chunks["payload_updated"] <= chat_chunks
     assert again.chunks["upserted"] >= 1
     assert 1 <= again.chunks["encoded"] <= chat_chunks and again.chunks["deleted"] == 0
     first_chunk = [payload["text"] for payload, _, _ in store_contents(config).values()
                    if payload["doc_id"] == "chat.md" and payload["chunk_index"] == 0]
-    assert first_chunk[0].startswith("Thank u for the Acme")
+    assert first_chunk[0].startswith("Thank u for")
     assert verify(config).ok
 
     third = run_sync(config.model_copy(update={"preprocess": config.preprocess.model_validate(after)}),
