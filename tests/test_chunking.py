@@ -5,11 +5,13 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from semantic_text_splitter import TextSplitter
 from transformers import AutoTokenizer
 
 from connector.config import ChunkingConfig
 from connector.errors import ConfigError
-from connector.preprocess.chunking import Chunker
+from connector.preprocess.chunking import Chunker, make_chunker
+from connector.preprocess.chunking_v1 import ChunkerV1
 from connector.testing.tiny_model import SENTENCES
 
 LATIN_SENTENCES = [
@@ -25,6 +27,11 @@ CJK_SENTENCES = [
     "本当にですか？",
     "新しいバージョンでは長い文書の検索品質が向上しました！",
 ]
+
+
+# What every chunking version guarantees is tested on each (the version 2 chunker, Chunker, is the
+# default of a new state dir; ChunkerV1 stays for the stores it built).
+CHUNKERS = [pytest.param(ChunkerV1, id="v1"), pytest.param(Chunker, id="v2")]
 
 
 @pytest.fixture(scope="module")
@@ -75,36 +82,41 @@ def check_contract(tokenizer, chunker: Chunker, text: str, chunks) -> None:
 # --- basic contract --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
 @pytest.mark.parametrize("text", ["", " ", "\n\n\t  \n"])
-def test_empty_text_gives_no_chunks(tokenizer, text):
-    assert Chunker(tokenizer, 32, 8).split("d", text) == []
+def test_empty_text_gives_no_chunks(chunker_class, tokenizer, text):
+    assert chunker_class(tokenizer, 32, 8).split("d", text) == []
 
 
-def test_short_document_is_one_chunk_equal_to_the_text(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_short_document_is_one_chunk_equal_to_the_text(chunker_class, tokenizer):
     text = "To reset your password, open the account settings.\n\nThen choose a new one."
-    [chunk] = Chunker(tokenizer, 64, 16).split("doc-1", text)
+    [chunk] = chunker_class(tokenizer, 64, 16).split("doc-1", text)
     assert (chunk.doc_id, chunk.index, chunk.text, chunk.char_start, chunk.char_end) == ("doc-1", 0, text, 0, len(text))
 
 
-def test_text_that_fits_max_tokens_is_not_split_for_the_overlap_budget(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_text_that_fits_max_tokens_is_not_split_for_the_overlap_budget(chunker_class, tokenizer):
     text = paragraphs_text(1, 20, LATIN_SENTENCES)
     words = text.split(" ")
     while n_tokens(tokenizer, " ".join(words)) > 60:
         words.pop()
     text = " ".join(words)
     assert n_tokens(tokenizer, text) > 60 - 20  # longer than the room left by the overlap
-    assert [c.text for c in Chunker(tokenizer, 60, 20).split("d", text)] == [text]
+    assert [c.text for c in chunker_class(tokenizer, 60, 20).split("d", text)] == [text]
 
 
-def test_surrounding_whitespace_is_not_part_of_a_chunk(tokenizer):
-    [chunk] = Chunker(tokenizer, 64, 0).split("d", "\n  Hello world.  \n")
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_surrounding_whitespace_is_not_part_of_a_chunk(chunker_class, tokenizer):
+    [chunk] = chunker_class(tokenizer, 64, 0).split("d", "\n  Hello world.  \n")
     assert (chunk.text, chunk.char_start, chunk.char_end) == ("Hello world.", 3, 15)
 
 
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
 @pytest.mark.parametrize("max_tokens, overlap", [(16, 0), (24, 6), (64, 16), (200, 40)])
-def test_long_text_contract_and_overlap(tokenizer, max_tokens, overlap):
+def test_long_text_contract_and_overlap(chunker_class, tokenizer, max_tokens, overlap):
     text = paragraphs_text(2, 120) + "\n\nEmoji 😀😀 and ümlauts before the end. " * 3
-    chunker = Chunker(tokenizer, max_tokens, overlap)
+    chunker = chunker_class(tokenizer, max_tokens, overlap)
     chunks = chunker.split("d", text)
     assert len(chunks) > 5
     check_contract(tokenizer, chunker, text, chunks)
@@ -116,9 +128,10 @@ def test_long_text_contract_and_overlap(tokenizer, max_tokens, overlap):
             assert nxt.char_start >= prev.char_end
 
 
-def test_offsets_are_characters_not_bytes(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_offsets_are_characters_not_bytes(chunker_class, tokenizer):
     text = ("ü😀数 " * 50 + "\n\n") * 10
-    chunker = Chunker(tokenizer, 20, 0)
+    chunker = chunker_class(tokenizer, 20, 0)
     chunks = chunker.split("d", text)
     check_contract(tokenizer, chunker, text, chunks)
     assert chunks[-1].char_end == len(text.rstrip()) < len(text.encode("utf-8"))
@@ -197,11 +210,12 @@ def test_fill_on_a_multi_paragraph_corpus(tokenizer):
     assert sum(fills) / len(fills) >= 0.9
 
 
-def test_sentences_when_a_paragraph_is_too_long(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_sentences_when_a_paragraph_is_too_long(chunker_class, tokenizer):
     sentences = LATIN_SENTENCES[:40]
     text = " ".join(sentences)
     max_tokens = max(n_tokens(tokenizer, s) for s in sentences) + 10
-    chunks = Chunker(tokenizer, max_tokens, 0).split("d", text)
+    chunks = chunker_class(tokenizer, max_tokens, 0).split("d", text)
     assert len(chunks) > 3
     starts = {text.index(s) for s in sentences}
     for chunk in chunks:
@@ -221,12 +235,13 @@ def test_a_sentence_longer_than_a_chunk_is_cut_apart_from_the_text_around_it(tok
     assert [c.text for c in after[1:]] == [c.text for c in before[1:]]
 
 
-def test_cjk_sentence_punctuation_is_a_boundary(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_cjk_sentence_punctuation_is_a_boundary(chunker_class, tokenizer):
     rng = random.Random(4)
     sentences = [rng.choice(CJK_SENTENCES) for _ in range(60)]
     text = "".join(sentences)  # no spaces at all
     max_tokens = max(n_tokens(tokenizer, s) for s in CJK_SENTENCES) + 8
-    chunker = Chunker(tokenizer, max_tokens, 0)
+    chunker = chunker_class(tokenizer, max_tokens, 0)
     chunks = chunker.split("d", text)
     check_contract(tokenizer, chunker, text, chunks)
     assert len(chunks) > 3
@@ -238,47 +253,95 @@ def test_cjk_sentence_punctuation_is_a_boundary(tokenizer):
         assert chunk.text[-1] in "。！？"
 
 
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
 @pytest.mark.parametrize("text", ["abcdefghij" * 400, "数据库连接网络设置" * 300, "x" * 5000])
-def test_hard_token_split_without_any_boundary(tokenizer, text):
-    chunker = Chunker(tokenizer, 16, 0)
+def test_hard_token_split_without_any_boundary(chunker_class, tokenizer, text):
+    chunker = chunker_class(tokenizer, 16, 0)
     chunks = chunker.split("d", text)
     check_contract(tokenizer, chunker, text, chunks)
     assert len(chunks) > 5
     assert "".join(c.text for c in chunks) == text
 
 
-def test_long_text_with_a_long_run_without_boundaries(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_long_text_with_a_long_run_without_boundaries(chunker_class, tokenizer):
     text = paragraphs_text(5, 150) + "\n\n" + "y" * 3000 + " " + paragraphs_text(6, 50)
     assert len(text) > 30_000
-    chunker = Chunker(tokenizer, 16, 4)
+    chunker = chunker_class(tokenizer, 16, 4)
     check_contract(tokenizer, chunker, text, chunker.split("d", text))
 
 
-def test_truncation_left_on_the_tokenizer_does_not_change_counts(tiny_model_dir):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_truncation_left_on_the_tokenizer_does_not_change_counts(chunker_class, tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     tokenizer.backend_tokenizer.enable_truncation(8)  # what a call with truncation=True leaves behind
     text = paragraphs_text(7, 30, LATIN_SENTENCES)
-    chunks = Chunker(tokenizer, 40, 0).split("d", text)
+    chunks = chunker_class(tokenizer, 40, 0).split("d", text)
     tokenizer.backend_tokenizer.no_truncation()
     sizes = [n_tokens(tokenizer, c.text) for c in chunks]
     assert max(sizes) <= 40 and max(sizes) > 8
 
 
+# --- version 1 (the stores it built keep it) ------------------------------------------------------
+
+
+def test_v1_puts_whole_paragraphs_in_a_chunk_when_they_fit(tokenizer):
+    rng = random.Random(3)
+    # One long paragraph, then three short ones, and again: the short ones can share a chunk.
+    paragraphs = [" ".join(rng.sample(LATIN_SENTENCES, 4 if i % 4 == 0 else 1)) for i in range(32)]
+    text = "\n\n".join(paragraphs)
+    max_tokens = max(n_tokens(tokenizer, p) for p in paragraphs) + 5
+    chunks = ChunkerV1(tokenizer, max_tokens, 0).split("d", text)
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert all(part in paragraphs for part in chunk.text.split("\n\n")), chunk.text
+    assert len(chunks) < len(paragraphs)  # short paragraphs share a chunk
+
+
+def test_v1_long_text_across_many_windows(tokenizer):
+    # max_tokens 16 starts with 1,024-character windows: this text spans dozens of them,
+    # including boundary-free runs that force hard cuts inside a window.
+    text = paragraphs_text(5, 150) + "\n\n" + "y" * 3000 + " " + paragraphs_text(6, 50)
+    chunker = ChunkerV1(tokenizer, 16, 4)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    # The windows do not change where chunks end, compared with one call over the whole text
+    # (the library may pick another boundary in rare spots).
+    whole = TextSplitter.from_huggingface_tokenizer(tokenizer.backend_tokenizer, 12)
+    expected_ends = {offset + len(piece) for offset, piece in whole.chunk_indices(text)}
+    ends = [c.char_end for c in chunks]
+    assert sum(end in expected_ends for end in ends) >= 0.95 * len(ends)
+
+
+def test_make_chunker_gives_the_version_asked_for(tokenizer):
+    config = ChunkingConfig(max_tokens=40, overlap_tokens=4)
+    text = paragraphs_text(8, 40, LATIN_SENTENCES)
+    for version, chunker_class in [(1, ChunkerV1), (2, Chunker)]:
+        chunker = make_chunker(tokenizer, config, version)
+        assert type(chunker) is chunker_class and chunker.version == version
+        assert (chunker.max_tokens, chunker.overlap_tokens) == (40, 4)
+        assert chunker.split("d", text) == chunker_class(tokenizer, 40, 4).split("d", text)
+    assert make_chunker(tokenizer, config, 1).split("d", text) != make_chunker(tokenizer, config, 2).split("d", text)
+
+
 # --- construction -----------------------------------------------------------------------------------
 
 
-def test_overlap_must_be_smaller_than_max_tokens(tokenizer):
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_overlap_must_be_smaller_than_max_tokens(chunker_class, tokenizer):
     with pytest.raises(ConfigError, match="overlap_tokens"):
-        Chunker(tokenizer, 16, 16)
+        chunker_class(tokenizer, 16, 16)
 
 
-def test_slow_tokenizer_is_refused_with_a_hint():
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_slow_tokenizer_is_refused_with_a_hint(chunker_class):
     with pytest.raises(ConfigError, match="fast tokenizer"):
-        Chunker(object(), 16, 0)
+        chunker_class(object(), 16, 0)
 
 
-def test_from_config(tokenizer):
-    chunker = Chunker.from_config(tokenizer, ChunkingConfig(max_tokens=100, overlap_tokens=10))
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
+def test_from_config(chunker_class, tokenizer):
+    chunker = chunker_class.from_config(tokenizer, ChunkingConfig(max_tokens=100, overlap_tokens=10))
     assert (chunker.max_tokens, chunker.overlap_tokens) == (100, 10)
 
 
@@ -299,10 +362,11 @@ _pieces = st.one_of(
 _texts = st.lists(_pieces, max_size=60).map("".join)
 
 
+@pytest.mark.parametrize("chunker_class", CHUNKERS)
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=_texts, max_tokens=st.integers(8, 48), overlap_share=st.floats(0, 0.5))
-def test_any_text_keeps_the_contract(tokenizer, text, max_tokens, overlap_share):
-    chunker = Chunker(tokenizer, max_tokens, int(max_tokens * overlap_share))
+def test_any_text_keeps_the_contract(chunker_class, tokenizer, text, max_tokens, overlap_share):
+    chunker = chunker_class(tokenizer, max_tokens, int(max_tokens * overlap_share))
     chunks = chunker.split("d", text)
     check_contract(tokenizer, chunker, text, chunks)
     if not text.strip():

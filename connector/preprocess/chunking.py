@@ -1,6 +1,7 @@
 """Token-aware chunking with the encoder's own tokenizer: chunks as full as greedy packing makes
 them, with ends that depend on the text around them (content-defined chunking), so that an edit
-changes the chunks near it and seldom more.
+changes the chunks near it and seldom more: chunking version 2. Version 1 (chunking_v1.py) stays for
+the stores it built, which keep it until their config asks for another (see chunking_version).
 
 - Boundaries are found once per text: paragraph and line ends, and sentence ends (sentence
   punctuation, closing quotes or brackets, whitespace, no lowercase letter next; CJK sentence
@@ -41,14 +42,17 @@ from collections import deque
 
 from tokenizers import Tokenizer
 
-from connector.config import ChunkingConfig
+from connector.config import CHUNKING_VERSIONS, ChunkingConfig
 from connector.errors import ConfigError
 from connector.records import Chunk
 
-# Part of the sync's fingerprint: raised whenever the same settings give other chunks, so that a
-# store synced by an older version is re-chunked on purpose, and all of it at once. 2: as few chunks
-# as fit, ending at content-defined boundaries.
-CHUNKING_VERSION = 2
+# The chunkers (CHUNKING_VERSIONS): 1, the pieces semantic-text-splitter gives (chunking_v1.py); 2, this
+# module's, as few chunks as fit, ending at content-defined boundaries. A state dir keeps the version
+# it was built with (see chunking_version); the version is part of the sync's fingerprint, so that a
+# store switched to another version is re-chunked on purpose, and all of it at once.
+LATEST_CHUNKING_VERSION = max(CHUNKING_VERSIONS)
+# The ledger meta key recording the version a state dir's last sync used.
+CHUNKING_VERSION_KEY = "chunking_version"
 # Characters each side of a boundary that its score is a hash of.
 _HASH_CONTEXT = 16
 # Scores are (1 - u) ** -_SCORE_TAIL for u uniform in (0, 1), in units of _SCORE_UNIT: the heavier
@@ -157,8 +161,9 @@ def backend_tokenizer(tokenizer) -> Tokenizer:
     return backend
 
 
-class Chunker:
-    """Splits a document's cleaned text into chunks of at most `max_tokens` tokens.
+class BaseChunker:
+    """Splits a document's cleaned text into chunks of at most `max_tokens` tokens; what every
+    chunking version shares. A subclass places the chunks (`_core_spans`).
 
     Tokens are counted with the model's tokenizer, without special tokens (the encoder adds <s> and
     </s>). Guarantees of `split(doc_id, text)`:
@@ -176,15 +181,10 @@ class Chunker:
     - every chunk after the first starts with up to `overlap_tokens` tokens of the text before it
       (counted as tokenised in place; alone they can make a token or two more), so boundaries keep
       some context; it starts at a word when one starts in that stretch. No chunk starts or ends
-      with whitespace;
-    - a chunk ends at a paragraph, line or sentence end whenever one lies within its budget
-      (`max_tokens - overlap_tokens` tokens): inside a sentence only if that sentence alone is
-      longer than the budget;
-    - chunks are full: nearly always as few as fit within that budget ending at such boundaries
-      (what greedy packing gives), a chunk more only where a boundary scores very high;
-    - chunks are local: where they end depends on the text around each end (see the module doc),
-      so an edit usually changes only the chunks around it.
+      with whitespace.
     """
+
+    version: int  # the chunking version (CHUNKING_VERSIONS) this class implements
 
     def __init__(self, tokenizer, max_tokens: int, overlap_tokens: int = 0):
         if max_tokens < 1:
@@ -203,7 +203,7 @@ class Chunker:
         self.overlap_tokens = overlap_tokens
 
     @classmethod
-    def from_config(cls, tokenizer, config: ChunkingConfig) -> "Chunker":
+    def from_config(cls, tokenizer, config: ChunkingConfig) -> "BaseChunker":
         return cls(tokenizer, config.max_tokens, config.overlap_tokens)
 
     def count_tokens(self, text: str) -> int:
@@ -232,6 +232,41 @@ class Chunker:
                 previous_start = spans[i - 1][0]
                 spans[i] = (self._overlap_start(text, previous_start, *spans[i]), spans[i][1])
         return spans
+
+    def _core_spans(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
+        """The chunks of text[start:end] (stripped, over max_tokens) before overlap: consecutive
+        spans of at most max_tokens - overlap_tokens tokens each, tokenised alone."""
+        raise NotImplementedError
+
+    def _overlap_start(self, text: str, previous_start: int, start: int, end: int) -> int:
+        """The new start of the chunk text[start:end]: up to overlap_tokens tokens earlier, after
+        previous_start, at a word start if possible, keeping the chunk within max_tokens."""
+        # Only the end of the previous text matters; no token is anywhere near this long.
+        region_start = max(previous_start + 1, start - 32 * (self.overlap_tokens + 1))
+        region = text[region_start:start]
+        offsets = self._tokenizer.encode(region, add_special_tokens=False).offsets
+        token_starts = sorted({region_start + s for s, _ in offsets[-self.overlap_tokens :]})
+        candidates = [s for s in token_starts if not text[s].isspace()]
+        word_starts = [s for s in candidates if text[s - 1].isspace()]
+        for candidate in word_starts + candidates:
+            if self.count_tokens(text[candidate:end]) <= self.max_tokens:
+                return candidate
+        return start
+
+
+class Chunker(BaseChunker):
+    """Chunking version 2 (see the module doc). Besides BaseChunker's guarantees:
+
+    - a chunk ends at a paragraph, line or sentence end whenever one lies within its budget
+      (`max_tokens - overlap_tokens` tokens): inside a sentence only if that sentence alone is
+      longer than the budget;
+    - chunks are full: nearly always as few as fit within that budget ending at such boundaries
+      (what greedy packing gives), a chunk more only where a boundary scores very high;
+    - chunks are local: where they end depends on the text around each end (see the module doc),
+      so an edit usually changes only the chunks around it.
+    """
+
+    version = 2
 
     def _core_spans(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
         """Consecutive spans of text[start:end] of up to max_tokens - overlap_tokens tokens each, as few
@@ -321,17 +356,39 @@ class Chunker:
         halves = [_strip_span(text, start, middle), _strip_span(text, middle, end)]
         return [piece for half in halves if half for piece in self._halved(text, *half, limit)]
 
-    def _overlap_start(self, text: str, previous_start: int, start: int, end: int) -> int:
-        """The new start of the chunk text[start:end]: up to overlap_tokens tokens earlier, after
-        previous_start, at a word start if possible, keeping the chunk within max_tokens."""
-        # Only the end of the previous text matters; no token is anywhere near this long.
-        region_start = max(previous_start + 1, start - 32 * (self.overlap_tokens + 1))
-        region = text[region_start:start]
-        offsets = self._tokenizer.encode(region, add_special_tokens=False).offsets
-        token_starts = sorted({region_start + s for s, _ in offsets[-self.overlap_tokens :]})
-        candidates = [s for s in token_starts if not text[s].isspace()]
-        word_starts = [s for s in candidates if text[s - 1].isspace()]
-        for candidate in word_starts + candidates:
-            if self.count_tokens(text[candidate:end]) <= self.max_tokens:
-                return candidate
-        return start
+
+def make_chunker(tokenizer, config: ChunkingConfig, version: int) -> BaseChunker:
+    """The chunker of chunking `version` (one of CHUNKING_VERSIONS) with the config's sizes."""
+    if version == 1:
+        from connector.preprocess.chunking_v1 import ChunkerV1  # imports semantic-text-splitter
+
+        return ChunkerV1.from_config(tokenizer, config)
+    if version == 2:
+        return Chunker.from_config(tokenizer, config)
+    raise ConfigError(f"chunking.version must be one of {', '.join(map(str, CHUNKING_VERSIONS))}, not {version!r}")
+
+
+def chunking_version(config: ChunkingConfig, ledger) -> int:
+    """The chunking version a sync of `ledger`'s state dir uses: the config's `chunking.version` if
+    set; else the one the ledger records (the version its last sync used); else 1 if the ledger holds
+    documents (built before versions were recorded, by version 1); else (a new state dir) the latest.
+    So upgrading the connector never re-chunks a store: only setting `chunking.version` does."""
+    if config.version is not None:
+        return config.version
+    recorded = ledger.get_meta(CHUNKING_VERSION_KEY)
+    if recorded is None:
+        return 1 if ledger.has_documents() else LATEST_CHUNKING_VERSION
+    if recorded not in [str(v) for v in CHUNKING_VERSIONS]:
+        raise ConfigError(
+            f"the ledger in {ledger.path.parent} records chunking version {recorded!r}, which this connector "
+            f"does not know (it knows {', '.join(map(str, CHUNKING_VERSIONS))}): upgrade the connector, or set "
+            "chunking.version in the config to re-chunk the store with a version it knows"
+        )
+    return int(recorded)
+
+
+def fingerprint_settings(config: ChunkingConfig, version: int) -> dict:
+    """The chunking part of the sync's fingerprint: the sizes, and the version unless it is 1 (a
+    store built before versions existed has version 1's fingerprint, so it is not re-chunked)."""
+    settings = config.model_dump(exclude={"version"})
+    return settings if version == 1 else {**settings, "version": version}
