@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 
 from connector.config import ChunkingConfig
 from connector.errors import ConfigError
-from connector.preprocess.chunking import Chunker, make_chunker
+from connector.ledger import Ledger
+from connector.preprocess.chunking import Chunker, chunking_version, make_chunker
 from connector.preprocess.chunking_v1 import ChunkerV1
 from connector.testing.tiny_model import SENTENCES
 
@@ -322,6 +323,22 @@ def test_make_chunker_gives_the_version_asked_for(tokenizer):
         assert (chunker.max_tokens, chunker.overlap_tokens) == (40, 4)
         assert chunker.split("d", text) == chunker_class(tokenizer, 40, 4).split("d", text)
     assert make_chunker(tokenizer, config, 1).split("d", text) != make_chunker(tokenizer, config, 2).split("d", text)
+
+
+def test_the_chunking_version_of_a_state_dir(tmp_path):
+    # (a ledger that holds documents but records no version: tests/test_pipeline.py)
+    ledger = Ledger(tmp_path)
+    try:
+        unset, one, two = (ChunkingConfig(version=v) for v in (None, 1, 2))
+        assert [chunking_version(c, ledger) for c in (unset, one, two)] == [2, 1, 2]  # a new state dir: 2
+        ledger.set_meta("chunking_version", "1")
+        assert [chunking_version(c, ledger) for c in (unset, one, two)] == [1, 1, 2]  # the config's wins
+        ledger.set_meta("chunking_version", "7")  # written by a newer connector
+        with pytest.raises(ConfigError, match="records chunking version '7'.*set chunking.version"):
+            chunking_version(unset, ledger)
+        assert chunking_version(two, ledger) == 2
+    finally:
+        ledger.close()
 
 
 # --- construction -----------------------------------------------------------------------------------
