@@ -217,16 +217,19 @@ def search(config: SyncConfig, query: str, *, encoder, mode: str = "hybrid", lim
 
 # ---- state: status, dead letters, verify, schema ----------------------------------------------
 def status(config: SyncConfig) -> dict:
-    """Ledger counts, failed documents and the store's point count; reads only. `store.error`
-    is set when the store does not answer."""
+    """Ledger counts, failed documents, the chunking version the next sync uses (see
+    chunking_version) and the store's point count; reads only. `store.error` is set when the store
+    does not answer."""
     from connector.ledger import Ledger
     from connector.pipeline import open_sink, sink_target
+    from connector.preprocess.chunking import chunking_version
 
     ledger = Ledger.open_read_only(config.state_dir)
     try:
         ledger.bind_target(sink_target(config), write=False)
         data = {"target": sink_target(config), "state_dir": str(config.state_dir), "ledger_exists": ledger.exists,
-                "ledger": ledger.counts(), "failed_documents": ledger.failed_documents()}
+                "ledger": ledger.counts(), "failed_documents": ledger.failed_documents(),
+                "chunking_version": chunking_version(config.chunking, ledger)}
     finally:
         ledger.close()
     sink = open_sink(config)

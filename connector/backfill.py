@@ -81,13 +81,19 @@ def _store_sample(config: SyncConfig, sample: int, seed: int) -> np.ndarray:
 
 def _source_sample(config: SyncConfig, encoder, sample: int) -> np.ndarray:
     from connector.encoders.cache import EmbeddingCache
-    from connector.preprocess.chunking import Chunker
+    from connector.ledger import Ledger
+    from connector.preprocess.chunking import chunking_version, make_chunker
     from connector.preprocess.factory import make_preprocessor
     from connector.records import Document
     from connector.sources.factory import make_source
 
     normalize = make_preprocessor(config)
-    chunker = Chunker(encoder.tokenizer, config.chunking.max_tokens, config.chunking.overlap_tokens)
+    ledger = Ledger.open_read_only(config.state_dir)
+    try:  # the chunks the sync makes, so that their vectors come from the embedding cache
+        version = chunking_version(config.chunking, ledger)
+    finally:
+        ledger.close()
+    chunker = make_chunker(encoder.tokenizer, config.chunking, version)
     texts: dict[str, str] = {}
     for item in make_source(config.source).read():
         if isinstance(item, Document):

@@ -235,6 +235,7 @@ def status(ctx, config_path):
         f"target: {printable(data['target'])}",
         f"ledger: {led['documents']} documents, {led['chunks']} chunks, {led['failed_documents']} failed, "
         f"{led['pending_deletes']} pending deletes" if data["ledger_exists"] else _no_ledger(config),
+        f"chunking: version {data['chunking_version']}",
         "store: " + (f"error: {printable(store['error'])}" if "error" in store else
                      f"{store['points']} points" if store["exists"] else "collection does not exist yet"),
     ]

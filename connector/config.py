@@ -164,9 +164,27 @@ class PreprocessConfig(Strict):
         return {str(k): str(v) for k, v in value.items()}
 
 
+# The chunkers (connector.preprocess.chunking): 1, before content-defined chunk ends; 2, the latest.
+CHUNKING_VERSIONS = (1, 2)
+
+
 class ChunkingConfig(Strict):
     max_tokens: int = Field(512, ge=8, description="Tokens per chunk, special tokens excluded.")
     overlap_tokens: int = Field(64, ge=0)
+    version: Optional[int] = Field(
+        None,
+        description="The chunker: 1 (before content-defined chunk ends) or 2 (fuller chunks, fewer of them "
+        "change after an edit). Unset: the version the state dir was built with (2 for a new one). "
+        "Changing it re-chunks the store once.",
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _known_version(cls, value):
+        if value is not None and (type(value) is not int or value not in CHUNKING_VERSIONS):  # `true` is not 1
+            allowed = " or ".join(map(str, CHUNKING_VERSIONS))
+            raise ValueError(f"must be {allowed} (or left out: the version the state dir was built with), not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _overlap_below_max(self) -> "ChunkingConfig":

@@ -228,6 +228,9 @@ class Ledger:
         )
         return [LedgerChunk(*r) for r in rows]
 
+    def has_documents(self) -> bool:
+        return self.db.execute("SELECT 1 FROM documents LIMIT 1").fetchone() is not None
+
     def doc_ids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
 

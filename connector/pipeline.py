@@ -56,7 +56,7 @@ from connector.errors import StoreError, StoreUnreachableError, TransientError
 from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.ownership import claim
 from connector.locations import public_url
-from connector.preprocess.chunking import Chunker
+from connector.preprocess.chunking import CHUNKING_VERSION_KEY, chunking_version, fingerprint_settings, make_chunker
 from connector.preprocess.factory import document_text_settings, make_preprocessor
 from connector.records import (REFUSED_KINDS, Chunk, Document, FailedDocument, Point, UnchangedFile, point_id,
                                points_to_bytes)
@@ -369,6 +369,7 @@ class SyncRun:
         self._cache: EmbeddingCache | None = None
         self.normalize = make_preprocessor(config)
         self.text_settings = document_text_settings(config)
+        self.chunking_version = chunking_version(config.chunking, ledger)  # recorded by the sync (not a dry run)
         self.progress = progress
         self.pipelined = pipelined  # False: the same stages one after the other (a baseline, and for debugging)
         self.take_over = take_over  # claim the collection even if another state dir owns it
@@ -388,13 +389,13 @@ class SyncRun:
     def encoder(self) -> Encoder:
         if self._encoder is None:
             encoder = self._encoder_factory()
-            self.chunker = Chunker(encoder.tokenizer, self.config.chunking.max_tokens, self.config.chunking.overlap_tokens)
+            self.chunker = make_chunker(encoder.tokenizer, self.config.chunking, self.chunking_version)
             vectors_id = vector_identity(encoder)
             self.projection = load_projection_for(self.config, encoder)
             self.fingerprint = stable_hash(
                 {
                     "vectors": vectors_id,
-                    "chunking": self.config.chunking.model_dump(),
+                    "chunking": fingerprint_settings(self.config.chunking, self.chunking_version),
                     **DEFAULT_TEXT_SETTINGS,  # see content_hash_for
                     "layout": self.sink.layout.name,
                     "projection": self.projection.sha256 if self.projection else None,
@@ -443,6 +444,8 @@ class SyncRun:
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
             self._preflight(report)
+            # Before any document is written with it: an interrupted re-chunk goes on with this version.
+            self.ledger.set_meta(CHUNKING_VERSION_KEY, str(self.chunking_version))
             self._move_renamed_documents(report)
             with busy(report, "write"):
                 self._delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued

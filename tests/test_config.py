@@ -42,6 +42,7 @@ def test_hub_id_and_server_uri_are_left_alone(tmp_path):
 def test_defaults(tmp_path):
     config = load_config(write(tmp_path, {"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "q"}}))
     assert config.chunking.max_tokens == 512 and config.chunking.overlap_tokens == 64
+    assert config.chunking.version is None  # the state dir's version (see chunking_version)
     assert config.encoder.model == "BAAI/bge-m3" and config.encoder.max_length == 8192
     assert "**/*.md" in config.source.include
     assert isinstance(config.sink, QdrantSinkConfig)
@@ -170,3 +171,16 @@ def test_a_relative_model_path_resolves_from_the_config_folder_only(tmp_path, ti
     config = load_config(write(tmp_path, dict(BASE, encoder={"model": "models/m"})))
     assert config.encoder.model == str((tmp_path / "sub" / "models" / "m").resolve())
     assert make_encoder(config).folder == (tmp_path / "sub" / "models" / "m").resolve()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_chunking_version(tmp_path, version):
+    data = {"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "q"}, "chunking": {"version": version}}
+    assert load_config(write(tmp_path, data)).chunking.version == version
+
+
+@pytest.mark.parametrize("version", [0, 3, "2", True, 2.5, "latest"])
+def test_a_bad_chunking_version_names_the_allowed_ones(tmp_path, version):
+    data = {"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "q"}, "chunking": {"version": version}}
+    with pytest.raises(ConfigError, match=r"chunking\.version: Value error, must be 1 or 2 "):
+        load_config(write(tmp_path, data))
