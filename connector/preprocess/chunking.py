@@ -334,7 +334,7 @@ class Chunker(BaseChunker):
                 for word_end in [w for w in words if not text[w - 1].isspace()] + [stop]:
                     while tokens.count_to(word_end) - tokens.count_to(nodes[-1]) > budget:
                         cut = tokens.reach(nodes[-1], budget)
-                        while cut - nodes[-1] > 1 and _joins_previous(text[cut]):
+                        while cut - nodes[-1] > 1 and cut < len(text) and _joins_previous(text[cut]):
                             cut -= 1
                         if cut >= word_end or text[cut - 1].isspace():
                             break  # the word ends first: a cut there will do
