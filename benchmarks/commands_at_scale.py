@@ -1,7 +1,7 @@
 """The read commands (verify, status, failed, search) on a large collection, as a user runs them.
 
     .venv/bin/python benchmarks/commands_at_scale.py [--points 50000 500000] [--folder /tmp/commands-at-scale]
-                                                     [--local-mode-points 50000] [--no-write]
+                                                     [--local-mode-points 50000] [--cold] [--no-write]
 
 Per size, a state dir and an embedded Qdrant Edge store of N points are built ONCE under
 `--folder` (reused when present: `FOLDER/N/built.json` marks a finished build). The points have
@@ -241,12 +241,24 @@ def library_search(config_path: Path) -> dict:
             "anon_after_mb": anon_rss_mb()}
 
 
-def measure(folder: Path, info: dict) -> dict:
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache, so that the next command reads the store from disk (root only)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as err:
+        raise SystemExit(f"--cold needs root to empty the page cache (/proc/sys/vm/drop_caches): {err}") from None
+
+
+def measure(folder: Path, info: dict, cold: bool = False) -> dict:
+    """Each read command on the store in `folder`; with `cold`, after emptying the page cache each time."""
     config = folder / "config.yaml"
     rows = {}
     for name, args in (("verify", cli(config, "verify", "--json")), ("status", cli(config, "status", "--json")),
                        ("failed", cli(config, "failed", "--json")),
                        ("search", cli(config, "search", QUERIES[0], "--json"))):
+        if cold:
+            drop_page_cache()
         result = run_command(args)
         if result["exit"] != 0:
             tail = (result["stderr"].strip().splitlines() or ["(no output)"])[-1]
@@ -257,18 +269,23 @@ def measure(folder: Path, info: dict) -> dict:
         print(f"  {info['engine']} {info['points']:,} {name}: {result['wall_s']:.2f} s, "
               f"{result['peak_rss_mb']:.0f} MB", file=sys.stderr)
         rows[name] = {k: result[k] for k in ("wall_s", "peak_rss_mb", "anon_rss_mb")}
+    if cold:
+        drop_page_cache()
     model_only = run_command([sys.executable, __file__, "--load-model", str(config)])
     rows["model_load"] = {k: model_only[k] for k in ("wall_s", "peak_rss_mb", "anon_rss_mb")}
+    if cold:
+        drop_page_cache()
     lib = run_command([sys.executable, __file__, "--library-search", str(config)])
     if lib["exit"] != 0:
         raise SystemExit(f"library search failed: {lib['stderr'].strip()[-500:]}")
     rows["library_search"] = json.loads(lib["stdout"].strip().splitlines()[-1])
-    return {**info, "commands": rows}
+    return {**info, "commands": rows, "cache": "cold" if cold else "warm"}
 
 
 # ---- the table -----------------------------------------------------------------------------
 def label(r: dict) -> str:
-    return r["engine"] + (" (no indexes)" if r.get("index_s", 0) is None else "")
+    return (r["engine"] + (" (no indexes)" if r.get("index_s", 0) is None else "")
+            + (", page cache emptied" if r.get("cache") == "cold" else ""))
 
 
 def table_rows(r: dict) -> list[str]:
@@ -310,6 +327,9 @@ def main() -> None:
                         help="Also measure these folders as they are (a config.yaml, a state dir and a store, and a "
                         "built.json whose 'note' says how they differ from a build of this script).")
     parser.add_argument("--build-only", action="store_true", help="Build the stores, measure nothing.")
+    parser.add_argument("--cold", action="store_true",
+                        help="Measure every store a second time, emptying the kernel's page cache before each command "
+                        "(root only): the store read from disk, as after a reboot or once the OS reclaimed the files.")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
@@ -323,13 +343,14 @@ def main() -> None:
     if args.build_only:
         return
     load = os.getloadavg()
-    results = [measure(folder, info) for (folder, _, _), info in zip(built, infos)]
+    results = [measure(folder, info, cold) for cold in ((False, True) if args.cold else (False,))
+               for (folder, _, _), info in zip(built, infos)]
     after = os.getloadavg()
     (args.folder / "results.json").write_text(json.dumps(results, indent=1))
     builds = "; ".join(f"{label(r)} {r['points']:,} points in {r['documents']:,} documents: {r['insert_s']:.0f} s "
                        f"of upserts, " + (f"{r['index_s']:.0f} s of index build" if r["index_s"] is not None
                                          else r.get("note", "")) + f", {r['store_mb']:,.0f} MB on disk"
-                       for r in results)
+                       for r in results if r.get("cache") != "cold")
     model = results[0]["commands"]["model_load"]
     model_mb = f"{model['peak_rss_mb']:,.0f} MB and {model['wall_s']:.1f} s"
     section = "\n".join([
@@ -353,7 +374,8 @@ def main() -> None:
         *machine_and_command(
             f"benchmarks/commands_at_scale.py --points {' '.join(map(str, args.points))}"
             + (f" --prebuilt {' '.join(map(str, args.prebuilt))}" if args.prebuilt else "")
-            + (f" --local-mode-points {' '.join(map(str, args.local_mode_points))}" if args.local_mode_points else ""),
+            + (f" --local-mode-points {' '.join(map(str, args.local_mode_points))}" if args.local_mode_points else "")
+            + (" --cold" if args.cold else ""),
             f" ({flags()}), shared with other sessions (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
             f"at the start, {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f} at the end)"),
         END,

@@ -4,11 +4,11 @@ in the process through `qdrant-edge-py`; the default engine of `sink: {type: qdr
 A store folder holds one Edge shard per collection, `PATH/edge/<collection>/`, next to
 `<collection>.json` (collection metadata, e.g. the owner) and `<collection>.lock`: one process at a
 time opens a shard (an OS file lock, released when the process dies, even by kill -9); any other
-fails at once. Vectors and payload are memory-mapped files (`Memory.Cold`), so the process does
-not grow with the collection; the dense vectors also get an int8 copy (scalar quantization, 1 byte a
-dimension, memory-mapped and cached) that the HNSW graph is built and searched on, the best
-candidates rescored with the original vectors. Every write is flushed before it returns, so what the
-ledger counts as written survives a kill -9. The indexes are built every INDEX_EVERY points written
+fails at once. Vectors, payload and indexes are memory-mapped files (`Memory.Cold`: opening a shard
+reads none of them; a search reads the pages it touches), so the process does not grow with the
+collection; the dense vectors also get an int8 copy (scalar quantization, 1 byte a dimension) that
+the HNSW graph is built and searched on, the best candidates rescored with the original vectors.
+Every write is flushed before it returns, so what the ledger counts as written survives a kill -9. The indexes are built every INDEX_EVERY points written
 and at the end of a sync. qdrant-edge-py is imported lazily (the `qdrant` extra).
 """
 
@@ -53,6 +53,11 @@ INDEXING_THRESHOLD_KB = 10_000  # a segment whose vectors take more gets an HNSW
 # just those points into a segment of its own (a segment holds at most INDEX_EVERY points' dense
 # vectors, so no build merges and indexes again what an earlier build indexed).
 INDEX_EVERY = 100_000
+# Memory placement (qdrant_edge.Memory member) of the int8 copy, the HNSW graph and the sparse index:
+# `Cold` maps the files and reads the pages a search touches; `Cached` reads them all when the shard
+# is opened (1 GB per million points for the int8 copy alone), which made every read command as slow
+# as reading the collection's indexes from disk (benchmarks/commands_at_scale.py).
+QUANTIZED_MEMORY = HNSW_MEMORY = SPARSE_MEMORY = "Cold"
 
 
 def require_edge():
@@ -188,17 +193,18 @@ class QdrantEdgeSink(Sink):
         for spec in self.layout.vectors:
             if spec.kind == "dense":
                 distance = getattr(e.Distance, DISTANCES[(spec.distance or "cosine").lower()])
-                int8 = e.ScalarQuantizationConfig(type=e.ScalarType.Int8, quantile=QUANTILE, memory=e.Memory.Cached)
+                int8 = e.ScalarQuantizationConfig(type=e.ScalarType.Int8, quantile=QUANTILE,
+                                                   memory=getattr(e.Memory, QUANTIZED_MEMORY))
                 dense[spec.name] = e.EdgeVectorParams(size=sizes[spec.name], distance=distance, memory=e.Memory.Cold,
                                                       quantization_config=int8)
             elif spec.kind == "sparse":
-                sparse[spec.name] = e.EdgeSparseVectorParams(memory=e.Memory.Cached)
+                sparse[spec.name] = e.EdgeSparseVectorParams(memory=getattr(e.Memory, SPARSE_MEMORY))
             else:
                 raise TerminalError(f"layout '{self.layout.name}': unknown vector kind {spec.kind!r}")
         config = e.EdgeConfig(
             vectors=dense, sparse_vectors=sparse, payload_memory=e.Memory.Cold,
             hnsw_config=e.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB,
-                                          memory=e.Memory.Cached),
+                                          memory=getattr(e.Memory, HNSW_MEMORY)),
             optimizers=e.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB,
                                               max_segment_size=self._segment_kb(sizes)),
         )
