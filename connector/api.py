@@ -277,7 +277,7 @@ def rebind(config: SyncConfig) -> dict:
     from connector import recovery
     from connector.ledger import Ledger
     from connector.lock import StateLock
-    from connector.pipeline import open_sink, sink_target
+    from connector.pipeline import open_sink, shared_collection, sink_target
 
     new = sink_target(config)
     if not (Path(config.state_dir) / Ledger.FILENAME).is_file():
@@ -285,46 +285,45 @@ def rebind(config: SyncConfig) -> dict:
                           "state_dir at the state dir that synced the collection, or run `connector sync`.")
     with StateLock(config.state_dir):
         ledger = Ledger(config.state_dir)
+        sink = open_sink(config)
         try:
             old = ledger.get_meta("target")
             if old is None:
                 raise ConfigError(f"state_dir {config.state_dir} was never bound to a store: run `connector sync`.")
             if old == new:
                 return {"target": new, "previous_target": old, "changed": False}
-            _check_moved_collection(config, open_sink)
-            ledger.set_meta("target", new)  # verify opens the ledger bound to the new target
-            try:
-                report = recovery.verify(config)
-            except BaseException:
-                ledger.set_meta("target", old)
-                raise
+            _check_moved_collection(config, sink)
+            # compared before the binding is rewritten: a rebind killed at any point leaves it on the old store
+            report = recovery.compare_store(ledger, sink, shared_collection(config))
             if not report.ok:
-                ledger.set_meta("target", old)
-                found = report.to_json()
-                raise ConfigError(
-                    f"{new} does not hold what the ledger lists (ledger points {found['ledger_points']}, store points "
-                    f"{found['store_points']}, missing {len(found['missing'])}, unknown {len(found['orphans'])}, stale "
-                    f"payloads {len(found['mismatched'])}); the state dir stays bound to {old}. Move or restore the "
-                    "whole collection (export-snapshot after the last sync), or sync into the new store with a new "
-                    "state_dir."
-                )
+                raise ConfigError(_not_moved_whole(report, new, old))
+            ledger.set_meta("target", new)
         finally:
+            sink.close()
             ledger.close()
     return {"target": new, "previous_target": old, "changed": True, "points": report.ledger_points}
 
 
-def _check_moved_collection(config: SyncConfig, open_sink) -> None:
+def _not_moved_whole(report, new: str, old: str) -> str:
+    found = report.to_json()
+    if found["dead_letters"] or found["pending_deletes"]:
+        return (f"the ledger has {found['dead_letters']} dead letters and {found['pending_deletes']} deletes waiting for "
+                f"the store: run `connector retry` and `connector sync` with the config of {old} first, so that the "
+                f"collection holds everything, move it again, then rebind; the state dir stays bound to {old}.")
+    return (f"{new} does not hold what the ledger lists (ledger points {found['ledger_points']}, store points "
+            f"{found['store_points']}, missing {len(found['missing'])}, unknown {len(found['orphans'])}, stale "
+            f"payloads {len(found['mismatched'])}); the state dir stays bound to {old}. Move or restore the whole "
+            "collection (export-snapshot after the last sync), or sync into the new store with a new state_dir.")
+
+
+def _check_moved_collection(config: SyncConfig, sink) -> None:
     """The collection exists in the new store with the layout's vectors and payload fields."""
-    sink = open_sink(config)
-    try:
-        info = sink.describe()
-        if info is None:
-            raise ConfigError(f"collection '{config.sink.collection}' does not exist in the store the config names: "
-                              "copy the store folder or restore the snapshot there first (README: Moving to a server).")
-        k = config.projection.dim if config.projection and config.projection.output != "dense" else None
-        sink.layout.check(info, sink.layout.sizes(info.dense_size, k))
-    finally:
-        sink.close()
+    info = sink.describe()
+    if info is None:
+        raise ConfigError(f"collection '{config.sink.collection}' does not exist in the store the config names: "
+                          "copy the store folder or restore the snapshot there first (README: Moving to a server).")
+    k = config.projection.dim if config.projection and config.projection.output != "dense" else None
+    sink.layout.check(info, sink.layout.sizes(info.dense_size, k))
 
 
 def failed(config: SyncConfig) -> dict:

@@ -115,20 +115,25 @@ class VerifyReport:
 
 def verify(config: SyncConfig, sleep=None) -> VerifyReport:
     """Compare the ledger with the store: every ledger point present with the payload the ledger
-    recorded, no point the ledger does not know, and per document the same number of points.
+    recorded, no point the ledger does not know, and per document the same number of points."""
+    with open_state(config, sleep=sleep, dry_run=True) as (ledger, sink):
+        return compare_store(ledger, sink, shared_collection(config))
+
+
+def compare_store(ledger, sink, shared: bool) -> VerifyReport:
+    """`verify`'s comparison of an open ledger with an open sink (whatever store the ledger is bound to).
 
     One scan of the store, with payloads, in the store's own order, each point looked up in the
     ledger's point index: time linear in the points, memory that of the index."""
-    with open_state(config, sleep=sleep, dry_run=True) as (ledger, sink):
-        # shared collection: the points of other state dirs are not orphans; ours are those the ledger queued
-        ours = set(ledger.pending_deletes()) if shared_collection(config) else None
+    # shared collection: the points of other state dirs are not orphans; ours are those the ledger queued
+    ours = set(ledger.pending_deletes()) if shared else None
 
-        def compare(points):  # a scan retried from the start compares afresh
-            return _compare(points, ledger.point_index(), ours)
+    def compare(points):  # a scan retried from the start compares afresh
+        return _compare(points, ledger.point_index(), ours)
 
-        report = compare(iter(())) if sink.describe() is None else sink.scan_payloads(compare)
-        counts = ledger.counts()
-        report.dead_letters, report.pending_deletes = counts["dead_letters"], counts["pending_deletes"]
+    report = compare(iter(())) if sink.describe() is None else sink.scan_payloads(compare)
+    counts = ledger.counts()
+    report.dead_letters, report.pending_deletes = counts["dead_letters"], counts["pending_deletes"]
     return report
 
 

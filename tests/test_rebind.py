@@ -112,3 +112,41 @@ def test_rebind_says_what_is_missing(tmp_path, tiny_model_dir):
     proc = cli("rebind", "-c", str(cfg))
     assert proc.returncode == 2 and "does not exist in the store the config names" in proc.stderr, proc.stderr
     assert bound_target(tmp_path).endswith("/store#kb")
+
+
+def test_a_rebind_killed_while_it_compares_leaves_the_state_dir_on_the_old_store(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    cfg = synced_project(tmp_path, tiny_model_dir)
+    old = bound_target(tmp_path)
+    shutil.copytree(tmp_path / "store", tmp_path / "partial")
+    point_at(cfg, "./partial")
+    with make_sink(load_config(cfg).sink) as sink:
+        sink.delete(list(sink.iter_ids())[:2])
+    # the comparison of ledger and store (26 s at 500 000 points) ends in a kill -9
+    script = ("import os, sys\nfrom connector import api, recovery\nfrom connector.config import load_config\n"
+              "def killed(*args, **kwargs):\n    os.kill(os.getpid(), 9)\n"
+              "recovery.compare_store = recovery.verify = killed\napi.rebind(load_config(sys.argv[1]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert bound_target(tmp_path) == old  # so the next sync is refused, and never skips the 2 missing points
+    refused = cli("sync", "-c", str(cfg))
+    assert refused.returncode == 2 and "connector rebind" in refused.stderr, refused.stderr
+
+
+def test_a_ledger_with_work_waiting_for_the_old_store_says_to_finish_it_first(tmp_path, tiny_model_dir):
+    import sqlite3
+
+    cfg = synced_project(tmp_path, tiny_model_dir)
+    shutil.copytree(tmp_path / "store", tmp_path / "moved")
+    db = sqlite3.connect(tmp_path / "state" / Ledger.FILENAME)
+    with db:  # a delete the old store had not confirmed yet
+        db.execute("INSERT INTO pending_deletes(point_id, doc_id) VALUES (?, ?)", ("0" * 32, "doc-01.md"))
+    db.close()
+    point_at(cfg, "./moved")
+
+    proc = cli("rebind", "-c", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert "1 deletes waiting" in proc.stderr and "connector retry" in proc.stderr, proc.stderr
+    assert bound_target(tmp_path).endswith("/store#kb")
