@@ -137,25 +137,34 @@ def compare_store(ledger, sink, shared: bool) -> VerifyReport:
     return report
 
 
+_FOUND = object()  # `_compare` marks each ledger point the scan found with it (no copy of the index kept)
+
+
 def _compare(points, expected: dict, ours: set | None) -> VerifyReport:
     """The report of the store's (id, payload) pairs against the ledger's point index
-    (point_id -> (doc_id, chunk_key, fingerprint)), which it empties: what is left is missing.
+    (point_id -> (doc_id, chunk_key, fingerprint)), whose found entries it marks: the others are missing.
     `ours`: in a shared collection, the unknown points that are this state dir's (else None)."""
     report = VerifyReport(ledger_points=len(expected))
     ledger_per_doc = Counter(doc_id for doc_id, _, _ in expected.values())
+    orphans: dict[str, dict] = {}
     for pid, payload in points:
-        report.store_points += 1
-        entry = expected.pop(pid, None)
+        entry = expected.get(pid)
+        if entry is _FOUND:  # a scan that gave a point twice: never an orphan (repair deletes those)
+            continue
         if entry is None:
             if ours is not None and pid not in ours:
                 report.foreign += 1
-            else:
-                report.orphans.append({"id": pid, "doc_id": payload.get("doc_id")})
+            elif pid not in orphans:
+                orphans[pid] = {"id": pid, "doc_id": payload.get("doc_id")}
             continue
+        expected[pid] = _FOUND
+        report.store_points += 1
         doc_id, key, fingerprint = entry
         if chunk_key(payload, fingerprint) != key:
             report.mismatched.append({"id": pid, "doc_id": doc_id})
-    report.missing = [{"id": pid, "doc_id": doc_id} for pid, (doc_id, _, _) in expected.items()]
+    report.orphans = list(orphans.values())
+    report.store_points += report.foreign + len(report.orphans)
+    report.missing = [{"id": pid, "doc_id": entry[0]} for pid, entry in expected.items() if entry is not _FOUND]
     for found in (report.missing, report.orphans, report.mismatched):
         found.sort(key=lambda point: point["id"])
     # A document's store count is its ledger count, less its missing points, plus its orphans.

@@ -167,3 +167,18 @@ def test_the_chunk_keys_of_existing_ledgers_still_match():
                        "metadata": {"path": "a.md", "pages": [2, 3], "when": date(2026, 11, 29)}},
            "fingerprint": "f" * 64}
     assert stable_hash(obj) == "9b224e38dc5ed95d9b91a1087e8ba6ef7a93e9318de91ccf385b26f7c2759d25"
+
+
+def test_a_scan_that_gives_a_point_twice_makes_no_orphan_and_counts_it_once(monkeypatch):
+    import connector.recovery as recovery
+
+    index = {"a": ("doc-1", "key-a", "fp"), "b": ("doc-1", "key-b", "fp"), "c": ("doc-2", "key-c", "fp")}
+    payloads = {pid: {"doc_id": doc, "key": key} for pid, (doc, key, _) in index.items()}
+    monkeypatch.setattr(recovery, "chunk_key", lambda payload, fingerprint: payload.get("key"))
+    # a plugin whose paging repeats a point at a page boundary, and an unknown point given twice
+    scan = [("a", payloads["a"]), ("b", payloads["b"]), ("b", payloads["b"]), ("x", {"doc_id": "doc-9"}),
+            ("x", {"doc_id": "doc-9"})]
+    report = recovery._compare(iter(scan), dict(index), ours=None)
+    assert report.orphans == [{"id": "x", "doc_id": "doc-9"}]  # not "b": repair would delete a live point
+    assert report.missing == [{"id": "c", "doc_id": "doc-2"}] and report.mismatched == []
+    assert report.store_points == 3 and report.ledger_points == 3

@@ -109,10 +109,11 @@ class Sink(ABC):
 
     @abstractmethod
     def iter_ids(self) -> Iterator[str]:
-        """Every point id in the collection, page by page."""
+        """Every point id in the collection, each exactly once, page by page."""
 
     def iter_payloads(self) -> Iterator[tuple[str, dict]]:
-        """Every point's (id, payload), in one pass over the collection in the store's order, page by page.
+        """Every point's (id, payload), each point exactly once, in one pass over the collection in the
+        store's order, page by page.
 
         This default pages `iter_ids` and retrieves each page (one more store call per page); the
         built-in backends override it with one scan that returns the payloads."""

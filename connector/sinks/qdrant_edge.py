@@ -246,7 +246,7 @@ class QdrantEdgeSink(Sink):
         self._update("upsert", e.UpdateOperation.upsert_points(structs))
         self._unindexed += len(points)
         if self._unindexed >= self.index_every and self._builds_as_it_writes():
-            self.build_indexes()
+            self._build_or_warn("a build during the writes")
 
     def _update(self, operation: str, update) -> None:
         shard = self._open(operation)
@@ -436,11 +436,22 @@ class QdrantEdgeSink(Sink):
         other.retry = self.retry
         return other
 
+    def _build_or_warn(self, when: str) -> None:
+        """build_indexes(), where its failure must not fail what called it: the points are written and
+        flushed, a search scans the ones not indexed, and the next build (at close, or the next sync
+        that writes) indexes them."""
+        try:
+            self.build_indexes()
+        except TerminalError as err:
+            log.warning("Qdrant Edge: %s did not build the indexes of %d points (%s); searches scan them until "
+                        "the next build (at the end of this sync, or the next sync that writes)",
+                        when, self._unindexed, err)
+
     def close(self) -> None:
         """Build the indexes of what this sink wrote (the end of a sync), close the shard, release
-        its lock. Safe to call twice."""
+        its lock (even when the build fails: see _build_or_warn). Safe to call twice."""
         if self._wrote:
-            self.build_indexes()
+            self._build_or_warn("the end of the writes")
         shard, self._shard = self._shard, None
         lock, self._lock = self._lock, None
         try:
