@@ -35,8 +35,6 @@ encoded without encoding it again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import pickle
 import sys
@@ -45,17 +43,20 @@ import threading
 import time
 from pathlib import Path
 from collections import Counter
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from connector.config import QdrantSinkConfig, SyncConfig
+from connector.app import (collection_layout, load_projection_for, make_encoder, open_sink, open_state,  # noqa: F401
+                           projection_key, shared_collection, sink_target, store_lost, with_collection)
+from connector.config import SyncConfig
 from connector.encoders.base import Encoder
 from connector.encoders.cache import EmbeddingCache
-from connector.errors import StoreError, StoreUnreachableError, TransientError
+from connector.errors import StoreError, StoreUnreachableError, TransientError, error_kind
+from connector.hashes import (DEFAULT_TEXT_SETTINGS, chunk_key, content_hash_for, stable_hash,  # noqa: F401
+                              vector_identity, volatile_hash)
 from connector.ledger import DocCommit, Ledger, LedgerChunk
 from connector.ownership import claim
-from connector.locations import public_url
 from connector.preprocess.chunking import CHUNKING_VERSION_KEY, chunking_version, fingerprint_settings, make_chunker
 from connector.preprocess.factory import document_text_settings, make_preprocessor
 from connector.records import (REFUSED_KINDS, Chunk, Document, FailedDocument, Point, UnchangedFile, point_id,
@@ -71,71 +72,6 @@ WINDOW_CHUNKS = 1024  # chunks gathered before encoding; bounds memory, gives th
 QUEUE_DEPTH = 2  # windows (parts) a stage may work ahead of the next
 ENCODE_SLICE = 32  # texts per encoder call: how long a stopping sync, or the write stage's cache read, may wait
 TICK_SECONDS = 1.0  # while waiting for the encoder, the write stage checks a store that is down this often
-VOLATILE_METADATA = ("modified",)  # metadata that alone does not make a document "changed"
-
-
-# json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str), with its encoder built once (json.dumps
-# builds one per call with these options: a third of the time verify spends per point)
-_STABLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
-
-
-def stable_hash(obj) -> str:
-    return hashlib.sha256(_STABLE_JSON.encode(obj).encode()).hexdigest()
-
-
-def stable_metadata(metadata: dict) -> dict:
-    return {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
-
-
-def volatile_hash(metadata: dict) -> str:
-    """The volatile metadata a document's points carry: when it moves (a file touched, its text
-    unchanged), the points get a payload-only update."""
-    return stable_hash({k: metadata[k] for k in VOLATILE_METADATA if k in metadata})
-
-
-def document_hash(doc: Document) -> str:
-    return stable_hash({"text": doc.text, "metadata": stable_metadata(doc.metadata)})
-
-
-# The text settings (document_text_settings) shape the cleaned text, which the payload, hence the
-# chunk key, already holds: so they decide whether a document is read again (they are part of its
-# content hash), not whether its points are rewritten (they are not part of the fingerprint). A
-# config that changes a rule, or moves it to queries, re-reads every document and rewrites only
-# those whose cleaned text changed. Fingerprints once held those settings: they keep the default
-# value, so that stores synced with the default settings keep their chunk keys.
-DEFAULT_TEXT_SETTINGS = {"preprocess": {"normalize_unicode": True, "abbreviations": {}, "drop_symbols": []}}
-
-
-def content_hash_for(doc: Document, text_settings: dict) -> str:
-    """What decides whether a document must be read again: its text and metadata, and the text
-    settings it is cleaned with (left out when they are the defaults, as before they were part of it)."""
-    if text_settings == DEFAULT_TEXT_SETTINGS:
-        return document_hash(doc)
-    return stable_hash({"document": document_hash(doc), "text_settings": text_settings})
-
-
-def chunk_key(payload: dict, fingerprint: str) -> str:
-    """What the ledger records per point: a hash of its payload (less volatile metadata) and of
-    the pipeline fingerprint. A point is rewritten when its key changes."""
-    metadata = stable_metadata(payload.get("metadata") or {})
-    return stable_hash({"payload": {**payload, "metadata": metadata}, "fingerprint": fingerprint})
-
-
-def error_kind(err: Exception) -> str:
-    return "transient" if isinstance(err, TransientError) else "terminal"
-
-
-def sink_target(config: SyncConfig) -> str:
-    """A secret-free description of the store + collection a config writes to."""
-    s = config.sink
-    where = s.path if getattr(s, "path", None) is not None else getattr(s, "url", None) or getattr(s, "uri", "")
-    kind = s.type
-    if isinstance(s, QdrantSinkConfig) and s.path is not None:
-        from connector.sinks.qdrant_edge import EDGE, resolve_engine
-
-        if resolve_engine(s.path, s.engine) == EDGE:
-            kind = "qdrant-edge"  # a ledger bound to one embedded engine never switches to the other
-    return f"{kind}:{public_url(str(where))}#{s.collection}"  # no user:password@ or ?api-key=...
 
 
 def chunk_metadata(metadata: dict, spans: list[tuple[int, int, dict]], chunk: Chunk) -> dict:
@@ -1026,106 +962,6 @@ class SyncRun:
         return tqdm(items, desc="read", unit="doc", file=sys.stderr, position=0)
 
 
-def shared_collection(config: SyncConfig) -> bool:
-    """Does the config let several state dirs write its collection (`sink.shared`)?"""
-    return bool(getattr(config.sink, "shared", False))
-
-
-def collection_layout(config: SyncConfig):
-    """The layout of the config's collection: with a legacy vector when projection.output asks for one."""
-    from connector.schemas_layout import load_layout
-
-    p = config.projection
-    if p is None or p.output == "dense":
-        return load_layout("chunks")
-    return load_layout("chunks_dense_legacy" if p.output == "dense+legacy" else "chunks_legacy", legacy_field=p.field)
-
-
-def projection_key(collection: str) -> str:
-    return f"projection:{collection}"
-
-
-def load_projection_for(config: SyncConfig, encoder: Encoder):
-    """The fitted projection the config's collection needs (None without legacy vectors); it must
-    have the configured size and have been fitted on this model's vectors."""
-    from connector.projection import ProjectionError, load
-
-    p = config.projection
-    if p is None or p.output == "dense":
-        return None
-    projection = load(config.state_dir)
-    if projection.k != p.dim:
-        raise ProjectionError(
-            f"the fitted projection has k={projection.k} but projection.dim is {p.dim}; "
-            "run `connector projection fit -c CONFIG` again"
-        )
-    if projection.source_fingerprint != stable_hash(vector_identity(encoder)):
-        raise ProjectionError(
-            "the fitted projection was fitted on another model's vectors; run `connector projection fit -c CONFIG` again"
-        )
-    return projection
-
-
-def with_collection(config: SyncConfig, collection: str) -> SyncConfig:
-    """A copy of the config that targets another collection of the same store."""
-    copy = config.model_copy(deep=True)
-    copy.sink.collection = collection
-    return copy
-
-
-def open_sink(config: SyncConfig, sleep=None) -> Sink:
-    """The config's sink, with its layout and the retry policy."""
-    from connector.retry import RetryPolicy
-    from connector.sinks.factory import make_sink
-
-    policy = RetryPolicy(config.retry) if sleep is None else RetryPolicy(config.retry, sleep=sleep)
-    return make_sink(config.sink, layout=collection_layout(config), retry=policy)
-
-
-def store_lost(sink: Sink, ledger: Ledger) -> str | None:
-    """Why the store no longer holds what the ledger lists (dropped or emptied collection), or None."""
-    chunks = ledger.counts()["chunks"]
-    if not chunks:
-        return None
-    info = sink.describe()
-    if info is None:
-        return f"collection '{sink.collection}' does not exist but the ledger lists {chunks} points"
-    if info.count == 0:
-        return f"collection '{sink.collection}' is empty but the ledger lists {chunks} points"
-    return None
-
-
-def vector_identity(encoder: Encoder) -> dict:
-    """What decides the vectors of a text: the model's content and revision. Not its path (a moved
-    folder is the same model) and not max_length (chunks always fit it)."""
-    fp = encoder.fingerprint
-    identity = {"content_sha256": fp.get("content_sha256"), "revision": fp.get("revision")}
-    # only when not the defaults, so that torch encoders keep their identity (int8 vectors differ)
-    if fp.get("backend", "torch") != "torch":
-        identity["backend"] = fp["backend"]
-    if fp.get("quantize", "none") != "none":
-        identity["quantize"] = fp["quantize"]
-    # int8 vectors depend on the ONNX graph recipe (fused attention is quantized too); fp32 ones
-    # agree to ~1e-6 whatever the recipe, so their identity (cache, fitted projections) is kept
-    if fp.get("quantize", "none") != "none" and fp.get("graph") is not None:
-        identity["graph"] = fp["graph"]
-    return identity
-
-
-def make_encoder(config: SyncConfig) -> Encoder:
-    if config.encoder.backend == "onnx":
-        from connector.encoders.onnx import OnnxEncoder
-
-        return OnnxEncoder.from_config(config.encoder, cache_dir=config.state_dir / "onnx")
-    if config.encoder.quantize != "none":  # the config validates this too; a model_copy() skips that
-        from connector.errors import ConfigError
-
-        raise ConfigError(f"encoder.quantize: {config.encoder.quantize} needs encoder.backend: onnx")
-    from connector.encoders.bge_m3 import BGEM3Encoder
-
-    return BGEM3Encoder.from_config(config.encoder)
-
-
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
              encoder: Encoder | None = None, sleep=None, pipelined: bool = True, take_over: bool = False,
              report: SyncReport | None = None) -> SyncReport:
@@ -1143,20 +979,3 @@ def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, 
             return run.run(prune=prune, dry_run=dry_run, report=report)
         finally:
             run.close()
-
-
-@contextmanager
-def open_state(config: SyncConfig, *, sleep=None, dry_run: bool = False):
-    """The sink (with the retry policy) and the ledger bound to the config's target, under the
-    state dir's lock (not for a dry run, which writes nothing); closed on exit."""
-    from connector.lock import StateLock
-
-    with ExitStack() as stack:
-        sink = open_sink(config, sleep=sleep)  # reads the secrets: a missing one fails before any write
-        stack.callback(sink.close)
-        if not dry_run:
-            stack.enter_context(StateLock(config.state_dir))
-        ledger = Ledger(config.state_dir)
-        stack.callback(ledger.close)
-        ledger.bind_target(sink_target(config), write=not dry_run)
-        yield ledger, sink
