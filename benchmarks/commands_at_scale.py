@@ -80,7 +80,7 @@ def document_points(doc_no: int, rng: np.random.Generator):
     """One document's points and its ledger record, as a sync makes them."""
     from connector.ledger import DocCommit, LedgerChunk
     from connector.hashes import chunk_key, volatile_hash
-    from connector.pipeline import chunk_payload
+    from connector.steps.plan import chunk_payload
     from connector.records import Chunk, Point, SparseVector, point_id, sha256_text
 
     doc_id = f"manuals/section-{doc_no // 100:03d}/doc-{doc_no:06d}.md"
