@@ -54,7 +54,8 @@ class EncodeStep:
     def parts(self, windows: Iterator[Window], report: SyncReport,
               stop: threading.Event | None = None) -> Iterator[Part]:
         """Each window's points to write, `window_chunks` at a time (at least one part per window).
-        Ends once `stop` is set (the write step stopped), and then closes `windows`."""
+        Ends once `stop` is set (the write step stopped). `windows` (a generator: the plan step) is
+        closed when this ends."""
         with closing(windows):  # stops the plan step when this step is stopped
             for window in windows:
                 work = [(n, i) for n, plan in enumerate(window.plans) for i in plan.write]
