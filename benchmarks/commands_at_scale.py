@@ -79,7 +79,8 @@ def make_search_model(folder: Path) -> Path:
 def document_points(doc_no: int, rng: np.random.Generator):
     """One document's points and its ledger record, as a sync makes them."""
     from connector.ledger import DocCommit, LedgerChunk
-    from connector.pipeline import chunk_key, chunk_payload, volatile_hash
+    from connector.hashes import chunk_key, volatile_hash
+    from connector.steps.plan import chunk_payload
     from connector.records import Chunk, Point, SparseVector, point_id, sha256_text
 
     doc_id = f"manuals/section-{doc_no // 100:03d}/doc-{doc_no:06d}.md"
@@ -109,7 +110,7 @@ def build(folder: Path, n: int, engine: str, model: Path) -> dict:
     from connector.config import load_config
     from connector.ledger import Ledger
     from connector.ownership import claim
-    from connector.pipeline import open_sink, sink_target
+    from connector.app import open_sink, sink_target
 
     config = load_config(write_config(folder, model, engine))
     rng = np.random.default_rng(n)
@@ -212,7 +213,7 @@ def library_search(config_path: Path) -> dict:
     from connector import api
     from connector.config import load_config
 
-    from connector.pipeline import open_sink
+    from connector.app import open_sink
 
     config = load_config(config_path)
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731

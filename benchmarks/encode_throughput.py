@@ -25,7 +25,7 @@ What is measured
   BGEM3FlagModel, fp32, in its own venv built once from PyPI into benchmarks/.cache/reference-venv:
   FlagEmbedding does not import with transformers 5), ``torch`` (BGEM3Encoder, fp32),
   ``onnx`` and ``onnx-int8`` (``connector/encoders/onnx.py``'s OnnxEncoder, quantize none / int8) -
-  all built through ``connector.pipeline.make_encoder(config)``. An ONNX row is skipped, with the
+  all built through ``connector.app.make_encoder(config)``. An ONNX row is skipped, with the
   reason in the output, when that module is missing, does not import, or the config/factory does not
   give an OnnxEncoder. For ONNX a first subprocess builds the encoder and encodes once (so the
   export cache is warm); the measured subprocess then loads from the cache.
@@ -329,7 +329,7 @@ def make_backend_encoder(backend: str, model: Path, shape: str, threads: int):
     except Exception as err:  # noqa: BLE001
         detail = " ".join(str(err).split("\n")[1:]).strip(" -") or str(err)
         return None, f"the config does not accept encoder {encoder}: {detail}"
-    from connector.pipeline import make_encoder
+    from connector.app import make_encoder
 
     try:
         enc = make_encoder(config)

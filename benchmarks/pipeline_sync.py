@@ -83,7 +83,8 @@ def make_config(work: Path, model: Path, store: str, name: str, uri: str | None 
 def measure_wall(docs: int, shape: str, stores=STORES) -> dict:
     from encode_throughput import ensure_model  # encode_throughput's models, cached in benchmarks/.cache
 
-    from connector.pipeline import make_encoder, open_sink, run_sync
+    from connector.app import make_encoder, open_sink
+    from connector.pipeline import run_sync
 
     model = ensure_model(shape)
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
@@ -131,7 +132,8 @@ def measure_remote(docs: int, delay_ms: float) -> dict:
     from encode_throughput import ensure_model
     from latency_proxy import LatencyProxy
 
-    from connector.pipeline import make_encoder, run_sync
+    from connector.app import make_encoder
+    from connector.pipeline import run_sync
 
     model = ensure_model("small")
     work = Path(tempfile.mkdtemp(prefix="pipeline-remote-"))

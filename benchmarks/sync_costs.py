@@ -215,7 +215,7 @@ def main() -> int:
         manual_chunks, long_chunks = len(ledger.chunks("manual.md")), len(ledger.chunks("long.md"))
         chunking = ledger.get_meta("chunking_version") or "1"
         ledger.close()
-        from connector.pipeline import open_sink
+        from connector.app import open_sink
 
         engine = type(open_sink(config)).__name__
     finally:

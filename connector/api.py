@@ -37,7 +37,7 @@ def open_encoder(config: SyncConfig | None = None, *, model: str | None = None, 
     if (config is None) == (model is None):
         raise ValueError("give exactly one of config or model")
     if config is not None:
-        from connector.pipeline import make_encoder
+        from connector.app import make_encoder
 
         if max_length:
             config = config.model_copy(deep=True)
@@ -61,7 +61,7 @@ def legacy_projection(config: SyncConfig | None, encoder):
     """The projection the config's collection uses for legacy vectors, or None."""
     if config is None or not config.projection:
         return None
-    from connector.pipeline import load_projection_for
+    from connector.app import load_projection_for
 
     return load_projection_for(config, encoder)
 
@@ -221,7 +221,7 @@ def status(config: SyncConfig) -> dict:
     chunking_version) and the store's point count; reads only. `store.error` is set when the store
     does not answer."""
     from connector.ledger import Ledger
-    from connector.pipeline import open_sink, sink_target
+    from connector.app import open_sink, sink_target
     from connector.preprocess.chunking import chunking_version
 
     ledger = Ledger.open_read_only(config.state_dir)
@@ -247,7 +247,7 @@ def status(config: SyncConfig) -> dict:
 def export_snapshot(config: SyncConfig, out: Path) -> dict:
     """Write the config's collection, held in an embedded Qdrant Edge store, as a snapshot a Qdrant
     server restores (see QdrantEdgeSink.export_snapshot). ConfigError for any other store."""
-    from connector.pipeline import open_sink
+    from connector.app import open_sink
     from connector.sinks.qdrant_edge import QdrantEdgeSink
 
     sink = open_sink(config)
@@ -277,7 +277,7 @@ def rebind(config: SyncConfig) -> dict:
     from connector import recovery
     from connector.ledger import Ledger
     from connector.lock import StateLock
-    from connector.pipeline import open_sink, shared_collection, sink_target
+    from connector.app import open_sink, shared_collection, sink_target
 
     new = sink_target(config)
     if not (Path(config.state_dir) / Ledger.FILENAME).is_file():
@@ -368,7 +368,7 @@ def verify(config: SyncConfig, *, repair: bool = False) -> tuple[dict, bool]:
 def schema(config: SyncConfig, *, create: bool = False, recreate: bool = False, encoder=None) -> dict:
     """The collection's layout and state; `create` makes it when missing, `recreate` drops it
     (every point) and makes it again, resetting the ledger first under the state dir's lock."""
-    from connector.pipeline import make_encoder, open_sink
+    from connector.app import make_encoder, open_sink
 
     sink = open_sink(config)
     try:
@@ -399,7 +399,7 @@ def schema(config: SyncConfig, *, create: bool = False, recreate: bool = False, 
 def _drop_collection(config: SyncConfig, sink) -> None:
     from connector.ledger import Ledger
     from connector.lock import StateLock
-    from connector.pipeline import sink_target
+    from connector.app import sink_target
 
     # Ledger first: a crash between the two steps then leaves an empty ledger over a full
     # collection (the next sync rewrites it), never a full ledger over an empty one.

@@ -15,14 +15,8 @@ import numpy as np
 from connector.config import SyncConfig
 from connector.errors import ConfigError
 from connector.lock import StateLock
-from connector.pipeline import (
-    make_encoder,
-    open_sink,
-    open_state,
-    projection_key,
-    stable_hash,
-    vector_identity,
-)
+from connector.app import make_encoder, open_sink, open_state, projection_key
+from connector.hashes import stable_hash, vector_identity
 from connector.projection import Projection, ProjectionError, fit, load
 from connector.records import Point
 from connector.statedir import open_private

@@ -73,3 +73,8 @@ class InputError(ConnectorError):
     the service's limits refuse); the message says what to change."""
 
     exit_code = 2
+
+
+def error_kind(err: Exception) -> str:
+    """How a failed store call is recorded (dead letters, reports): 'transient' or 'terminal'."""
+    return "transient" if isinstance(err, TransientError) else "terminal"

@@ -6,9 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from connector.config import SyncConfig
-from connector.errors import ConnectorError, StoreError
+from connector.errors import ConnectorError, StoreError, error_kind
 from connector.ownership import claim
-from connector.pipeline import chunk_key, error_kind, open_state, shared_collection, store_lost
+from connector.app import open_state, shared_collection, store_lost
+from connector.hashes import chunk_key
 from connector.records import points_from_bytes
 
 

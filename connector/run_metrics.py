@@ -27,7 +27,7 @@ from connector.locations import public_url
 
 if TYPE_CHECKING:
     from connector.config import SyncConfig
-    from connector.pipeline import SyncReport
+    from connector.steps.report import SyncReport
 
 JOB = "connector_sync"  # the Pushgateway job; the grouping key adds the collection
 PUSH_TIMEOUT_SECONDS = 10

@@ -24,8 +24,8 @@ def plan_search(config: SyncConfig, mode: str, collection: str | None, encoder, 
     projected vector; the query is projected with the artifact whose hash the collection recorded.
     `open_sink(config)` gives the sink (default: a new one, which the caller closes)."""
     from connector.ledger import Ledger
-    from connector.pipeline import load_projection_for, projection_key, with_collection
-    from connector.pipeline import open_sink as new_sink
+    from connector.app import load_projection_for, projection_key, with_collection
+    from connector.app import open_sink as new_sink
     from connector.projection import load
     from connector.schemas_layout import load_layout
 

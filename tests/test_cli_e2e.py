@@ -13,10 +13,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from connector.app import open_state
 from connector.cli import cli
 from connector.config import load_config
 from connector.ledger import Ledger
-from connector.pipeline import SyncRun, open_state, run_sync
+from connector.pipeline import SyncRun, run_sync
 from connector.records import Document, FailedDocument, point_id
 from connector.sources.base import Source
 from connector.sources.files import FilesSource

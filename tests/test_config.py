@@ -139,7 +139,7 @@ def test_a_bad_server_url_is_a_config_error(tmp_path, sink):
 ])
 def test_a_unix_socket_uri_is_a_milvus_server(tmp_path, uri, expected):
     from connector.schemas_layout import load_layout
-    from connector.pipeline import sink_target
+    from connector.app import sink_target
     from connector.sinks.milvus import MilvusSink
 
     config = load_config(write(tmp_path, dict(BASE, sink={"type": "milvus", "uri": uri, "collection": "kb"})))
@@ -156,7 +156,7 @@ def test_a_relative_model_path_resolves_from_the_config_folder_only(tmp_path, ti
     import shutil
 
     from connector.errors import ModelLoadError
-    from connector.pipeline import make_encoder
+    from connector.app import make_encoder
 
     work = tmp_path / "work"
     shutil.copytree(tiny_model_dir, work / "models" / "m")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
+from connector.app import sink_target
 from connector.config import QdrantSinkConfig, load_config
 from connector.errors import ConfigError
-from connector.pipeline import sink_target
 from connector.sinks.base import rrf_fuse
 from connector.sinks.factory import make_sink
 from connector.sinks.qdrant import QdrantSink

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from connector.app import open_sink
 from connector.cli import cli
 from connector.config import load_config
-from connector.pipeline import open_sink
 from connector.testing.hostile import build_hostile_corpus
 
 

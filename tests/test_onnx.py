@@ -14,11 +14,12 @@ from click.testing import CliRunner
 
 import onnxruntime  # noqa: E402,F401 - the onnx extra is part of dev: a missing one must fail, not skip
 
+from connector.app import make_encoder  # noqa: E402
 from connector.config import EncoderConfig, parse_config  # noqa: E402
 from connector.encoders import onnx as onnx_backend  # noqa: E402
 from connector.encoders.onnx import OnnxEncoder  # noqa: E402
 from connector.errors import ConfigError, MissingExtraError  # noqa: E402
-from connector.pipeline import make_encoder, vector_identity  # noqa: E402
+from connector.hashes import vector_identity  # noqa: E402
 
 from test_encoder import TEXTS  # mixed lengths and scripts, an empty text, a truncated one
 

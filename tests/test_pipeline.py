@@ -14,10 +14,11 @@ import pytest
 
 import connector.pipeline as pipeline
 from connector import api
+from connector.app import open_sink
 from connector.config import parse_config
 from connector.errors import ConnectorError
 from connector.ledger import Ledger
-from connector.pipeline import open_sink, run_sync
+from connector.pipeline import run_sync
 from connector.recovery import verify
 from connector.sinks.qdrant_edge import QdrantEdgeSink  # the engine of a new sink.path
 from connector.sources.base import Source

@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 from connector import plugins
+from connector.app import sink_target
 from connector.cli import cli
 from connector.config import load_config
-from connector.pipeline import sink_target
 from connector.records import point_id
 from connector.sinks.factory import make_sink
 

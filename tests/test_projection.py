@@ -15,11 +15,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from connector.app import open_sink
 from connector.cli import cli
 from connector.config import load_config
 from connector.encoders.bge_m3 import BGEM3Encoder
 from connector.errors import ConfigError
-from connector.pipeline import open_sink
 from connector.projection import ProjectionError, fit, load
 from connector.schemas_layout import load_layout
 

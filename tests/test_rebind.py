@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from connector.app import sink_target
 from connector.config import load_config
 from connector.ledger import Ledger
-from connector.pipeline import sink_target
 from connector.sinks.factory import make_sink
 from test_edge_store import cli, write_project
 

@@ -230,16 +230,16 @@ def test_a_report_passed_in_keeps_the_counts_when_the_sync_raises(tmp_path, tiny
     (tmp_path / "docs" / "later.md").write_text("read after the failing one\n", encoding="utf-8")
     report = SyncReport()
 
-    import connector.pipeline as pipeline
+    from connector.steps.plan import Planner
 
-    real_plan = pipeline.SyncRun._plan
+    real_plan = Planner.plan
 
     def plan(self, doc, reader):
         if doc.doc_id == "old.md":
             raise RuntimeError("boom")
         return real_plan(self, doc, reader)
 
-    monkeypatch.setattr(pipeline.SyncRun, "_plan", plan)
+    monkeypatch.setattr(Planner, "plan", plan)
     with pytest.raises(RuntimeError, match="boom"):
         run_sync(config, encoder=tiny_encoder, report=report)
     assert report.documents["seen"] >= 1 and report.seconds["total"] > 0

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 import connector.sources.files as files_module
+from connector.app import open_sink
 from connector.config import parse_config
 from connector.ledger import Ledger
-from connector.pipeline import open_sink, run_sync
+from connector.pipeline import run_sync
 from connector.recovery import verify
 
 

@@ -161,7 +161,7 @@ def test_the_chunk_keys_of_existing_ledgers_still_match():
     """stable_hash keeps its exact output (the ledger's chunk keys are compared with it)."""
     from datetime import date
 
-    from connector.pipeline import stable_hash
+    from connector.hashes import stable_hash
 
     obj = {"payload": {"text": "Ünïcode ✓ 日本語", "doc_id": "a.md", "chunk_index": 2,
                        "metadata": {"path": "a.md", "pages": [2, 3], "when": date(2026, 11, 29)}},

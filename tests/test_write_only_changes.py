@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from connector.app import open_sink
 from connector.config import parse_config
 from connector.ledger import Ledger
-from connector.pipeline import open_sink, run_sync
+from connector.pipeline import run_sync
 from connector.recovery import verify
 from connector.sinks.milvus import MilvusSink
 from connector.sinks.qdrant import QdrantSink

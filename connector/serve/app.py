@@ -182,7 +182,7 @@ class Service:
         """An open sink per collection, kept for the life of the service (opening an embedded
         store reads the whole collection). An embedded store allows one client per folder, so
         searching another of its collections (a backfill target) closes the one open before."""
-        from connector.pipeline import open_sink
+        from connector.app import open_sink
 
         name = config.sink.collection
         with self._sink_lock:
