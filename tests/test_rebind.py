@@ -39,6 +39,18 @@ def synced_project(tmp_path: Path, model: Path) -> Path:
     return cfg
 
 
+def copied_store_missing_two_points(tmp_path: Path, model: Path) -> tuple[Path, str]:
+    """A synced project whose config now names a copy of its store with 2 points deleted; and the
+    target its state dir is bound to."""
+    cfg = synced_project(tmp_path, model)
+    old = bound_target(tmp_path)
+    shutil.copytree(tmp_path / "store", tmp_path / "partial")
+    point_at(cfg, "./partial")
+    with make_sink(load_config(cfg).sink) as sink:
+        sink.delete(list(sink.iter_ids())[:2])
+    return cfg, old
+
+
 def test_a_copied_store_folder_is_rebound_and_the_next_sync_encodes_nothing(tmp_path, tiny_model_dir):
     cfg = synced_project(tmp_path, tiny_model_dir)
     shutil.copytree(tmp_path / "store", tmp_path / "moved")
@@ -86,12 +98,7 @@ def test_a_restored_snapshot_is_rebound_and_later_edits_sync_into_it(tmp_path, t
 
 
 def test_a_store_missing_points_is_refused_and_the_old_binding_kept(tmp_path, tiny_model_dir):
-    cfg = synced_project(tmp_path, tiny_model_dir)
-    old = bound_target(tmp_path)
-    shutil.copytree(tmp_path / "store", tmp_path / "partial")
-    point_at(cfg, "./partial")
-    with make_sink(load_config(cfg).sink) as sink:
-        sink.delete(list(sink.iter_ids())[:2])
+    cfg, old = copied_store_missing_two_points(tmp_path, tiny_model_dir)
 
     proc = cli("rebind", "-c", str(cfg))
     assert proc.returncode == 2, proc.stderr
@@ -118,12 +125,7 @@ def test_a_rebind_killed_while_it_compares_leaves_the_state_dir_on_the_old_store
     import subprocess
     import sys
 
-    cfg = synced_project(tmp_path, tiny_model_dir)
-    old = bound_target(tmp_path)
-    shutil.copytree(tmp_path / "store", tmp_path / "partial")
-    point_at(cfg, "./partial")
-    with make_sink(load_config(cfg).sink) as sink:
-        sink.delete(list(sink.iter_ids())[:2])
+    cfg, old = copied_store_missing_two_points(tmp_path, tiny_model_dir)
     # the comparison of ledger and store (26 s at 500 000 points) ends in a kill -9
     script = ("import os, sys\nfrom connector import api, recovery\nfrom connector.config import load_config\n"
               "def killed(*args, **kwargs):\n    os.kill(os.getpid(), 9)\n"
