@@ -1113,17 +1113,10 @@ def vector_identity(encoder: Encoder) -> dict:
 
 
 def make_encoder(config: SyncConfig) -> Encoder:
-    if config.encoder.backend == "onnx":
-        from connector.encoders.onnx import OnnxEncoder
+    """The config's encoder, run by the config's engine (local or ray: see connector.engines)."""
+    from connector.engines import make_engine_encoder
 
-        return OnnxEncoder.from_config(config.encoder, cache_dir=config.state_dir / "onnx")
-    if config.encoder.quantize != "none":  # the config validates this too; a model_copy() skips that
-        from connector.errors import ConfigError
-
-        raise ConfigError(f"encoder.quantize: {config.encoder.quantize} needs encoder.backend: onnx")
-    from connector.encoders.bge_m3 import BGEM3Encoder
-
-    return BGEM3Encoder.from_config(config.encoder)
+    return make_engine_encoder(config)
 
 
 def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, progress: bool = False,
