@@ -65,7 +65,8 @@ def config_data(tmp_path: Path, model, name: str, engine: dict | None = None) ->
     data = {
         "source": {"type": "files", "path": str(tmp_path / "docs")},
         "chunking": {"max_tokens": 24, "overlap_tokens": 4},
-        "encoder": {"model": str(model), "max_length": 512, "batch_size": 4},
+        # the actors' torch threads are cpus_per_encoder (1): the local engine's too, for bit-equal sums
+        "encoder": {"model": str(model), "max_length": 512, "batch_size": 4, "threads": 1},
         "sink": {"type": "qdrant", "path": str(tmp_path / name / "qdrant"), "collection": "kb"},
         "state_dir": str(tmp_path / name / "state"),
     }
@@ -102,8 +103,12 @@ def wait_for_free_cpus(cpus: float, timeout: float = 60) -> None:
     assert ray.available_resources().get("CPU", 0) == cpus
 
 
+#: Texts of many lengths, and runs of texts of one length that the encoder batches together (as it
+#: does a sync's chunks): vectors depend on which texts share a batch, so these show a batch plan
+#: other than the local encoder's.
 TEXTS = ["", "short", "a little longer text about fuses and relays", "中文文本，测试。", "x " * 300,
-         *[f"text number {n} " * (n % 9 + 1) for n in range(23)]]
+         *[f"text number {n} " * (n % 9 + 1) for n in range(23)],
+         *[f"{'relay fuse ' * 40}{'x ' * (n % 3)}{n}" for n in range(30)]]  # 204-208 tokens: padded batches
 
 
 @pytest.mark.slow

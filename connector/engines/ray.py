@@ -218,7 +218,7 @@ def result(ray, ref):
 
 
 def first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
 
 
 def _kill(actors: list) -> None:
