@@ -95,8 +95,9 @@ def stored_points(config) -> dict:
         return {p.id: p for p in sink.retrieve(sorted(sink.all_ids()), True)}
 
 
-def wait_for_free_cpus(cpus: float, timeout: float = 60) -> None:
+def wait_for_free_cpus(cluster, cpus: float = 2, timeout: float = 60) -> None:
     """Until the cluster has `cpus` CPUs free (ray.kill is asynchronous); assert it gets there."""
+    connect(ray, cluster.address)  # this process may have let only CLI runs connect so far
     deadline = time.monotonic() + timeout
     while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -130,7 +131,7 @@ def test_two_actors_on_two_nodes_give_the_local_engines_vectors(ray_cluster, tmp
         assert encoder.encode([]) == []
     finally:
         encoder.close()
-    wait_for_free_cpus(2)
+    wait_for_free_cpus(ray_cluster)
 
 
 @pytest.mark.slow
@@ -162,7 +163,19 @@ def test_sync_with_the_ray_engine_equals_the_local_engine_first_unchanged_edit_p
     local_points, remote_points = stored_points(local), stored_points(remote)
     assert local_points.keys() == remote_points.keys()
     assert all(same_vectors(local_points[i], remote_points[i]) for i in local_points)
-    wait_for_free_cpus(2)
+    wait_for_free_cpus(ray_cluster)
+
+
+@pytest.mark.slow
+def test_projection_fit_from_the_source_on_the_ray_engine_equals_the_local_fit(ray_cluster, tmp_path, tiny_model_dir):
+    from connector.backfill import fit_projection
+
+    write_corpus(tmp_path / "docs", docs=10)
+    local = parse_config(config_data(tmp_path, tiny_model_dir, "local"), tmp_path)
+    remote = parse_config(config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster)), tmp_path)
+    expected = fit_projection(local, 4, 20, source="source")
+    assert fit_projection(remote, 4, 20, source="source").sha256 == expected.sha256
+    wait_for_free_cpus(ray_cluster)  # the command's actors stopped when it dropped its encoder
 
 
 class KillActorOnSecondCall(Encoder):
@@ -203,7 +216,7 @@ def test_an_actor_killed_mid_sync_is_restarted_and_the_sync_completes(ray_cluste
         encoder.inner.close()
     assert summary(got) == summary(run_sync(local))
     assert got.exit_code == 0 and recovery.verify(remote).ok
-    wait_for_free_cpus(2)
+    wait_for_free_cpus(ray_cluster)
 
 
 @pytest.mark.slow
@@ -222,7 +235,7 @@ def test_a_model_the_workers_cannot_load_fails_the_sync_with_their_reason(ray_cl
     assert "Traceback" not in message and "RayTaskError" not in message and "ActorDiedError" not in message
     with make_sink(config.sink) as sink:
         assert sink.describe() is None  # nothing written: the collection was not even created
-    wait_for_free_cpus(2)  # the actors of the failed start were stopped
+    wait_for_free_cpus(ray_cluster)  # the actors of the failed start were stopped
 
 
 @pytest.mark.slow
@@ -252,7 +265,7 @@ def test_an_actor_whose_node_lacks_the_model_loads_the_copy_shipped_through_the_
             if handle is not None:
                 ray.kill(handle)
         shutil.rmtree(Path(tempfile.gettempdir()) / "connector-models" / sha, ignore_errors=True)
-    wait_for_free_cpus(2)
+    wait_for_free_cpus(ray_cluster)
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -267,22 +280,28 @@ def write_config(tmp_path: Path, data: dict, name: str) -> Path:
 
 
 @pytest.mark.slow
-def test_cli_sync_on_the_ray_engine_and_its_local_override_give_the_same_summary(
+def test_cli_sync_on_the_ray_engine_and_with_engine_overrides_gives_the_same_summary(
         ray_cluster, tmp_path, tiny_model_dir):
     write_corpus(tmp_path / "docs", docs=8)
-    on_ray = write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster)), "ray")
-    overridden = write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "local", ray_engine(ray_cluster)),
-                              "local")
-    remote = run_cli("sync", "-c", str(on_ray), "--json")
-    assert remote.returncode == 0, remote.stderr
-    local = run_cli("sync", "-c", str(overridden), "--json", "--engine", "local")
-    assert local.returncode == 0, local.stderr
-    assert summary(json.loads(remote.stdout)) == summary(json.loads(local.stdout))
-    assert json.loads(remote.stdout)["documents"]["new"] == 10
-    for config in (on_ray, overridden):
-        checked = run_cli("verify", "-c", str(config), "--json")
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-    wait_for_free_cpus(2)  # the CLI's actors ended with its process
+    on_ray = config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster))
+    runs = {  # config file, --engine, environment
+        "ray": (write_config(tmp_path, on_ray, "ray"), [], {}),
+        # a local config on the cluster: address auto, which finds it through RAY_ADDRESS
+        "local config, --engine ray": (write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "auto"), "auto"),
+                                       ["--engine", "ray"], {"RAY_ADDRESS": ray_cluster.address}),
+        "ray config, --engine local": (write_config(tmp_path, {**on_ray, **config_data(tmp_path, tiny_model_dir, "local")},
+                                                    "local"), ["--engine", "local"], {}),
+    }
+    summaries = {}
+    for name, (config, override, env) in runs.items():
+        proc = run_cli("sync", "-c", str(config), "--json", *override, env=env)
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        summaries[name] = summary(json.loads(proc.stdout))
+        assert recovery.verify(load_config(config)).ok, name
+    assert summaries["ray"]["documents"]["new"] == 10
+    assert summaries["ray"] == summaries["local config, --engine ray"] == summaries["ray config, --engine local"]
+    assert load_config(runs["ray config, --engine local"][0]).engine.type == "ray"  # the override is per run
+    wait_for_free_cpus(ray_cluster)  # the CLI's actors ended with its process
 
 
 def test_an_unreachable_cluster_fails_the_sync_before_anything_is_written(tmp_path, tiny_model_dir):

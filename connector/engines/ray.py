@@ -28,7 +28,7 @@ import weakref
 from pathlib import Path
 from typing import Sequence
 
-from connector.config import RAY_ADDRESS, SyncConfig
+from connector.config import SyncConfig
 from connector.encoders.base import Encoder
 from connector.engines.base import Engine
 from connector.engines.local import build_local_encoder
@@ -83,7 +83,7 @@ def connect(ray, address: str) -> None:
 
 def check_reachable(address: str) -> None:
     """Fail at once, with how to fix it, when nothing listens at `address` (host:port or ray://host:port)."""
-    host, port = RAY_ADDRESS.fullmatch(address).group(0).removeprefix("ray://").rsplit(":", 1)
+    host, port = address.removeprefix("ray://").rsplit(":", 1)  # the config checked the form (RAY_ADDRESS)
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
     except OSError as err:
