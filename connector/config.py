@@ -478,11 +478,12 @@ class SyncConfig(Strict):
     def _engine_type(cls, value):
         if isinstance(value, str):  # `engine: ray` is short for `engine: {type: ray}`
             value = {"type": value}
-        kind = value.get("type", "local") if isinstance(value, dict) else getattr(value, "type", None)
-        if isinstance(value, dict) and "type" not in value:
-            value = {**value, "type": kind}
-        if kind not in ENGINE_TYPES:
-            raise ValueError(f"type must be one of {', '.join(ENGINE_TYPES)}, not {kind!r}")
+        if isinstance(value, dict):
+            value = {"type": "local", **value}
+            if value["type"] not in ENGINE_TYPES:
+                raise ValueError(f"type must be one of {', '.join(ENGINE_TYPES)}, not {value['type']!r}")
+        elif not isinstance(value, (LocalEngineConfig, RayEngineConfig)):
+            raise ValueError(f"must be local, ray or a mapping such as {{type: ray, address: auto}}, not {value!r}")
         return value
 
     @field_validator("ignore_failures")

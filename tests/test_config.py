@@ -208,6 +208,7 @@ def test_ray_addresses(tmp_path, address):
 @pytest.mark.parametrize("engine, expected", [
     ({"type": "spark"}, "engine: Value error, type must be one of local, ray, not 'spark'"),
     ("dask", "engine: Value error, type must be one of local, ray, not 'dask'"),
+    (None, "engine: Value error, must be local, ray or a mapping such as {type: ray, address: auto}, not None"),
     ({"type": "ray", "adress": "auto"}, "engine.adress: unknown field"),
     ({"type": "local", "encoders": 2}, "engine.encoders: unknown field"),
     ({"type": "ray", "address": "http://head:6379"}, "'http://head:6379' is not a Ray address: use auto"),
