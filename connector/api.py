@@ -37,12 +37,12 @@ def open_encoder(config: SyncConfig | None = None, *, model: str | None = None, 
     if (config is None) == (model is None):
         raise ValueError("give exactly one of config or model")
     if config is not None:
-        from connector.app import make_encoder
+        from connector.engines.local import build_local_encoder
 
         if max_length:
             config = config.model_copy(deep=True)
             config.encoder.max_length = max_length
-        return make_encoder(config)
+        return build_local_encoder(config)  # a few texts at a time: in this process, whatever the config's engine
     from connector.encoders.bge_m3 import BGEM3Encoder
 
     return BGEM3Encoder(model, max_length=max_length or 8192)
@@ -368,7 +368,8 @@ def verify(config: SyncConfig, *, repair: bool = False) -> tuple[dict, bool]:
 def schema(config: SyncConfig, *, create: bool = False, recreate: bool = False, encoder=None) -> dict:
     """The collection's layout and state; `create` makes it when missing, `recreate` drops it
     (every point) and makes it again, resetting the ledger first under the state dir's lock."""
-    from connector.app import make_encoder, open_sink
+    from connector.app import open_sink
+    from connector.engines.local import build_local_encoder
 
     sink = open_sink(config)
     try:
@@ -377,7 +378,7 @@ def schema(config: SyncConfig, *, create: bool = False, recreate: bool = False, 
             _drop_collection(config, sink)
         if create or recreate:
             k = config.projection.dim if config.projection and config.projection.output != "dense" else None
-            created = sink.ensure_collection((encoder or make_encoder(config)).dimension, k)
+            created = sink.ensure_collection((encoder or build_local_encoder(config)).dimension, k)
             action = "created" if created else "exists (checked against the layout)"
         info = sink.describe()
     finally:

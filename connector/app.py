@@ -98,19 +98,12 @@ def store_lost(sink: Sink, ledger: Ledger) -> str | None:
 
 
 def make_encoder(config: SyncConfig) -> Encoder:
-    """The config's encoder: the one place that builds it (the sync, backfill, projection fit,
-    search and the service all come here)."""
-    if config.encoder.backend == "onnx":
-        from connector.encoders.onnx import OnnxEncoder
+    """The config's encoder, run by the config's engine (local or ray: see connector.engines); the one
+    place the sync, backfill and projection fit get theirs. Commands that encode a few texts (search,
+    embed, similarity, schema, the service) build a local one (connector.engines.local)."""
+    from connector.engines import make_engine_encoder
 
-        return OnnxEncoder.from_config(config.encoder, cache_dir=config.state_dir / "onnx")
-    if config.encoder.quantize != "none":  # the config validates this too; a model_copy() skips that
-        from connector.errors import ConfigError
-
-        raise ConfigError(f"encoder.quantize: {config.encoder.quantize} needs encoder.backend: onnx")
-    from connector.encoders.bge_m3 import BGEM3Encoder
-
-    return BGEM3Encoder.from_config(config.encoder)
+    return make_engine_encoder(config)
 
 
 @contextmanager

@@ -56,6 +56,12 @@ def json_option(f):
                         help="Print one JSON document on stdout.")(f)
 
 
+def engine_option(f):
+    return click.option("--engine", type=click.Choice(["local", "ray"]),
+                        help="Where the encoding runs for this run: local (this process) or ray (the config's Ray "
+                             "cluster, or address auto). Default: the config's engine.")(f)
+
+
 def config_option(required=True):
     return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                         required=required, help="Path to the YAML config.")
@@ -98,19 +104,22 @@ def cli():
 @click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path),
               help="At the end, write the run's Prometheus metrics to this file (node_exporter textfile collector).")
 @click.option("--pushgateway", metavar="URL", help="At the end, push the run's metrics to this Prometheus Pushgateway.")
+@engine_option
 @json_option
 @click.pass_context
-def sync(ctx, config_path, prune, dry_run, progress, take_over, metrics_file, pushgateway):
+def sync(ctx, config_path, prune, dry_run, progress, take_over, metrics_file, pushgateway, engine):
     """Sync the source into the store: encode and write only what changed.
 
     \b
     Example:
       connector sync -c configs/qdrant-local.yaml --prune --json
       connector sync -c configs/qdrant-local.yaml --metrics-file /var/lib/prometheus/node-exporter/kb.prom
+      connector sync -c configs/qdrant-local.yaml --engine ray
     """
+    from connector.engines import with_engine
     from connector.pipeline import SyncReport, run_sync
 
-    config = load_config(config_path)
+    config = with_engine(load_config(config_path), engine)
     _check_metrics_options(metrics_file, pushgateway, dry_run)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -476,9 +485,10 @@ def projection():
 @click.option("--from", "source", type=click.Choice(["store", "source"]),
               help="Sample the store's dense vectors, or encode a sample of the source (through the cache). "
                    "Default: the store when the collection holds points, else the source.")
+@engine_option
 @json_option
 @click.pass_context
-def projection_fit(ctx, config_path, dim, sample, source):
+def projection_fit(ctx, config_path, dim, sample, source, engine):
     """Fit the projection on a sample of dense vectors and save it in the state dir (under the
     state dir's lock, like sync). Without --from: the store's vectors when the collection holds
     points, else a sample of the source, encoded; the output says which (`fitted_from`).
@@ -488,8 +498,9 @@ def projection_fit(ctx, config_path, dim, sample, source):
       connector projection fit -c configs/qdrant-local.yaml --dim 768 --from store
     """
     from connector.backfill import fit_projection
+    from connector.engines import with_engine
 
-    config = load_config(config_path)
+    config = with_engine(load_config(config_path), engine)
     k = dim or (config.projection.dim if config.projection else 768)
     n = sample or (config.projection.sample if config.projection else 20000)
     fitted = fit_projection(config, k, n, source=source or "auto")

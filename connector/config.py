@@ -332,6 +332,53 @@ class RetryConfig(Strict):
     )
 
 
+ENGINE_TYPES = ("local", "ray")
+
+#: `engine.address`: "auto", a head node's GCS address (host:port) or a Ray Client address (ray://host:port).
+RAY_ADDRESS = re.compile(r"(ray://)?[^\s:/]+:(\d{1,5})")
+
+
+class LocalEngineConfig(Strict):
+    """`engine: {type: local}` (the default): every stage runs in this process."""
+
+    type: Literal["local"] = "local"
+
+
+class RayEngineConfig(Strict):
+    """`engine: {type: ray, ...}`: the encode step runs in a pool of Ray actors (see README "Engines")."""
+
+    type: Literal["ray"] = "ray"
+    address: str = Field(
+        "auto",
+        description="auto (the cluster `ray start` started on this machine, or RAY_ADDRESS), a head node's "
+        "host:port (e.g. 10.0.0.5:6379) or a Ray Client address ray://host:10001.",
+    )
+    encoders: Optional[int] = Field(
+        None, ge=1, description="Encoder actors, each loading the model once; default: the cluster's CPUs // "
+        "cpus_per_encoder.",
+    )
+    cpus_per_encoder: int = Field(1, ge=1, description="CPUs Ray reserves for each actor, and its torch threads.")
+    ship_model: bool = Field(
+        False,
+        description="Send the model's files through Ray's object store to nodes that do not have encoder.model "
+        "(the same files at the same path); default: every node must have them.",
+    )
+    start_timeout: float = Field(
+        300, gt=0, description="Seconds to wait for every actor to be placed and to load the model.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _known_address_form(cls, value: str) -> str:
+        match = RAY_ADDRESS.fullmatch(value)
+        if value != "auto" and (match is None or not 1 <= int(match.group(2)) <= 65535):
+            raise ValueError(
+                f"{value!r} is not a Ray address: use auto (a cluster started on this machine with `ray start "
+                "--head`), the head node's host:port (e.g. 10.0.0.5:6379) or ray://host:10001 (Ray Client)"
+            )
+        return value
+
+
 class NormalizeStepConfig(PreprocessConfig):
     """`preprocessors: [{type: normalize, ...}]`: one more pass of the built-in normalizer, own options."""
 
@@ -396,6 +443,11 @@ PreprocessorConfig = Annotated[
     _by_type(("normalize",)),
 ]
 
+EngineConfig = Annotated[
+    Union[Annotated[LocalEngineConfig, Tag("type=local")], Annotated[RayEngineConfig, Tag("type=ray")]],
+    _by_type(ENGINE_TYPES, default="local"),  # an unknown type never gets here: see SyncConfig._engine_type
+]
+
 
 class SyncConfig(Strict):
     """The whole config file."""
@@ -410,6 +462,9 @@ class SyncConfig(Strict):
     sink: SinkConfig
     projection: Optional[ProjectionConfig] = None
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    engine: EngineConfig = Field(
+        default_factory=LocalEngineConfig, description="Where the encode step runs: {type: local} or {type: ray, ...}."
+    )
     on_error: Literal["continue", "stop"] = Field(
         "continue", description="After a batch failed for good: go on with the others, or stop the sync."
     )
@@ -417,6 +472,19 @@ class SyncConfig(Strict):
         default_factory=list,
         description="Kinds of unreadable document that do not make the exit code 3 (still reported), e.g. [empty].",
     )
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_type(cls, value):
+        if isinstance(value, str):  # `engine: ray` is short for `engine: {type: ray}`
+            value = {"type": value}
+        if isinstance(value, dict):
+            value = {"type": "local", **value}
+            if value["type"] not in ENGINE_TYPES:
+                raise ValueError(f"type must be one of {', '.join(ENGINE_TYPES)}, not {value['type']!r}")
+        elif not isinstance(value, (LocalEngineConfig, RayEngineConfig)):
+            raise ValueError(f"must be local, ray or a mapping such as {{type: ray, address: auto}}, not {value!r}")
+        return value
 
     @field_validator("ignore_failures")
     @classmethod
@@ -428,6 +496,13 @@ class SyncConfig(Strict):
             raise ValueError(f"unknown failure kind(s) {unknown}; known: {', '.join(FAILURE_KINDS)}")
         return value
     state_dir: Path = Path(".connector")
+
+    @model_validator(mode="after")
+    def _ray_runs_torch(self) -> "SyncConfig":
+        if self.engine.type == "ray" and self.encoder.backend != "torch":
+            raise ValueError(f"engine ray runs encoder.backend torch only (backend is {self.encoder.backend}); "
+                             "use engine local for onnx")
+        return self
 
     @model_validator(mode="after")
     def _chunk_fits_model(self) -> "SyncConfig":

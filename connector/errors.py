@@ -32,6 +32,11 @@ class ModelLoadError(ConnectorError):
     """The encoder model could not be found, downloaded or loaded."""
 
 
+class EngineError(ConnectorError):
+    """The engine that runs the encode step (a Ray cluster) cannot be reached or its workers failed;
+    what they did not finish was never committed."""
+
+
 class SourceError(ConnectorError):
     """A source cannot be read at all (for example its folder does not exist): a config problem."""
 

@@ -29,7 +29,7 @@ from collections import Counter
 from contextlib import closing
 from typing import Callable, Iterable
 
-# make_encoder's home is connector.app; importable from here too while connector.engines builds on it
+# make_encoder's home is connector.app; importable from here too (benchmarks and plugins use it)
 from connector.app import make_encoder, open_state, projection_key, shared_collection, sink_target, store_lost
 from connector.config import SyncConfig
 from connector.encoders.base import Encoder

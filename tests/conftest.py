@@ -8,6 +8,11 @@ import pytest
 
 from connector.testing import make_model
 
+# Every Ray process the tests start (head, workers, the pytest driver, CLI drivers) inherits this:
+# Ray then keeps every node on 127.0.0.1. Ray reads it when imported, so it is set before any test imports ray.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(RAY_ENV)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_dir(tmp_path_factory):

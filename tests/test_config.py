@@ -184,3 +184,60 @@ def test_a_bad_chunking_version_names_the_allowed_ones(tmp_path, version):
     data = {"source": {"path": "d"}, "sink": {"type": "qdrant", "path": "q"}, "chunking": {"version": version}}
     with pytest.raises(ConfigError, match=r"chunking\.version: Value error, must be 1 or 2 "):
         load_config(write(tmp_path, data))
+
+
+# ---- engine ---------------------------------------------------------------------------------
+def test_the_engine_is_local_by_default(tmp_path):
+    assert load_config(write(tmp_path, BASE)).engine.type == "local"
+
+
+@pytest.mark.parametrize("engine", ["ray", {"type": "ray"}])
+def test_a_ray_engine_takes_its_defaults(tmp_path, engine):
+    settings = load_config(write(tmp_path, dict(BASE, engine=engine))).engine
+    assert (settings.type, settings.address, settings.encoders, settings.cpus_per_encoder, settings.ship_model) == (
+        "ray", "auto", None, 1, False)
+
+
+@pytest.mark.parametrize("address", ["auto", "127.0.0.1:6379", "head.example.internal:6379", "ray://10.0.0.5:10001"])
+def test_ray_addresses(tmp_path, address):
+    config = load_config(write(tmp_path, dict(BASE, engine={"type": "ray", "address": address, "encoders": 8,
+                                                            "cpus_per_encoder": 4})))
+    assert (config.engine.address, config.engine.encoders, config.engine.cpus_per_encoder) == (address, 8, 4)
+
+
+@pytest.mark.parametrize("engine, expected", [
+    ({"type": "spark"}, "engine: Value error, type must be one of local, ray, not 'spark'"),
+    ("dask", "engine: Value error, type must be one of local, ray, not 'dask'"),
+    (None, "engine: Value error, must be local, ray or a mapping such as {type: ray, address: auto}, not None"),
+    ({"type": "ray", "adress": "auto"}, "engine.adress: unknown field"),
+    ({"type": "local", "encoders": 2}, "engine.encoders: unknown field"),
+    ({"type": "ray", "address": "http://head:6379"}, "'http://head:6379' is not a Ray address: use auto"),
+    ({"type": "ray", "address": "head"}, "'head' is not a Ray address"),
+    ({"type": "ray", "address": "head:70000"}, "'head:70000' is not a Ray address"),
+    ({"type": "ray", "encoders": 0}, "engine.encoders: Input should be greater than or equal to 1"),
+    ({"type": "ray", "cpus_per_encoder": 0}, "engine.cpus_per_encoder: Input should be greater than or equal to 1"),
+    ({"type": "ray", "start_timeout": 0}, "engine.start_timeout: Input should be greater than 0"),
+])
+def test_a_bad_engine_is_a_config_error(tmp_path, engine, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, dict(BASE, engine=engine)))
+    assert expected in str(err.value)
+
+
+def test_the_ray_engine_runs_the_torch_backend_only(tmp_path):
+    with pytest.raises(ConfigError, match="engine ray runs encoder.backend torch only"):
+        load_config(write(tmp_path, dict(BASE, engine="ray", encoder={"model": "./m", "backend": "onnx"})))
+
+
+def test_the_engine_override(tmp_path):
+    from connector.engines import with_engine
+
+    on_ray = load_config(write(tmp_path, dict(BASE, engine={"type": "ray", "address": "10.0.0.5:6379", "encoders": 3})))
+    assert with_engine(on_ray, None) is on_ray and with_engine(on_ray, "ray") is on_ray  # the config's settings
+    assert with_engine(on_ray, "local").engine.type == "local"
+    assert on_ray.engine.type == "ray"  # the loaded config is left alone
+    local = load_config(write(tmp_path, BASE))
+    assert (with_engine(local, "ray").engine.address, with_engine(local, "ray").engine.encoders) == ("auto", None)
+    onnx = load_config(write(tmp_path, dict(BASE, encoder={"model": "./m", "backend": "onnx"})))
+    with pytest.raises(ConfigError, match="--engine ray runs encoder.backend torch only"):
+        with_engine(onnx, "ray")

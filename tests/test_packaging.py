@@ -26,5 +26,7 @@ def test_wheel_ships_schemas_and_console_script(tmp_path):
     assert "connector/testing/sentences.txt" in names
     for asset in ("index.html", "app.js", "style.css"):  # the WebUI that `connector serve` serves
         assert f"connector/serve/static/{asset}" in names
+    for package in (ROOT / "connector").rglob("__init__.py"):  # every subpackage, e.g. connector/engines
+        assert package.relative_to(ROOT).as_posix() in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "connector = connector.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -152,16 +152,24 @@ class BGEM3Encoder(Encoder):
         texts = list(texts)
         if not texts:
             return []
-        # Tokenize once; each batch is then padded only to its own longest text.
-        token_ids = self._tokenizer(
-            texts, truncation=True, max_length=self.max_length, add_special_tokens=True, return_attention_mask=False
-        )["input_ids"]
+        token_ids, batches = self.plan_batches(texts)
         results: list[Vectors | None] = [None] * len(texts)
         with torch.inference_mode():
-            for batch in length_batches([len(ids) for ids in token_ids], self.batch_size, self.max_padding):
+            for batch in batches:
                 for i, vectors in zip(batch, self._encode_batch([token_ids[i] for i in batch], details)):
                     results[i] = vectors
         return results
+
+    def plan_batches(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """The token ids of `texts` and the batches `encode` runs them in (lists of indices, see
+        `length_batches`). `encode` of one batch's texts, in that order, runs them as that same one
+        batch: an engine that spreads the batches over workers gets the vectors `encode` gives."""
+        # Tokenize once; each batch is then padded only to its own longest text.
+        token_ids = self._tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True,
+            return_attention_mask=False,
+        )["input_ids"]
+        return token_ids, length_batches([len(ids) for ids in token_ids], self.batch_size, self.max_padding)
 
     @property
     def colbert_error(self) -> str | None:

@@ -1,0 +1,318 @@
+"""The Ray engine on a real two-node Ray cluster on 127.0.0.1 (`ray.cluster_utils.Cluster`, as
+Ray's own tests do), with the tiny model: the vectors, a sync and its scenarios, and the faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import yaml
+
+from connector import recovery
+from connector.config import load_config, parse_config
+from connector.encoders.base import Encoder
+from connector.engines.local import build_local_encoder
+from connector.errors import ModelLoadError
+from connector.engines.ray import EncoderWorker, RayEncoder, actor_config, connect, model_files
+from connector.pipeline import make_encoder, run_sync
+from connector.sinks.factory import make_sink
+from conftest import RAY_ENV
+from milvus_server import free_port
+
+CONNECTOR = str(Path(sys.executable).parent / "connector")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node and a worker node, one CPU each, on 127.0.0.1; shut down (every process) after the module."""
+    from ray.cluster_utils import Cluster
+
+    assert all(os.environ.get(name) == value for name, value in RAY_ENV.items())  # see conftest.py
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        assert cluster.address.startswith("127.0.0.1:")
+        yield cluster
+    finally:
+        ray.shutdown()  # the driver's connection, made by the engine
+        nodes = cluster.list_all_nodes()
+        cluster.shutdown()
+        assert not any(node.any_processes_alive() for node in nodes)
+
+
+def write_corpus(root: Path, docs: int = 24) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(docs):
+        body = " ".join(f"Item {n}.{k}: the relay {k * n} resets when the fuse number {k} is replaced."
+                        for k in range(1 + n % 7))
+        (root / f"doc{n:02d}.md").write_text(f"# Note {n}\n\n{body}\n", encoding="utf-8")
+    (root / "empty-ish.md").write_text("# Title only\n", encoding="utf-8")
+    (root / "zh.md").write_text("# 常见问题\n\n如何重置密码？请点击“忘记密码”。", encoding="utf-8")
+
+
+def config_data(tmp_path: Path, model, name: str, engine: dict | None = None) -> dict:
+    data = {
+        "source": {"type": "files", "path": str(tmp_path / "docs")},
+        "chunking": {"max_tokens": 24, "overlap_tokens": 4},
+        # the actors' torch threads are cpus_per_encoder (1): the local engine's too, for bit-equal sums
+        "encoder": {"model": str(model), "max_length": 512, "batch_size": 4, "threads": 1},
+        "sink": {"type": "qdrant", "path": str(tmp_path / name / "qdrant"), "collection": "kb"},
+        "state_dir": str(tmp_path / name / "state"),
+    }
+    if engine:
+        data["engine"] = engine
+    return data
+
+
+def ray_engine(cluster, encoders: int = 2) -> dict:
+    return {"type": "ray", "address": cluster.address, "encoders": encoders, "cpus_per_encoder": 1}
+
+
+def summary(report) -> dict:
+    data = report.to_json() if not isinstance(report, dict) else dict(report)
+    data.pop("seconds")
+    return data
+
+
+def same_vectors(a, b) -> bool:
+    return (np.array_equal(a.dense, b.dense) and np.array_equal(a.sparse.indices, b.sparse.indices)
+            and np.array_equal(a.sparse.values, b.sparse.values))
+
+
+def stored_points(config) -> dict:
+    with make_sink(config.sink) as sink:
+        return {p.id: p for p in sink.retrieve(sorted(sink.all_ids()), True)}
+
+
+def wait_for_free_cpus(cluster, cpus: float = 2, timeout: float = 60) -> None:
+    """Until the cluster has `cpus` CPUs free (ray.kill is asynchronous); assert it gets there."""
+    connect(ray, cluster.address)  # this process may have let only CLI runs connect so far
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == cpus
+
+
+#: Texts of many lengths, and runs of texts of one length that the encoder batches together (as it
+#: does a sync's chunks): vectors depend on which texts share a batch, so these show a batch plan
+#: other than the local encoder's.
+TEXTS = ["", "short", "a little longer text about fuses and relays", "中文文本，测试。", "x " * 300,
+         *[f"text number {n} " * (n % 9 + 1) for n in range(23)],
+         *[f"{'relay fuse ' * 40}{'x ' * (n % 3)}{n}" for n in range(30)]]  # 204-208 tokens: padded batches
+
+
+@pytest.mark.slow
+def test_two_actors_on_two_nodes_give_the_local_engines_vectors(ray_cluster, tmp_path, tiny_model_dir):
+    config = parse_config(config_data(tmp_path, tiny_model_dir, "a", ray_engine(ray_cluster)), tmp_path)
+    encoder = make_encoder(config)
+    try:
+        assert isinstance(encoder, RayEncoder)
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+        assert len({w["node_id"] for w in encoder.workers}) == 2  # one actor per node (SPREAD)
+        assert {w["node"] for w in encoder.workers} == {"127.0.0.1"}
+        assert {w["model_from"] for w in encoder.workers} == {"path"}
+        local = build_local_encoder(parse_config(config_data(tmp_path, tiny_model_dir, "b"), tmp_path))
+        assert encoder.fingerprint == local.fingerprint
+        assert encoder.dimension == local.dimension
+        remote_vectors, local_vectors = encoder.encode(TEXTS), local.encode(TEXTS)
+        assert len(remote_vectors) == len(TEXTS)
+        assert all(same_vectors(r, v) for r, v in zip(remote_vectors, local_vectors))
+        assert encoder.encode([]) == []
+    finally:
+        encoder.close()
+    wait_for_free_cpus(ray_cluster)
+
+
+@pytest.mark.slow
+def test_sync_with_the_ray_engine_equals_the_local_engine_first_unchanged_edit_prune(
+        ray_cluster, tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "docs")
+    local = parse_config(config_data(tmp_path, tiny_model_dir, "local"), tmp_path)
+    remote = parse_config(config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster)), tmp_path)
+    encoder = make_encoder(remote)
+
+    def both(prune: bool = False) -> dict:
+        expected = run_sync(local, prune=prune)
+        got = run_sync(remote, prune=prune, encoder=encoder)
+        assert summary(got) == summary(expected)
+        assert recovery.verify(local).ok and recovery.verify(remote).ok
+        return summary(got)
+
+    try:
+        first = both()
+        assert first["documents"]["new"] == 26 and first["chunks"]["encoded"] > 32  # more than one encode call
+        assert both()["documents"]["unchanged"] == 26
+        (tmp_path / "docs" / "doc03.md").write_text("# Note 3\n\nThe relay was replaced by a breaker.\n")
+        (tmp_path / "docs" / "doc04.md").unlink()
+        (tmp_path / "docs" / "new.md").write_text("# New\n\nA new note about the breaker panel.\n")
+        edited = both(prune=True)
+        assert (edited["documents"]["changed"], edited["documents"]["deleted"], edited["documents"]["new"]) == (1, 1, 1)
+    finally:
+        encoder.close()
+    local_points, remote_points = stored_points(local), stored_points(remote)
+    assert local_points.keys() == remote_points.keys()
+    assert all(same_vectors(local_points[i], remote_points[i]) for i in local_points)
+    wait_for_free_cpus(ray_cluster)
+
+
+@pytest.mark.slow
+def test_projection_fit_from_the_source_on_the_ray_engine_equals_the_local_fit(ray_cluster, tmp_path, tiny_model_dir):
+    from connector.backfill import fit_projection
+
+    write_corpus(tmp_path / "docs", docs=10)
+    local = parse_config(config_data(tmp_path, tiny_model_dir, "local"), tmp_path)
+    remote = parse_config(config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster)), tmp_path)
+    expected = fit_projection(local, 4, 20, source="source")
+    assert fit_projection(remote, 4, 20, source="source").sha256 == expected.sha256
+    wait_for_free_cpus(ray_cluster)  # the command's actors stopped when it dropped its encoder
+
+
+class KillActorOnSecondCall(Encoder):
+    """A RayEncoder whose first actor's worker process is SIGKILLed just before the second encode call."""
+
+    def __init__(self, inner: RayEncoder):
+        self.inner, self.calls, self.killed = inner, 0, None
+        self.dimension, self.max_length = inner.dimension, inner.max_length
+
+    @property
+    def fingerprint(self):
+        return self.inner.fingerprint
+
+    @property
+    def tokenizer(self):
+        return self.inner.tokenizer
+
+    def encode(self, texts):
+        self.calls += 1
+        if self.calls == 2:
+            self.killed = self.inner.describe_workers()[0]["pid"]
+            os.kill(self.killed, signal.SIGKILL)
+        return self.inner.encode(texts)
+
+
+@pytest.mark.slow
+def test_an_actor_killed_mid_sync_is_restarted_and_the_sync_completes(ray_cluster, tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "docs")
+    local = parse_config(config_data(tmp_path, tiny_model_dir, "local"), tmp_path)
+    remote = parse_config(config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster)), tmp_path)
+    encoder = KillActorOnSecondCall(make_encoder(remote))
+    try:
+        got = run_sync(remote, encoder=encoder)
+        assert encoder.killed is not None and encoder.calls >= 3  # killed mid-sync, with calls after it
+        restarted = encoder.inner.describe_workers()[0]
+        assert restarted["pid"] != encoder.killed and restarted["error"] is None
+    finally:
+        encoder.inner.close()
+    assert summary(got) == summary(run_sync(local))
+    assert got.exit_code == 0 and recovery.verify(remote).ok
+    wait_for_free_cpus(ray_cluster)
+
+
+@pytest.mark.slow
+def test_a_model_the_workers_cannot_load_fails_the_sync_with_their_reason(ray_cluster, tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = next(p for p in broken.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin"))
+    weights.write_bytes(b"not a weight file" * 100)  # the driver never reads the weights: only the workers fail
+    write_corpus(tmp_path / "docs")
+    config = parse_config(config_data(tmp_path, broken, "ray", ray_engine(ray_cluster)), tmp_path)
+    with pytest.raises(ModelLoadError) as failed:
+        run_sync(config)
+    message = str(failed.value)
+    assert "encoder actor on node 127.0.0.1" in message and "could not load the model" in message
+    assert weights.name in message or "weights" in message, message  # the worker's own reason
+    assert "Traceback" not in message and "RayTaskError" not in message and "ActorDiedError" not in message
+    with make_sink(config.sink) as sink:
+        assert sink.describe() is None  # nothing written: the collection was not even created
+    wait_for_free_cpus(ray_cluster)  # the actors of the failed start were stopped
+
+
+@pytest.mark.slow
+def test_an_actor_whose_node_lacks_the_model_loads_the_copy_shipped_through_the_object_store(
+        ray_cluster, tmp_path, tiny_model_dir):
+    folder = tmp_path / "driver-only-model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = parse_config(config_data(tmp_path, folder, "a", ray_engine(ray_cluster)), tmp_path)
+    local = build_local_encoder(config)  # the driver's copy: tokenizer and fingerprint loaded, weights not
+    connect(ray, config.engine.address)
+    shipped = [ray.put(model_files(folder))]
+    shutil.rmtree(folder)  # from here on only the object store has the model
+    sha = local.fingerprint["content_sha256"]
+    actor = ray.remote(EncoderWorker).options(num_cpus=1)
+    with_copy, without = actor.remote(actor_config(config, folder), sha, shipped), None
+    try:
+        info = ray.get(with_copy.describe.remote())
+        assert (info["model_from"], info["error"]) == ("object store", None)
+        expected = build_local_encoder(parse_config(config_data(tmp_path, tiny_model_dir, "b"), tmp_path)).encode(TEXTS)
+        assert all(same_vectors(a, b) for a, b in zip(ray.get(with_copy.encode.remote(TEXTS)), expected))
+        ray.kill(with_copy)
+        without = actor.remote(actor_config(config, folder), sha, None)
+        error = ray.get(without.describe.remote())["error"]
+        assert str(folder) in error and "missing on this node" in error and "ship_model: true" in error
+    finally:
+        for handle in (with_copy, without):
+            if handle is not None:
+                ray.kill(handle)
+        shutil.rmtree(Path(tempfile.gettempdir()) / "connector-models" / sha, ignore_errors=True)
+    wait_for_free_cpus(ray_cluster)
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CONNECTOR, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def write_config(tmp_path: Path, data: dict, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_cli_sync_on_the_ray_engine_and_with_engine_overrides_gives_the_same_summary(
+        ray_cluster, tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "docs", docs=8)
+    on_ray = config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster))
+    runs = {  # config file, --engine, environment
+        "ray": (write_config(tmp_path, on_ray, "ray"), [], {}),
+        # a local config on the cluster: address auto, which finds it through RAY_ADDRESS
+        "local config, --engine ray": (write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "auto"), "auto"),
+                                       ["--engine", "ray"], {"RAY_ADDRESS": ray_cluster.address}),
+        "ray config, --engine local": (write_config(tmp_path, {**on_ray, **config_data(tmp_path, tiny_model_dir, "local")},
+                                                    "local"), ["--engine", "local"], {}),
+    }
+    summaries = {}
+    for name, (config, override, env) in runs.items():
+        proc = run_cli("sync", "-c", str(config), "--json", *override, env=env)
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        summaries[name] = summary(json.loads(proc.stdout))
+        assert recovery.verify(load_config(config)).ok, name
+    assert summaries["ray"]["documents"]["new"] == 10
+    assert summaries["ray"] == summaries["local config, --engine ray"] == summaries["ray config, --engine local"]
+    assert load_config(runs["ray config, --engine local"][0]).engine.type == "ray"  # the override is per run
+    wait_for_free_cpus(ray_cluster)  # the CLI's actors ended with its process
+
+
+def test_an_unreachable_cluster_fails_the_sync_before_anything_is_written(tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "docs", docs=3)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "ray", {"type": "ray", "address": address}),
+                          "ray")
+    proc = run_cli("sync", "-c", str(config))
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot reach the Ray cluster at engine.address '{address}'" in proc.stderr
+    assert "ray start --head" in proc.stderr and "--engine local" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with make_sink(load_config(config).sink) as sink:
+        assert sink.describe() is None
