@@ -6,6 +6,11 @@ Run from the repository root:
     .venv/bin/python benchmarks/encode_throughput.py --shape small --no-write   # quick check
     .venv/bin/python benchmarks/encode_throughput.py --backends torch
 
+The ``sentence-transformers`` row needs a benchmark-only peer, not in pyproject.toml (like chunk_fill.py's
+LangChain and LlamaIndex): ``.venv/bin/pip install sentence-transformers torch==2.13.0`` (the torch pin keeps
+pip from replacing the CPU build; sentence-transformers 6.2 runs on transformers 5). Without it that row
+is skipped, with this command as the reason.
+
 It writes its figures between the markers ``<!-- encode-throughput:start -->`` and
 ``<!-- encode-throughput:end -->`` in benchmarks/RESULTS.md (everything outside the markers is
 kept) unless ``--no-write``, and prints the same table to stdout. Nothing is downloaded.
@@ -25,16 +30,34 @@ What is measured
   BGEM3FlagModel, fp32, in its own venv built once from PyPI into benchmarks/.cache/reference-venv:
   FlagEmbedding does not import with transformers 5), ``torch`` (BGEM3Encoder, fp32),
   ``onnx`` and ``onnx-int8`` (``connector/encoders/onnx.py``'s OnnxEncoder, quantize none / int8) -
-  all built through ``connector.app.make_encoder(config)``. An ONNX row is skipped, with the
+  these three built through ``connector.app.make_encoder(config)`` - and the two baselines a user
+  would pick instead: ``transformers`` (PlainTransformersEncoder: AutoModel, length-sorted batches,
+  CLS + bge-m3's sparse head from the hidden states, fp32, torch's default BLAS) and
+  ``sentence-transformers`` (``SentenceTransformer.encode``, dense only). An ONNX row is skipped, with the
   reason in the output, when that module is missing, does not import, or the config/factory does not
   give an OnnxEncoder. For ONNX a first subprocess builds the encoder and encodes once (so the
   export cache is warm); the measured subprocess then loads from the cache.
 * tokens/s: real tokens (after truncation, ``<s>``/``</s>`` included, padding excluded) of all texts
   / wall time of one ``encoder.encode(all texts)`` call (``batch_size`` 16, the encoder sorts by
-  length, as in a sync), after one warm-up call.
+  length, as in a sync), after one warm-up call. Two ways:
+  - amortised (the first table, the figure to lead with): FlagEmbedding's ``encode`` runs its first
+    (longest) batch through the model one extra time per call, to probe the batch size it can
+    afford. That probe is timed on its own and subtracted: a forward hook on the reference's model
+    times every forward pass of the call, and the first one is the probe (ReferenceEncoder checks
+    that a call makes exactly one pass more than it has batches). This is what the reference costs
+    when a corpus goes through few large calls. (A text set large enough to push the probe under 2%
+    would take some 30x these texts: about half an hour for the reference alone at bge-m3's shape.)
+    The other backends have no probe: their two figures are the same.
+  - per call (the second table): the wall time as it is, probe included, what a caller that
+    encodes per request pays; with the per-text latency below, and the probe's share of each.
 * ms per text p50 / p95: per-text latency = wall time of ``encoder.encode([text])`` for one text
   alone (batch of one, no padding), for every 3rd text of each class; percentiles over those texts
   (the mix is dominated by passages and queries; per-class p50 are printed below the table).
+* Vectors: every row's vectors of every text are compared with the reference's (torch fp32's when
+  the reference is not run): dense cosine and max |diff|, sparse ids and weights (max |diff|, an id on
+  one side only counting as weight 0), top-10 sparse overlap. fp32 rows must agree to float rounding
+  (FP32_TOLERANCE), int8 loosely (INT8_TOLERANCE, dense only); otherwise the script prints the section,
+  exits 2 and writes nothing.
 * peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the backend's subprocess at its end
   (load + warm-up + both passes). The parent never imports torch, so nothing inherited inflates it.
 * GFLOP/s = useful FLOPs / time, FLOPs per text of n tokens = n * (2 * P_layers + 4 * L * n * h),
@@ -51,6 +74,28 @@ What is measured
   (OpenBLAS), torch's oneDNN linear with a packed weight and ONNX Runtime's MatMul (MLAS), best of
   8 runs each, measured in this run with the same thread count. (On AMD CPUs MKL runs AVX2 code:
   torch.matmul alone would understate the machine by half.)
+
+Running the whole comparison on an idle machine
+-----------------------------------------------
+The figures are only worth publishing from one run on a machine nothing else uses: on 2 cores shared
+with other jobs they drop unevenly per row, so even the ratios are wrong. From the repository root::
+
+    uptime                                        # 1-min load average below 0.3; stop whatever is running
+    .venv/bin/pip install sentence-transformers torch==2.13.0
+    .venv/bin/python benchmarks/encode_throughput.py              # full shape, all six rows, writes RESULTS.md
+    uptime
+
+How long (an estimate): the four first rows took 224 s on 2 cores (AMD EPYC, 2026-11-25), the reference
+about half of it; the two baselines add about a torch row each, so about 6 minutes. The first run also
+builds the full-shape model into benchmarks/.cache, the reference venv (from the pip cache) and the ONNX
+exports: a few minutes more, before anything is timed.
+
+What to check before publishing: ``uptime`` before the run below 0.3; in the section, "CPU during the
+tokens/s pass" shows at most ~0.05 cores for everything else on every row (above 0.25 the section says
+the figures are low: run again), the fp32 peak line's "cores busy with other jobs" likewise, and the
+load average at the end is about the thread count (the benchmark's own load), not above it; the run
+exits 0 (the vectors agree). Then commit benchmarks/RESULTS.md and take the README's speed figures
+from that one section: amortised tokens/s first, per-call latency apart.
 """
 
 from __future__ import annotations
@@ -940,6 +985,9 @@ def main() -> int:
     section = render_section(table, rows, peak, info, args.shape, command, elapsed)
     print()
     print(section)
+    if os.getloadavg()[0] > threads + 1:
+        print(f"warning: load average {os.getloadavg()[0]:.2f} at the end, more than this run's {threads} threads: "
+              "another job was running, figures will be low", file=sys.stderr)
     if disagreeing:
         fail("vectors disagree, nothing written (a backend computes something else than the reference: "
              "fix it before publishing its speed): " + " | ".join(disagreeing))
