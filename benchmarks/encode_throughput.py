@@ -54,7 +54,7 @@ What is measured
   alone (batch of one, no padding), for every 3rd text of each class; percentiles over those texts
   (the mix is dominated by passages and queries; per-class p50 are printed below the table).
 * Vectors: every row's vectors of every text are compared with the reference's (torch fp32's when
-  the reference is not run): dense cosine and max |diff|, sparse ids and weights (max |diff|, an id on
+  the reference is not run; with neither, nothing is checked and the section says so): dense cosine and max |diff|, sparse ids and weights (max |diff|, an id on
   one side only counting as weight 0), top-10 sparse overlap. fp32 rows must agree to float rounding
   (FP32_TOLERANCE), int8 loosely (INT8_TOLERANCE, dense only); otherwise the script prints the section,
   exits 2 and writes nothing.
@@ -869,6 +869,8 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
                      "`SentenceTransformer(model folder).encode(texts, batch_size=16)` with the folder's modules "
                      "(Transformer, CLS pooling, Normalize; max_seq_length 512), dense only (it has no sparse head).")
     base = comparison_base(rows)
+    if base is None and len(ok) > 1:
+        lines.append("- **Vectors not checked**: neither the reference nor torch fp32 ran (see `--backends`).")
     if base is not None and len(ok) > 1:
         lines.append(f"- **Vectors checked** against {'the reference' if base['backend'] == 'reference' else 'torch fp32'}'s, every text, before anything is written: "
                      f"fp32 rows within dense cosine >= {FP32_TOLERANCE['cos_min']}, dense and sparse weight max "
