@@ -54,8 +54,9 @@ What is measured
   alone (batch of one, no padding), for every 3rd text of each class; percentiles over those texts
   (the mix is dominated by passages and queries; per-class p50 are printed below the table).
 * Vectors: every row's vectors of every text are compared with the reference's (torch fp32's when
-  the reference is not run; with neither, nothing is checked and the section says so): dense cosine and max |diff|, sparse ids and weights (max |diff|, an id on
-  one side only counting as weight 0), top-10 sparse overlap. fp32 rows must agree to float rounding
+  the reference is not run; with neither, nothing is checked and the section says so): dense cosine
+  and max |diff|, sparse ids and weights (max |diff|, an id on one side only counting as weight 0),
+  top-10 sparse overlap. fp32 rows must agree to float rounding
   (FP32_TOLERANCE), int8 loosely (INT8_TOLERANCE, dense only); otherwise the script prints the section,
   exits 2 and writes nothing.
 * peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the backend's subprocess at its end
