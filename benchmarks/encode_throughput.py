@@ -758,7 +758,8 @@ def summarise(rows: list[dict], peak: float) -> list[dict]:
     def rate(backend: str, key: str) -> float | None:
         return next((r[key] for r in rows if r.get("backend") == backend and key in r), None)
 
-    torch_tps, ref_tps, ref_call = rate("torch", "tokens_s"), rate("reference", "tokens_s"), rate("reference", "tokens_s_call")
+    torch_tps = rate("torch", "tokens_s")
+    ref_tps, ref_call = rate("reference", "tokens_s"), rate("reference", "tokens_s_call")
     for r in rows:
         if "tokens_s" in r:
             r["ratio"] = r["tokens_s"] / torch_tps if torch_tps else None
@@ -853,7 +854,8 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
         lines.append("- **int8**: its GFLOP/s count the same (fp32-equivalent) FLOPs, but its MatMuls run as int8 "
                      "(dynamic quantization; AVX-512 VNNI on this CPU), which the fp32 peak does not bound: above "
                      "100% means faster than fp32 arithmetic could go, not a measuring error. Its vectors differ "
-                     "slightly from fp32's (see `connector/encoders/onnx.py`); this benchmark holds them only loosely (below).")
+                     "slightly from fp32's (see `connector/encoders/onnx.py`); this benchmark holds them only "
+                     "loosely (below).")
     lines.append("- **peak RSS**: `ru_maxrss` of each backend's own fresh subprocess (model load + warm-up + both "
                  "passes); for ONNX a previous subprocess ran the export, so the export is not in the peak.")
     if any(r["backend"] == "reference" for r in ok):
