@@ -832,10 +832,9 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
                      f"{r['backend']} {r['probe_s']:.1f} s of {r['throughput_s']:.1f} s"
                      for r in ok if r.get("probe_s")) + "." if any(r.get("probe_s") for r in ok) else ""))
     lines.append(f"- **p50 / p95 ms/text**: latency of one text encoded alone (`encoder.encode([text])`, no "
-                 f"batching), over every {LATENCY_EVERY}rd text of each class; not batch time / batch size; "
-                 "the reference's probe included (" + "; ".join(
-                     f"{r['backend']}: {100 * r['latency_probe_share']:.0f}% of it" for r in ok
-                     if r.get("latency_probe_share")) + "). "
+                 f"batching), over every {LATENCY_EVERY}rd text of each class; not batch time / batch size"
+                 + "".join(f"; the reference's probe included ({100 * r['latency_probe_share']:.0f}% of it)"
+                           for r in ok if r.get("latency_probe_share")) + ". "
                  "Per class p50 (query / passage / long): " + "; ".join(
                      f"{r['backend']} " + " / ".join(f"{statistics.median(v):.0f}" for v in r["latency_ms"].values())
                      + " ms" for r in ok) + ".")
@@ -864,13 +863,16 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
                      "batch_size, dense + sparse (ColBERT vectors off), in its own venv `benchmarks/.cache/reference-venv` "
                      "because FlagEmbedding does not import with transformers 5. Every text's vectors against the "
                      "reference's: " + "; ".join(agreement(rows, "reference")) + ".")
-    if any(r["backend"] in ("transformers", "sentence-transformers") for r in ok):
-        lines.append("- **Baselines a user would pick**: `transformers`: AutoTokenizer + AutoModel (its default "
-                     "attention), fp32, torch's default BLAS, texts sorted by token count in batches of "
-                     f"{BATCH_SIZE} padded to their longest, dense = normalised CLS hidden state, sparse = bge-m3's "
-                     "head (`sparse_linear.pt`) on the same hidden states; `sentence-transformers`: "
-                     "`SentenceTransformer(model folder).encode(texts, batch_size=16)` with the folder's modules "
-                     "(Transformer, CLS pooling, Normalize; max_seq_length 512), dense only (it has no sparse head).")
+    baselines = {
+        "transformers": "AutoTokenizer + AutoModel (its default attention), fp32, torch's default BLAS, texts sorted "
+                        f"by token count in batches of {BATCH_SIZE} padded to their longest, dense = normalised CLS "
+                        "hidden state, sparse = bge-m3's head (`sparse_linear.pt`) on the same hidden states",
+        "sentence-transformers": f"`SentenceTransformer(model folder).encode(texts, batch_size={BATCH_SIZE})` with the "
+                                 "folder's modules (Transformer, CLS pooling, Normalize; max_seq_length "
+                                 f"{MAX_LENGTH}), dense only (it has no sparse head)"}
+    ran = [f"`{r['backend']}`: {baselines[r['backend']]}" for r in ok if r["backend"] in baselines]
+    if ran:
+        lines.append("- **Baselines a user would pick**: " + "; ".join(ran) + ".")
     base = comparison_base(rows)
     if base is None and len(ok) > 1:
         lines.append("- **Vectors not checked**: neither the reference nor torch fp32 ran (see `--backends`).")
