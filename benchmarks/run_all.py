@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/run_all.py          # from the repository root, on an idle machine
 
-1. encode_throughput.py  the reference (FlagEmbedding), torch, ONNX fp32 and ONNX int8 on bge-m3's
-                         exact shape: tokens/s, % of the machine's fp32 matmul peak, ratios
+1. encode_throughput.py  the reference (FlagEmbedding), torch, ONNX fp32, ONNX int8, plain
+                         transformers and sentence-transformers on bge-m3's exact shape: tokens/s
+                         amortised and per call, % of the machine's fp32 matmul peak, ratios
+                         (sentence-transformers is a benchmark-only peer: see its docstring)
 2. pipeline_sync.py      the staged sync against the encoder alone; peak memory, 2 000 vs 20 000 docs
 3. sync_costs.py         an unchanged re-sync and a one-paragraph edit against the first sync
 
