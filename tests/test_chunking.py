@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -11,7 +13,8 @@ from transformers import AutoTokenizer
 from connector.config import ChunkingConfig
 from connector.errors import ConfigError
 from connector.ledger import Ledger
-from connector.preprocess.chunking import Chunker, chunking_version, make_chunker
+from connector.pipeline import stable_hash
+from connector.preprocess.chunking import Chunker, chunking_version, fingerprint_settings, make_chunker
 from connector.preprocess.chunking_v1 import ChunkerV1
 from connector.testing.tiny_model import SENTENCES
 
@@ -312,6 +315,28 @@ def test_v1_long_text_across_many_windows(tokenizer):
     expected_ends = {offset + len(piece) for offset, piece in whole.chunk_indices(text)}
     ends = [c.char_end for c in chunks]
     assert sum(end in expected_ends for end in ends) >= 0.95 * len(ends)
+
+
+GOLDEN_V1 = json.loads((Path(__file__).parent / "fixtures" / "chunking_v1_golden.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", GOLDEN_V1["cases"], ids=lambda c: f"{c['max_tokens']}-{c['overlap_tokens']}")
+def test_v1_makes_the_chunks_of_the_chunker_before_versions(tokenizer, case):
+    # Recorded from commit 4e04f3c's Chunker (tests/fixtures/make_chunking_v1_golden.py): a store built
+    # before chunking versions existed keeps version 1, so version 1 must make exactly those chunks.
+    chunker = ChunkerV1(tokenizer, case["max_tokens"], case["overlap_tokens"])
+    assert [[list(span) for span in chunker.spans(text)] for text in GOLDEN_V1["texts"]] == case["spans"]
+
+
+def test_v1_fingerprint_is_that_of_the_chunker_before_versions():
+    # The chunking part of the sync's fingerprint as commit 4e04f3c computed it: if it differed, every
+    # document of a store built then would count as changed and be chunked again.
+    for recorded in GOLDEN_V1["fingerprint_settings"]:
+        for version in (None, 1):
+            config = ChunkingConfig(max_tokens=recorded["max_tokens"], overlap_tokens=recorded["overlap_tokens"], version=version)
+            settings = fingerprint_settings(config, 1)
+            assert settings == recorded["chunking"]
+            assert stable_hash({"chunking": settings}) == recorded["sha256"]
 
 
 def test_make_chunker_gives_the_version_asked_for(tokenizer):
