@@ -453,3 +453,14 @@ def cjk_sentence_ends(text: str) -> set[int]:
             ends.add(at + len(sentence))
             at = text.find(sentence, at + 1)
     return ends
+
+
+def test_a_closing_bracket_stays_with_its_cjk_sentence(tokenizer):
+    # 「...。」 then whitespace: the sentence ends after the closing bracket, never between 。 and 」.
+    quoted = ["「数据库连接失败。」", "「请检查网络设置！」", "「为什么会这样？」", "「本当にですか？」"]
+    text = " ".join(quoted[i % len(quoted)] for i in range(40))
+    chunker = Chunker(tokenizer, max(n_tokens(tokenizer, q) for q in quoted) + 2, 0)
+    chunks = chunker.split("d", text)
+    check_contract(tokenizer, chunker, text, chunks)
+    assert len(chunks) >= 20
+    assert all(c.text[0] == "「" and c.text[-1] == "」" for c in chunks), [c.text for c in chunks]

@@ -71,7 +71,7 @@ _WHITESPACE = re.compile(r"\s+")
 _CLOSERS = "\"')\\]}»”’」』"
 _SENTENCE_END = re.compile(rf"(?:[.!?…]|[。！？．｡])[{_CLOSERS}]*\Z")
 _WIDE_SENTENCE_END = re.compile(rf"[。！？．｡][{_CLOSERS}]*\Z")
-_WIDE_SENTENCE_END_BEFORE_TEXT = re.compile(rf"[。！？．｡][{_CLOSERS}]*(?=\S)")
+_WIDE_SENTENCE_END_BEFORE_TEXT = re.compile(rf"[。！？．｡][{_CLOSERS}]*+(?=\S)")  # possessive: never between 。 and 」
 _SENTENCE_TAIL = frozenset(".!?…。！？．｡" + _CLOSERS.replace("\\", ""))
 _SPACE = re.compile(r"\s*")
 
