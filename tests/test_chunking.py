@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from connector.config import ChunkingConfig
 from connector.errors import ConfigError
 from connector.ledger import Ledger
-from connector.pipeline import stable_hash
+from connector.hashes import stable_hash
 from connector.preprocess.chunking import Chunker, chunking_version, fingerprint_settings, make_chunker
 from connector.preprocess.chunking_v1 import ChunkerV1
 from connector.testing.tiny_model import SENTENCES
@@ -33,8 +33,8 @@ CJK_SENTENCES = [
 ]
 
 
-# What every chunking version guarantees is tested on each (the version 2 chunker, Chunker, is the
-# default of a new state dir; ChunkerV1 stays for the stores it built).
+# What every chunking version guarantees is tested on each (ChunkerV1 is what a new state dir gets;
+# the version 2 chunker, Chunker, fills chunks better and is chosen with chunking.version: 2).
 CHUNKERS = [pytest.param(ChunkerV1, id="v1"), pytest.param(Chunker, id="v2")]
 
 
@@ -355,7 +355,7 @@ def test_the_chunking_version_of_a_state_dir(tmp_path):
     ledger = Ledger(tmp_path)
     try:
         unset, one, two = (ChunkingConfig(version=v) for v in (None, 1, 2))
-        assert [chunking_version(c, ledger) for c in (unset, one, two)] == [2, 1, 2]  # a new state dir: 2
+        assert [chunking_version(c, ledger) for c in (unset, one, two)] == [1, 1, 2]  # a new state dir: 1
         ledger.set_meta("chunking_version", "1")
         assert [chunking_version(c, ledger) for c in (unset, one, two)] == [1, 1, 2]  # the config's wins
         ledger.set_meta("chunking_version", "7")  # written by a newer connector

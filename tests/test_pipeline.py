@@ -285,16 +285,16 @@ def assert_no_op(report):
     assert report.chunks["upserted"] == report.chunks["encoded"] == report.chunks["payload_updated"] == 0
 
 
-def test_a_new_state_dir_chunks_with_version_2(tmp_path, tiny_model_dir, tiny_encoder):
+def test_a_new_state_dir_chunks_with_version_1(tmp_path, tiny_model_dir, tiny_encoder):
     config = prose_config(tmp_path, tiny_model_dir, "new")
-    assert api.status(config)["chunking_version"] == 2  # before the first sync too
+    assert api.status(config)["chunking_version"] == 1  # before the first sync too
     assert run_sync(config, encoder=tiny_encoder).documents["new"] == PROSE_DOCS
-    assert recorded_chunking_version(config) == "2"
-    assert api.status(config)["chunking_version"] == 2
+    assert recorded_chunking_version(config) == "1"
+    assert api.status(config)["chunking_version"] == 1
     v1 = prose_config(tmp_path, tiny_model_dir, "v1", version=1)
     v2 = prose_config(tmp_path, tiny_model_dir, "v2", version=2)
     run_sync(v1, encoder=tiny_encoder), run_sync(v2, encoder=tiny_encoder)
-    assert chunk_texts(config) == chunk_texts(v2) != chunk_texts(v1)
+    assert chunk_texts(config) == chunk_texts(v1) != chunk_texts(v2)
 
 
 def test_an_existing_store_keeps_chunking_version_1_and_re_encodes_nothing(tmp_path, tiny_model_dir, tiny_encoder):

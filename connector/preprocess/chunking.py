@@ -50,7 +50,10 @@ from connector.records import Chunk
 # module's, as few chunks as fit, ending at content-defined boundaries. A state dir keeps the version
 # it was built with (see chunking_version); the version is part of the sync's fingerprint, so that a
 # store switched to another version is re-chunked on purpose, and all of it at once.
-LATEST_CHUNKING_VERSION = max(CHUNKING_VERSIONS)
+# The version a new state dir gets: 1. Version 2 fills chunks better (90% against 87% on Python's docs)
+# but one line added at the top of a document can re-chunk all of it (every chunk re-encoded), where
+# version 1's edits stay near the edit (benchmarks/RESULTS.md, "Chunk fill"; issue 13's review).
+NEW_STATE_DIR_CHUNKING_VERSION = 1
 # The ledger meta key recording the version a state dir's last sync used.
 CHUNKING_VERSION_KEY = "chunking_version"
 # Characters each side of a boundary that its score is a hash of.
@@ -371,13 +374,14 @@ def make_chunker(tokenizer, config: ChunkingConfig, version: int) -> BaseChunker
 def chunking_version(config: ChunkingConfig, ledger) -> int:
     """The chunking version a sync of `ledger`'s state dir uses: the config's `chunking.version` if
     set; else the one the ledger records (the version its last sync used); else 1 if the ledger holds
-    documents (built before versions were recorded, by version 1); else (a new state dir) the latest.
+    documents (built before versions were recorded, by version 1); else (a new state dir)
+    NEW_STATE_DIR_CHUNKING_VERSION.
     So upgrading the connector never re-chunks a store: only setting `chunking.version` does."""
     if config.version is not None:
         return config.version
     recorded = ledger.get_meta(CHUNKING_VERSION_KEY)
     if recorded is None:
-        return 1 if ledger.has_documents() else LATEST_CHUNKING_VERSION
+        return 1 if ledger.has_documents() else NEW_STATE_DIR_CHUNKING_VERSION
     if recorded not in [str(v) for v in CHUNKING_VERSIONS]:
         raise ConfigError(
             f"the ledger in {ledger.path.parent} records chunking version {recorded!r}, which this connector "
