@@ -8,8 +8,9 @@ fails at once. Vectors, payload and indexes are memory-mapped files (`Memory.Col
 reads none of them; a search reads the pages it touches), so the process does not grow with the
 collection; the dense vectors also get an int8 copy (scalar quantization, 1 byte a dimension) that
 the HNSW graph is built and searched on, the best candidates rescored with the original vectors.
-Every write is flushed before it returns, so what the ledger counts as written survives a kill -9. The indexes are built every INDEX_EVERY points written
-and at the end of a sync. qdrant-edge-py is imported lazily (the `qdrant` extra).
+Every write is flushed before it returns, so what the ledger counts as written survives a kill -9.
+The indexes are built every INDEX_EVERY points written and at the end of a sync. qdrant-edge-py is
+imported lazily (the `qdrant` extra).
 """
 
 from __future__ import annotations
