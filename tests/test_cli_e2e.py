@@ -109,11 +109,16 @@ def chunk_diff(old: str, new: str, config_path: Path) -> tuple[set[str], int, in
     positions whose text or offsets changed, number of chunks of the new text)."""
     from transformers import AutoTokenizer
 
-    from connector.preprocess.chunking import Chunker
+    from connector.ledger import Ledger
+    from connector.preprocess.chunking import chunking_version, make_chunker
 
     config = load_config(config_path)
-    chunker = Chunker(AutoTokenizer.from_pretrained(config.encoder.model), config.chunking.max_tokens,
-                      config.chunking.overlap_tokens)
+    ledger = Ledger.open_read_only(config.state_dir)
+    try:  # the chunker the sync used: the state dir's chunking version
+        version = chunking_version(config.chunking, ledger)
+    finally:
+        ledger.close()
+    chunker = make_chunker(AutoTokenizer.from_pretrained(config.encoder.model), config.chunking, version)
     before, after = chunker.split("d", old), chunker.split("d", new)
     spans = lambda c: (c.text, c.char_start, c.char_end)  # noqa: E731
     moved = sum(1 for i, c in enumerate(after) if i >= len(before) or spans(before[i]) != spans(c))

@@ -172,6 +172,36 @@ def test_encode_gives_each_point_its_vectors_encoding_each_text_once(tmp_path):
     cache.close()
 
 
+class SlicingFakeEncoder(FakeEncoder):
+    """A FakeEncoder with a tokenizer (one token per word), which the encode step uses to sort texts
+    by length before it hands them over `texts_per_call` at a time."""
+
+    def __init__(self, texts_per_call: int):
+        super().__init__()
+        self.texts_per_call = texts_per_call
+
+    @property
+    def tokenizer(self):
+        return lambda texts, **kwargs: {"input_ids": [[0] * len(t.split()) for t in texts]}
+
+
+def test_encode_hands_the_encoder_as_many_texts_per_call_as_it_asks_for(tmp_path):
+    texts = [" ".join(["word"] * n) + f" {n}" for n in range(1, 13)]  # 12 distinct texts, 2 to 13 words
+    calls = {}
+    for per_call in (32, 5):  # the default, and an encoder that feeds several workers would ask for more
+        encoder = SlicingFakeEncoder(per_call)
+        cache = EmbeddingCache(tmp_path / str(per_call), "fake")
+        step = EncodeStep(encoder=encoder, cache=cache, projection=None, projection_config=None, window_chunks=1024)
+        window = hand_window(hand_plan("x", texts))
+        part = step.encode_part(window, work_of(window))
+        assert part.encoded == 12 and len(part.points) == 12
+        calls[per_call] = encoder.calls
+        cache.close()
+    assert [len(c) for c in calls[32]] == [12]
+    assert [len(c) for c in calls[5]] == [5, 5, 2]
+    assert calls[5][0][0] == texts[-1]  # longest first, so that each call's batches are as full as one call's
+
+
 def test_encode_splits_a_window_into_parts_and_stops_when_told(tmp_path):
     encoder = FakeEncoder()
     cache = EmbeddingCache(tmp_path, "fake")

@@ -19,6 +19,10 @@ class Encoder(ABC):
     dimension: int
     #: Largest number of tokens per text, special tokens included.
     max_length: int
+    #: How many texts a sync hands to one `encode()` call: enough to keep the encoder busy (an encoder
+    #: that fans batches out to several workers asks for more), few enough that a sync told to stop,
+    #: or its write step waiting to read the embedding cache, waits little.
+    texts_per_call: int = 32
 
     @property
     @abstractmethod

@@ -111,6 +111,8 @@ class RayEncoder(Encoder):
         self._shipped = shipped  # keeps the shipped model in the object store for actors that restart
         self.dimension = local.dimension
         self.max_length = local.max_length
+        # two batches per actor in each call, so that every actor works while the driver waits
+        self.texts_per_call = max(Encoder.texts_per_call, 2 * local.batch_size * len(actors))
         self._next = 0
         self._close = weakref.finalize(self, _kill, actors)
 

@@ -23,7 +23,6 @@ from connector.records import Chunk, Point
 from connector.steps.plan import DocPlan, Window
 from connector.steps.report import SyncReport, busy
 
-ENCODE_SLICE = 32  # texts per encoder call: how long a stopping sync, or the write step's cache read, may wait
 
 
 @dataclass
@@ -98,7 +97,8 @@ class EncodeStep:
         with self._lock:  # the tokenizer too: it is not safe to use from two threads at once
             found = self.cache.get_many(texts)
             missing = [sha for sha in texts if sha not in found]
-            if len(missing) > ENCODE_SLICE:
+            per_call = self.encoder.texts_per_call
+            if len(missing) > per_call:
                 # by token count, longest first, so that each slice gives the encoder batches as full as
                 # one call with every text would (its batches end where padding would exceed 2%)
                 ids = self.encoder.tokenizer([texts[sha] for sha in missing], add_special_tokens=False,
@@ -106,10 +106,10 @@ class EncodeStep:
                 tokens = {sha: len(i) for sha, i in zip(missing, ids)}
                 missing.sort(key=lambda sha: -tokens[sha])
         encoded: set[str] = set()
-        for start in range(0, len(missing), ENCODE_SLICE):
+        for start in range(0, len(missing), per_call):
             if stop is not None and stop.is_set():
                 return None
-            part = missing[start : start + ENCODE_SLICE]
+            part = missing[start : start + per_call]
             with self._lock:
                 done = self.cache.get_many(part)  # the other step may have encoded some meanwhile
                 todo = [sha for sha in part if sha not in done]
