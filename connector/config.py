@@ -164,7 +164,8 @@ class PreprocessConfig(Strict):
         return {str(k): str(v) for k, v in value.items()}
 
 
-# The chunkers (connector.preprocess.chunking): 1, before content-defined chunk ends; 2, the latest.
+# The chunkers (connector.preprocess.chunking): 1, whole paragraphs, lines or sentences (a new state
+# dir's); 2, content-defined chunk ends, fuller chunks.
 CHUNKING_VERSIONS = (1, 2)
 
 
@@ -173,9 +174,9 @@ class ChunkingConfig(Strict):
     overlap_tokens: int = Field(64, ge=0)
     version: Optional[int] = Field(
         None,
-        description="The chunker: 1 (before content-defined chunk ends) or 2 (fuller chunks, fewer of them "
-        "change after an edit). Unset: the version the state dir was built with (2 for a new one). "
-        "Changing it re-chunks the store once.",
+        description="The chunker: 1 (whole paragraphs, lines or sentences; an edit re-encodes the chunks near "
+        "it) or 2 (fuller chunks, ~4% fewer, but an edit can re-chunk a whole document). Unset: the version "
+        "the state dir was built with (1 for a new one). Changing it re-chunks the store once.",
     )
 
     @field_validator("version", mode="before")
