@@ -224,7 +224,6 @@ def main() -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=1), encoding="utf-8")
     before = json.loads(args.before.read_text(encoding="utf-8")) if args.before else {}
-    first_s = figures[RUNS[0]]["seconds"]
     table = ["| run | version | seconds | of the first sync | files parsed | chunks encoded | points written with "
              "vectors | payload-only updates | bytes to the store |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in RUNS:
