@@ -316,3 +316,67 @@ def test_an_unreachable_cluster_fails_the_sync_before_anything_is_written(tmp_pa
     assert "Traceback" not in proc.stderr
     with make_sink(load_config(config).sink) as sink:
         assert sink.describe() is None
+
+
+def committed_documents(state_dir: Path) -> int:
+    """Documents the ledger has committed; 0 while the sync is still creating it."""
+    import sqlite3
+
+    from connector.ledger import Ledger
+
+    try:
+        ledger = Ledger.open_read_only(state_dir)
+    except sqlite3.OperationalError:
+        return 0
+    try:
+        return ledger.counts()["documents"] if ledger.exists else 0
+    except sqlite3.OperationalError:  # its tables are not there yet
+        return 0
+    finally:
+        ledger.close()
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_sync_converges_on_the_next_run(ray_cluster, tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "docs", docs=160)
+    data = config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster))
+    data["chunking"] = {"max_tokens": 12, "overlap_tokens": 2}  # many small chunks: the sync lasts a while
+    config = write_config(tmp_path, data, "ray")
+    state_dir = Path(data["state_dir"])
+    driver = subprocess.Popen([CONNECTOR, "sync", "-c", str(config), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 300
+        while committed_documents(state_dir) == 0 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the sync ended before the test could kill it: make it longer"
+        killed_at = committed_documents(state_dir)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver, with the ledger and the store open
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == -signal.SIGKILL and 0 < killed_at < 162
+    wait_for_free_cpus(ray_cluster)  # its actors died with it (Ray ends an owner's actors)
+
+    proc = run_cli("sync", "-c", str(config), "--json")
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads(proc.stdout)
+    assert second["documents"]["seen"] == 162 and second["documents"]["failed"] == 0
+    assert second["documents"]["new"] + second["documents"]["unchanged"] + second["documents"]["changed"] == 162
+    assert second["documents"]["unchanged"] >= killed_at  # what the ledger had committed is not encoded again
+    assert recovery.verify(load_config(config)).ok
+    # the same store as one uninterrupted sync on the local engine
+    local = parse_config({**data, "engine": {"type": "local"}, "state_dir": str(tmp_path / "local" / "state"),
+                          "sink": {**data["sink"], "path": str(tmp_path / "local" / "qdrant")}}, tmp_path)
+    assert run_sync(local).exit_code == 0
+    ours, theirs = stored_points(load_config(config)), stored_points(local)
+    assert ours.keys() == theirs.keys()
+    for pid in ours:  # equal up to float rounding: the run after the kill batched its texts otherwise
+        a, b = ours[pid], theirs[pid]
+        np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
+        assert np.array_equal(a.sparse.indices, b.sparse.indices)
+        np.testing.assert_allclose(a.sparse.values, b.sparse.values, atol=1e-5)
+        assert a.payload == b.payload
+    wait_for_free_cpus(ray_cluster)
