@@ -18,8 +18,8 @@ kept) unless ``--no-write``, and prints the same table to stdout. Nothing is dow
 What is measured
 ----------------
 * Model: ``connector.testing.make_model`` with BAAI/bge-m3's shape (``--shape full``: 24 layers,
-  hidden 1024, 16 heads, FFN 4096, vocab 250002; ``--shape small``: 6 layers, hidden 384, 6 heads,
-  FFN 1536, vocab 250002) and random weights, built once into ``benchmarks/.cache/model-<shape>/``
+  hidden 1024, 16 heads, FFN 4096, vocab 250002; ``--shape mid``: 6 layers, hidden 768, 12 heads,
+  FFN 3072; ``--shape small``: 6 layers, hidden 384, 6 heads, FFN 1536; both vocab 250002) and random weights, built once into ``benchmarks/.cache/model-<shape>/``
   (gitignored). The cost of a forward pass depends on the shape only, not on the weights; the
   tokenizer is the test tokenizer (trained on ``connector/testing/sentences.txt``), so token counts
   per character differ from the real bge-m3's: all rates are per token.
@@ -130,14 +130,22 @@ sys.path.insert(0, str(ROOT))
 RESULTS = HERE / "RESULTS.md"
 CACHE = HERE / ".cache"
 START, END = "<!-- encode-throughput:start -->", "<!-- encode-throughput:end -->"
+
+
+def markers(shape: str) -> tuple[str, str]:
+    """The RESULTS.md markers of one shape's section (bge-m3's own shape keeps the original ones)."""
+    if shape == "full":
+        return START, END
+    return f"<!-- encode-throughput-{shape}:start -->", f"<!-- encode-throughput-{shape}:end -->"
 SENTENCES = ROOT / "connector" / "testing" / "sentences.txt"
 
 SHAPES = {
     "full": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096, vocab_size=250002),
+    "mid": dict(num_layers=6, hidden_size=768, num_heads=12, intermediate_size=3072, vocab_size=250002),
     "small": dict(num_layers=6, hidden_size=384, num_heads=6, intermediate_size=1536, vocab_size=250002),
 }
 #: Texts per class (queries, passages, long chunks) per shape.
-TEXTS = {"full": (40, 30, 10), "small": (24, 18, 6)}
+TEXTS = {"full": (40, 30, 10), "mid": (40, 30, 10), "small": (24, 18, 6)}
 MAX_LENGTH = 512
 BATCH_SIZE = 16
 SEED = 20261125
@@ -803,11 +811,11 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
                    elapsed: float) -> str:
     ok = [r for r in rows if "tokens_s" in r]
     s = SHAPES[shape]
-    title = "bge-m3's shape" if shape == "full" else "SMALL shape, not bge-m3's size"
-    lines = [START, f"## Encoder throughput (CPU, random weights, {title})", ""]
+    title = "bge-m3's shape" if shape == "full" else f"{shape.upper()} shape, not bge-m3's size"
+    lines = [markers(shape)[0], f"## Encoder throughput (CPU, random weights, {title})", ""]
     lines.append(f"Model: `connector.testing.make_model` with {s['num_layers']} layers, hidden {s['hidden_size']}, "
                  f"{s['num_heads']} heads, FFN {s['intermediate_size']}, vocab {s['vocab_size']}"
-                 f"{' (BAAI/bge-m3 exactly)' if shape == 'full' else ' (`--shape small`, NOT bge-m3 size)'}, "
+                 f"{' (BAAI/bge-m3 exactly)' if shape == 'full' else f' (`--shape {shape}`, NOT bge-m3 size)'}, "
                  f"random weights; `max_length` {MAX_LENGTH}, `batch_size` {BATCH_SIZE}. "
                  "Written by `benchmarks/encode_throughput.py`.")
     lines += ["", table, ""]
@@ -907,7 +915,7 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
                  f"{os.getloadavg()[0]:.2f}.")
     lines.append(f"- **Command** (from the repository root, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
                  f"whole run {elapsed:.0f} s): `{command}`")
-    lines.append(END)
+    lines.append(markers(shape)[1])
     return "\n".join(lines) + "\n"
 
 
@@ -918,7 +926,7 @@ def render_section(table: str, rows: list[dict], peak: dict, info: dict, shape: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="full",
-                        help="full: bge-m3's shape (default); small: 6 layers x 384, for quick runs")
+                        help="full: bge-m3's shape (default); mid: 6 layers x 768; small: 6 layers x 384, for quick runs")
     parser.add_argument("--backends", default="reference,torch,onnx,onnx-int8,transformers,sentence-transformers",
                         help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="threads per backend (default: physical cores)")
@@ -999,7 +1007,7 @@ def main() -> int:
         fail("vectors disagree, nothing written (a backend computes something else than the reference: "
              "fix it before publishing its speed): " + " | ".join(disagreeing))
     if not args.no_write:
-        write_section(RESULTS, START, END, section)
+        write_section(RESULTS, *markers(args.shape), section)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
