@@ -241,3 +241,31 @@ def test_a_fusion_that_fails_or_changes_the_outputs_keeps_the_unfused_graph(tmp_
     assert float(vec.dense @ ref.dense) >= 0.9999
     ops = Counter(n.op_type for n in onnx.load(str(encoder.model_path), load_external_data=False).graph.node)
     assert ops["Attention"] == 0 and ops["Softmax"] > 0, ops
+
+
+def test_a_fusion_that_fails_for_another_reason_caches_nothing_and_the_next_run_fuses(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    """A full disk during the fusion (ONNX Runtime's optimizer cannot write its copy) must not make
+    the unfused, slower graph the cached one for good: the load fails saying what to check, and the
+    next load fuses."""
+    from collections import Counter
+
+    import onnx
+
+    from connector.encoders import onnx_fusion
+    from connector.errors import ModelLoadError
+
+    real_fuse = onnx_fusion.fuse_graph
+
+    def disk_full(source, target, num_heads, hidden_size):
+        raise RuntimeError("Failed to write external initializers to file: /tmp/x/model_o1_cpu.onnx.data")
+
+    monkeypatch.setattr(onnx_fusion, "fuse_graph", disk_full)
+    with pytest.raises(ModelLoadError, match="nothing was cached.*free space"):
+        OnnxEncoder(str(tiny_model_dir), cache_dir=tmp_path, max_length=512, batch_size=4).encode(["a"])
+    assert not list(tmp_path.rglob("*.onnx")), list(tmp_path.rglob("*"))
+    monkeypatch.setattr(onnx_fusion, "fuse_graph", real_fuse)
+    encoder = OnnxEncoder(str(tiny_model_dir), cache_dir=tmp_path, max_length=512, batch_size=4)
+    encoder.encode(["a"])
+    ops = Counter(n.op_type for n in onnx.load(str(encoder.model_path), load_external_data=False).graph.node)
+    assert ops["Attention"] > 0, ops

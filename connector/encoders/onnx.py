@@ -174,9 +174,11 @@ def _graph_module(folder: Path, hidden_size: int):
 
 def export_fused(folder: Path, hidden_size: int, num_heads: int, target: Path) -> Path:
     """Export the model (`export_onnx`), then fuse the graph (`onnx_fusion.fuse_graph`) into
-    `target` (+ `target`.data), atomically. When the export does not have the expected pattern,
-    the unfused graph is kept (same vectors, slower) and a warning says so."""
-    from connector.encoders.onnx_fusion import fuse_graph
+    `target` (+ `target`.data), atomically. When the export does not have the expected pattern
+    (FusionError, or fused outputs that differ), the unfused graph is kept (same vectors, slower)
+    and a warning says so. Any other failure (a full disk, ONNX Runtime's optimizer failing) is a
+    ModelLoadError and caches nothing: a transient fault must not make the slow graph permanent."""
+    from connector.encoders.onnx_fusion import FusionError, fuse_graph
 
     with _staging(target) as tmp:
         raw = export_onnx(folder, hidden_size, tmp / "unfused" / target.name)
@@ -185,15 +187,22 @@ def export_fused(folder: Path, hidden_size: int, num_heads: int, target: Path) -
             stats = fuse_graph(raw, fused, num_heads, hidden_size)
             difference = _largest_difference(raw, fused)
             if difference > 1e-3:
-                raise ValueError(f"the fused graph's outputs differ from the export's by {difference:.1e}")
+                raise FusionError(f"the fused graph's outputs differ from the export's by {difference:.1e}")
             log.info("fused the ONNX graph: %s (outputs within %.1e of the export's)", stats, difference)
-        except Exception as err:  # noqa: BLE001 - any failure of the fusion keeps the working unfused graph
-            log.warning("the ONNX graph stays unfused (slower, same vectors): %s: %s", type(err).__name__, err)
+        except FusionError as err:
+            log.warning("the ONNX graph stays unfused (slower, same vectors): %s", err)
             for path in tmp.iterdir():
                 if path.is_file():
                     path.unlink()
             for path in raw.parent.iterdir():
                 os.replace(path, tmp / path.name)
+        except Exception as err:
+            size_gb = sum(p.stat().st_size for p in raw.parent.iterdir()) / 1e9
+            raise ModelLoadError(
+                f"could not fuse the ONNX graph of {folder} ({type(err).__name__}: {err}); nothing was cached, "
+                f"the next run tries again. The fusion writes two more copies of the model ({size_gb:.1f} GB "
+                f"each) to {target.parent} and to the temp folder {tempfile.gettempdir()} (TMPDIR): check "
+                "the free space there") from err
         shutil.rmtree(raw.parent, ignore_errors=True)
     return target
 
