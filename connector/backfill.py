@@ -36,18 +36,21 @@ def fit_projection(config: SyncConfig, k: int, sample: int, source: str = "auto"
         raise ConfigError(f"the projection is fitted from one of {', '.join(FIT_SOURCES)}, not {source!r}")
     with StateLock(config.state_dir):
         encoder = make_encoder(config)
-        identity = stable_hash(vector_identity(encoder))
-        if source == "auto":
-            source = "store" if _collection_has_points(config) else "source"
-        vectors = _store_sample(config, sample, seed) if source == "store" else _source_sample(config, encoder, sample)
-        if vectors.shape[1] != encoder.dimension:
-            raise ProjectionError(
-                f"the stored vectors have {vectors.shape[1]} dimensions but the model gives {encoder.dimension}: "
-                "they were made by another model"
-            )
-        projection = fit(vectors, k, identity)
-        projection.fitted_from = source
-        projection.save(config.state_dir)
+        try:
+            identity = stable_hash(vector_identity(encoder))
+            if source == "auto":
+                source = "store" if _collection_has_points(config) else "source"
+            vectors = _store_sample(config, sample, seed) if source == "store" else _source_sample(config, encoder, sample)
+            if vectors.shape[1] != encoder.dimension:
+                raise ProjectionError(
+                    f"the stored vectors have {vectors.shape[1]} dimensions but the model gives {encoder.dimension}: "
+                    "they were made by another model"
+                )
+            projection = fit(vectors, k, identity)
+            projection.fitted_from = source
+            projection.save(config.state_dir)
+        finally:
+            encoder.close()  # the Ray engine's actors
     return projection
 
 

@@ -276,10 +276,18 @@ def run_sync(config: SyncConfig, *, prune: bool = False, dry_run: bool = False, 
     from connector.sources.factory import make_source
 
     source = make_source(config.source)
+    built: list[Encoder] = []  # the encoder this call builds (none when given one) is closed by it
+
+    def build() -> Encoder:
+        built.append(make_encoder(config))
+        return built[-1]
+
     with open_state(config, sleep=sleep, dry_run=dry_run) as (ledger, sink):
-        run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else (lambda: make_encoder(config)),
+        run = SyncRun(config, source, sink, ledger, (lambda: encoder) if encoder else build,
                       progress=progress, pipelined=pipelined, take_over=take_over)
         try:
             return run.run(prune=prune, dry_run=dry_run, report=report)
         finally:
             run.close()
+            for made in built:
+                made.close()

@@ -359,3 +359,25 @@ def test_chunk_counts_add_up_with_texts_shared_across_documents(tmp_path, tiny_m
     from connector.cli import _sync_text
 
     assert "chunks: 18 upserted (7 encoded, 11 with a reused vector), 0 deleted" in _sync_text(report)
+
+
+def test_run_sync_closes_the_encoder_it_built_and_leaves_a_given_one_open(tmp_path, tiny_model_dir, monkeypatch):
+    """The Ray engine's encoder holds actors (CPUs of the cluster) until closed: a sync that built
+    its encoder must close it, or the next sync in the same process (the service, a test) waits for
+    CPUs that nobody frees. A caller's encoder is the caller's to close."""
+    config = make_config(tmp_path, tiny_model_dir, "a", write_corpus(tmp_path / "docs", docs=3))
+    closed = []
+    real = pipeline.make_encoder
+
+    def counting(cfg):
+        encoder = real(cfg)
+        encoder.close = lambda: closed.append(encoder)
+        return encoder
+
+    monkeypatch.setattr(pipeline, "make_encoder", counting)
+    run_sync(config)
+    assert len(closed) == 1
+    given = counting(config)
+    (tmp_path / "docs" / "doc-extra.md").write_text("A new note about relays.", encoding="utf-8")
+    run_sync(config, encoder=given)
+    assert len(closed) == 1

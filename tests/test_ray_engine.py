@@ -167,6 +167,58 @@ def test_sync_with_the_ray_engine_equals_the_local_engine_first_unchanged_edit_p
 
 
 @pytest.mark.slow
+def test_dead_letters_retry_and_the_embedding_cache_count_the_same_on_both_engines(
+        ray_cluster, tmp_path, tiny_model_dir, monkeypatch):
+    """The store refuses writes after 3 good calls (a real qdrant-client error, raised in the
+    driver, which writes on both engines): the same dead letters, `failed`, `verify` and `retry`
+    outcomes on both engines, then an edit whose unchanged chunks come from the embedding cache."""
+    from test_faults import QdrantFault, bad_request, make_config, run
+
+    outcomes, configs = {}, {}
+    for name, engine in (("local", None), ("ray", ray_engine(ray_cluster))):
+        root = tmp_path / name
+        root.mkdir()
+        cfg = make_config(root, tiny_model_dir, {"type": "qdrant", "path": "./store", "engine": "local-mode"},
+                          **({"engine": engine} if engine else {}))
+        configs[name] = cfg
+        fault = QdrantFault(monkeypatch, bad_request(), after=3)
+        steps = {}
+        code, report, out = run("sync", "-c", str(cfg))
+        assert code == 3 and report["chunks"]["failed"] > 0, out
+        report.pop("seconds")
+        steps["sync"] = report
+        steps["failed"] = run("failed", "-c", str(cfg))[1]
+        for group in steps["failed"]["groups"]:  # when, not what
+            group.pop("first_failed"), group.pop("last_failed")
+        code, verified, _ = run("verify", "-c", str(cfg))
+        steps["verify"] = (code, verified["ok"])
+        fault.active = False
+        steps["retry"] = run("retry", "-c", str(cfg))[1]
+        code, verified, _ = run("verify", "-c", str(cfg))
+        steps["verify after retry"] = (code, verified["ok"])
+        docs = root / "docs"
+        (docs / "doc-02.md").write_text((docs / "doc-02.md").read_text() + "\n\nA new paragraph about fuses.")
+        (docs / "copy-of-doc-05.md").write_text((docs / "doc-05.md").read_text())  # its vectors: the cache's
+        code, edited, out = run("sync", "-c", str(cfg))
+        assert code == 0, out
+        edited.pop("seconds")
+        steps["edit"] = edited
+        outcomes[name] = steps
+    for step in outcomes["local"]:
+        assert outcomes["ray"][step] == outcomes["local"][step], step
+    assert outcomes["ray"]["verify"] == (3, False) and outcomes["ray"]["verify after retry"] == (0, True)
+    assert outcomes["ray"]["failed"]["dead_letters"] == outcomes["ray"]["sync"]["documents"]["failed"] > 0
+    edit = outcomes["ray"]["edit"]
+    assert edit["documents"]["new"] == edit["documents"]["changed"] == 1 and edit["chunks"]["encoded"] == 1, edit
+    assert edit["chunks"]["cached"] >= 1 and edit["embedding_cache_hits"] >= 1, edit
+    local_points, remote_points = (stored_points(load_config(configs[n])) for n in ("local", "ray"))
+    assert local_points.keys() == remote_points.keys()
+    for i, point in local_points.items():  # the local engine's torch uses 2 threads, an actor 1
+        np.testing.assert_allclose(remote_points[i].dense, point.dense, atol=1e-5)
+        assert remote_points[i].sparse.indices.tolist() == point.sparse.indices.tolist()
+
+
+@pytest.mark.slow
 def test_projection_fit_from_the_source_on_the_ray_engine_equals_the_local_fit(ray_cluster, tmp_path, tiny_model_dir):
     from connector.backfill import fit_projection
 

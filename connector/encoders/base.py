@@ -38,3 +38,7 @@ class Encoder(ABC):
     @abstractmethod
     def tokenizer(self):
         """The model's own tokenizer (a `transformers` fast tokenizer), used by the chunker."""
+
+    def close(self) -> None:
+        """Release what the encoder holds outside this process (the Ray engine's actors). The caller
+        that built an encoder closes it; an encoder handed to a function stays open. Idempotent."""
