@@ -175,11 +175,12 @@ def fail(message: str) -> NoReturn:
 
 # ---------------------------------------------------------------------------------------------- model
 
-def ensure_model(shape: str) -> Path:
-    """The cached random-weight model of this shape; built (in a subprocess) if missing or stale."""
-    folder = CACHE / f"model-{shape}"
+def ensure_model(shape: str, layers: int | None = None) -> Path:
+    """The cached random-weight model of this shape (with `layers` layers instead of the shape's,
+    when given); built (in a subprocess) if missing or stale."""
+    folder = CACHE / (f"model-{shape}" + (f"-{layers}-layers" if layers else ""))
     stamp = folder / "BENCH_SHAPE.json"
-    want = SHAPES[shape]
+    want = {**SHAPES[shape], **({"num_layers": layers} if layers else {})}
     try:
         if json.loads(stamp.read_text()) == want:
             return folder

@@ -48,14 +48,15 @@ STORES = ("qdrant-edge", "qdrant-local-mode", "milvus")  # embedded: Qdrant Edge
 MEMORY_STORES = ("milvus-server", *STORES)
 
 
-def write_corpus(root: Path, docs: int, seed: int = 5) -> None:
-    """Support-article-like documents: 1 to 6 paragraphs of 2 to 6 multilingual sentences."""
+def write_corpus(root: Path, docs: int, seed: int = 5, paragraph_counts: tuple[int, int] = (1, 6)) -> None:
+    """Support-article-like documents: 1 to 6 paragraphs (`paragraph_counts`) of 2 to 6 multilingual
+    sentences."""
     sentences = [s for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     for n in range(docs):
         paragraphs = [" ".join(rng.choice(sentences) for _ in range(rng.randint(2, 6)))
-                      for _ in range(rng.randint(1, 6))]
+                      for _ in range(rng.randint(*paragraph_counts))]
         folder = root / f"part-{n // 1000:03d}"
         folder.mkdir(exist_ok=True)
         (folder / f"doc-{n:05d}.md").write_text(f"# Article {n}\n\n" + "\n\n".join(paragraphs), encoding="utf-8")
