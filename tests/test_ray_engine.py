@@ -118,6 +118,7 @@ def test_two_actors_on_two_nodes_give_the_local_engines_vectors(ray_cluster, tmp
     encoder = make_encoder(config)
     try:
         assert isinstance(encoder, RayEncoder)
+        encoder.start()  # else at the first text to encode
         assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
         assert len({w["node_id"] for w in encoder.workers}) == 2  # one actor per node (SPREAD)
         assert {w["node"] for w in encoder.workers} == {"127.0.0.1"}
