@@ -14,9 +14,10 @@ bounded queues (connector/stages.py):
           safety and the circuit breaker are described there).
 So reading and writing overlap encoding, and memory stays flat however large the corpus: each
 step is at most QUEUE_DEPTH items ahead of the next. Only the write step writes the ledger, and
-it writes nothing, to the store or the ledger, before the first part is ready (`_start_writing`):
-an encoder that cannot start (a Ray cluster unreachable: its pool starts at the first text to
-encode) fails the run untouched when the first window has texts to encode.
+it writes nothing, to the store or the ledger, before the first part is ready (`_start_writing`),
+and a collection is created only once the encoder has started: an encoder that cannot start (a
+Ray cluster unreachable: its pool starts at the first text to encode) fails the run untouched
+when the first window has texts to encode.
 `pipelined=False` runs the same steps one after the other in the calling thread.
 
 What every command opens (state, sink, encoder, projection) is in connector.app.
@@ -86,7 +87,6 @@ class SyncRun:
         self._deferred = DeferredPlans(config.state_dir)
         self._dry_run_shas: Counter[str] = Counter()  # points to write per text
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
-        self._claimed = False  # the collection checked (created if missing) and claimed: _claim_collection
         self._writing = False  # the writes have started: _start_writing
         # built by prepare()
         self.setup: SyncSetup | None = None
@@ -178,43 +178,31 @@ class SyncRun:
         return report
 
     def _preflight(self, report: SyncReport) -> None:
-        """Before anything is read or encoded: the store answers, and the collection, if it exists,
-        has the configured layout, still holds what the ledger lists and is this state dir's to
-        write. A missing one is created just before the first write (`_start_writing`)."""
+        """Before anything is read or encoded: the store answers, the collection exists (created if
+        missing) with the configured layout, and still holds what the ledger lists. A collection is
+        created only once the encoder has started (a new collection's documents are all to encode),
+        so that an encoder that cannot start (a Ray cluster unreachable) leaves the store untouched."""
         try:
             self._check_store_has_ledger(report)
-            if self.sink.describe() is not None:
-                self._claim_collection()
+            if self.sink.describe() is None:
+                self.prepare().encoder.start()
+            self.ensure_collection()
+            claim(self.sink, self.ledger, shared_collection(self.config), self.take_over)
         except TransientError as err:
             raise StoreUnreachableError(
                 f"cannot reach the store {sink_target(self.config)}: {err} Nothing was read, encoded or written: "
                 "start the store (or correct the sink's address) and run the sync again."
             ) from err
 
-    def _claim_collection(self) -> None:
-        """The collection exists (created if missing) with the configured layout, and this state dir
-        may write it (see connector.ownership). Once per run."""
-        if not self._claimed:
-            self.ensure_collection()
-            claim(self.sink, self.ledger, shared_collection(self.config), self.take_over)
-            self._claimed = True
-
     def _start_writing(self, report: SyncReport) -> None:
-        """Just before the sync's first write, to the store or the ledger: by then the first window's
-        vectors are ready (or it needed none), so an encoder that could not start (a Ray cluster
-        unreachable) has failed the run with nothing written. Create a missing collection, record the
+        """Just before the sync's first write of documents: by then the first window's vectors are
+        ready (or it needed none), so an encoder that could not start at its first text (a Ray
+        cluster unreachable) has failed the run with the store and the ledger untouched. Record the
         chunking version, delete what a crashed run had queued, then let a store outage pause the
         writes instead of failing them. Once per run."""
         if self._writing:
             return
         self._writing = True
-        try:
-            self._claim_collection()
-        except TransientError as err:
-            raise StoreUnreachableError(
-                f"cannot reach the store {sink_target(self.config)}: {err} Nothing was written (what was encoded is "
-                "cached): start the store (or correct the sink's address) and run the sync again."
-            ) from err
         # Before any document is written with it: an interrupted re-chunk goes on with this version.
         self.ledger.set_meta(CHUNKING_VERSION_KEY, str(self.chunking_version))
         with busy(report, "write"):
@@ -241,7 +229,7 @@ class SyncRun:
                             writer.resume_writes(report)
                             if part is not TICK:
                                 writer.write(part, report)
-                    self._start_writing(report)  # nothing to write: a missing collection is still created
+                    self._start_writing(report)  # nothing to write: the pending deletes are still done
                     with busy(report, "write"):
                         writer.drain_deferred(report)
                 except BaseException:

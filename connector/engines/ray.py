@@ -13,9 +13,10 @@ hash); otherwise it reports that the model is missing on its node.
 
 The pool starts at the first text to encode (`RayEncoder.start`, which the encode step calls
 before it encodes): a command with nothing to encode (an unchanged sync, a dry run, `projection
-fit --from store`, `backfill`) never connects to the cluster. The sync writes nothing before its
-first window's vectors are ready (connector.pipeline), so a pool that cannot start fails it
-before the store or the ledger is touched.
+fit --from store`, `backfill`) never connects to the cluster. The sync creates a collection only
+once the pool has started and writes no document before its first window's vectors are ready
+(connector.pipeline), so a pool that cannot start fails it before the store or the ledger is
+touched.
 
 Faults. Ray restarts an actor whose process died (MAX_RESTARTS times) and runs its unfinished
 batches again on it (encoding is idempotent). A worker that cannot load the model fails the
