@@ -1,13 +1,16 @@
 """The Ray engine against the local engine on this machine: the same corpus, the same CPUs.
 
-    .venv/bin/python benchmarks/ray_scaling.py [--docs 200] [--cpus 2] [--shape small] [--no-write]
-                                               [--layers N] [--max-tokens 512]
+    .venv/bin/python benchmarks/ray_scaling.py [--docs 200] [--cpus 2] [--nodes 1] [--encoders N]
+        [--cpus-per-encoder 1] [--shape small] [--no-write]
 
-A one-node Ray cluster with --cpus CPUs on 127.0.0.1 (`ray.cluster_utils.Cluster`, started and
-stopped by this script) runs the Ray engine with --cpus encoder actors of one CPU each; the local
-engine runs with --cpus torch threads. Each syncs the same generated corpus (pipeline_sync.py's)
-from scratch into an embedded Qdrant Edge store, with its encoder started beforehand (the actors'
-start and model load are reported apart). Each engine runs twice, alternating; the best is kept.
+A Ray cluster of --nodes nodes with --cpus CPUs in all on 127.0.0.1 (`ray.cluster_utils.Cluster`,
+started and stopped by this script) runs the Ray engine with --encoders actors (default: --cpus)
+of --cpus-per-encoder CPUs each (0.5: two actors per CPU); the local engine runs with --cpus torch
+threads. Each syncs the same generated corpus (pipeline_sync.py's) from scratch into an embedded
+Qdrant Edge store, with its encoder started beforehand (the actors' start and model load are
+reported apart). Each engine runs twice, alternating; the best is kept. The section also gives
+the texts the encode step hands the Ray encoder per call (`texts_per_call`: two batches per
+actor) and the load average before the runs: figures taken on a busy machine say little.
 
 Per engine: wall seconds, chunks encoded per second, Ray / local (target >= 0.9: the engine's
 overhead under 10 %), and this process's CPU seconds per 1 000 chunks: for the Ray engine the
@@ -15,13 +18,13 @@ driver's share (reading, chunking, batch planning, serialization, store writes, 
 local engine everything. Bytes per chunk: the pickled texts sent to the actors plus the pickled
 vectors returned (what Ray serializes; its framing not included).
 
---layers N gives the model N layers instead of the shape's (the driver's work does not depend on
-them: `--shape full --layers 1` measures the driver at bge-m3's vector size without the cost of 24
-layers); --max-tokens N chunks at N tokens (overlap N/8) instead of pipeline_sync's 128/16, over
-longer documents (8-16 paragraphs), and reports the mean tokens per chunk.
+Driver tokenization: the driver tokenizes each chunk's text after the chunker did (the batch plan,
+and the encode step's length sort when a window has more texts than `texts_per_call`); the
+section gives the CPU seconds of one such pass per 1 000 chunks, to set against the driver's.
 
-Writes its section of benchmarks/RESULTS.md (between the ray-scaling markers; with --layers or
---max-tokens, markers of its own) unless --no-write.
+Writes its section of benchmarks/RESULTS.md unless --no-write: between the ray-scaling markers for
+the default layout (one node, one actor of one CPU per CPU), else between markers named after the
+layout (e.g. ray-scaling-2n-4x0.5).
 """
 
 from __future__ import annotations
@@ -41,37 +44,54 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- ray-scaling:start -->", "<!-- ray-scaling:end -->"
+
 # Ray keeps every node on 127.0.0.1 with this; read when ray is imported, so set before.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def engine_config(work: Path, model: Path, name: str, cpus: int, address: str | None, max_tokens: int | None):
-    """pipeline_sync's config on Qdrant Edge (chunking at `max_tokens` if given); the Ray engine at
-    `address`, or the local engine."""
+def markers(cpus: int, nodes: int, encoders: int, cpus_per_encoder: float) -> tuple[str, str]:
+    """The RESULTS.md markers of a cluster layout (the default layout keeps the plain ones)."""
+    if (nodes, encoders, cpus_per_encoder) == (1, cpus, 1):
+        return START, END
+    name = f"ray-scaling-{nodes}n-{encoders}x{cpus_per_encoder:g}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def engine_config(work: Path, model: Path, name: str, cpus: int, address: str | None, encoders: int = 0,
+                  cpus_per_encoder: float = 1):
+    """pipeline_sync's config on Qdrant Edge; the Ray engine at `address`, or the local engine."""
     from pipeline_sync import make_config
 
     from connector.config import LocalEngineConfig, RayEngineConfig
 
     config = make_config(work, model, "qdrant-edge", name)
     config.encoder.threads = cpus
-    if max_tokens:
-        config.chunking.max_tokens, config.chunking.overlap_tokens = max_tokens, max_tokens // 8
-        config.encoder.max_length = max(config.encoder.max_length, max_tokens + 2)
-    engine = RayEngineConfig(address=address, encoders=cpus, cpus_per_encoder=1) if address else LocalEngineConfig()
+    engine = (RayEngineConfig(address=address, encoders=encoders or cpus, cpus_per_encoder=cpus_per_encoder)
+              if address else LocalEngineConfig())
     return config.model_copy(update={"engine": engine})
 
 
-def corpus_chunks(work: Path, tokenizer, chunking) -> list[str]:
-    """The corpus's chunk texts as a new state dir chunks them (version 1; the files' text as is)."""
-    from connector.preprocess.chunking import make_chunker
+def stored_texts(config) -> list[str]:
+    """The chunk texts a sync stored."""
+    from connector.app import open_sink
 
-    chunker = make_chunker(tokenizer, chunking, 1)
-    return [c.text for path in sorted((work / "docs").rglob("*.md"))
-            for c in chunker.split(path.name, path.read_text(encoding="utf-8"))]
+    with open_sink(config) as sink:
+        ids = sorted(sink.all_ids())
+        return [p.payload["text"] for start in range(0, len(ids), 256) for p in sink.retrieve(ids[start : start + 256])]
 
 
-def measure(docs: int, cpus: int, shape: str, layers: int | None, max_tokens: int | None) -> dict:
+def tokenize_seconds(encoder, texts: list[str]) -> float:
+    """CPU seconds of one tokenization of `texts` as the batch plan does it (best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        cpu = time.process_time()
+        encoder.plan_batches(texts)
+        best = min(best, time.process_time() - cpu)
+    return best
+
+
+def measure(docs: int, cpus: int, shape: str, nodes: int = 1, actors: int = 0, cpus_per_encoder: float = 1) -> dict:
     import ray
     from encode_throughput import ensure_model
     from pipeline_sync import write_corpus
@@ -79,42 +99,46 @@ def measure(docs: int, cpus: int, shape: str, layers: int | None, max_tokens: in
 
     from connector.pipeline import make_encoder, run_sync
 
-    model = ensure_model(shape, layers)
+    model = ensure_model(shape)
     work = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus // nodes})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=cpus // nodes)
+    cluster.wait_for_nodes()
+    layout = {"encoders": actors or cpus, "cpus_per_encoder": cpus_per_encoder}
+    load_before = os.getloadavg()
     encoders = {}
     try:
-        write_corpus(work / "docs", docs, paragraph_counts=(8, 16) if max_tokens else (1, 6))
+        write_corpus(work / "docs", docs)
         started = time.perf_counter()
-        encoders["ray"] = make_encoder(engine_config(work, model, "warm-ray", cpus, cluster.address, max_tokens))
+        encoders["ray"] = make_encoder(engine_config(work, model, "warm-ray", cpus, cluster.address, **layout))
+        encoders["ray"].start()  # the pool starts at the first text otherwise
         start_seconds = time.perf_counter() - started
-        encoders["local"] = make_encoder(engine_config(work, model, "warm-local", cpus, None, max_tokens))
+        encoders["local"] = make_encoder(engine_config(work, model, "warm-local", cpus, None))
         encoders["local"].encode(["warm-up: loads the weights"])
         runs: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
-        chunks = 0
+        chunks, texts = 0, []
         for attempt in range(2):
             for name, encoder in encoders.items():
                 label = f"{name}-{attempt}"
-                config = engine_config(work, model, label, cpus, cluster.address if name == "ray" else None, max_tokens)
+                config = engine_config(work, model, label, cpus, cluster.address if name == "ray" else None, **layout)
                 wall, cpu = time.perf_counter(), time.process_time()
                 report = run_sync(config, encoder=encoder)
                 runs[name].append((time.perf_counter() - wall, time.process_time() - cpu))
                 assert report.exit_code == 0, report.to_json()
                 chunks = report.chunks["encoded"]
+                if not texts:
+                    texts = stored_texts(config)
                 shutil.rmtree(work / label)
-        local = encoders["local"]
-        chunk_tokens = None
-        if max_tokens:  # the corpus's own chunks
-            texts = corpus_chunks(work, local.tokenizer, config.chunking)
-            chunk_tokens = sum(len(local.tokenizer.encode(t, add_special_tokens=False)) for t in texts) / len(texts)
-            texts = texts[:64]
-        else:
-            texts = [f"Sample chunk {n}: " + "the relay resets when the fuse is replaced. " * 12 for n in range(64)]
-        sent = len(pickle.dumps(texts)) + len(pickle.dumps(local.encode(texts)))
-        return {"docs": docs, "cpus": cpus, "shape": shape, "layers": layers, "max_tokens": max_tokens,
-                "chunk_tokens": chunk_tokens, "chunks": chunks, "start_seconds": start_seconds,
-                "best": {name: min(values) for name, values in runs.items()}, "bytes_per_chunk": sent / len(texts),
-                "dimension": encoders["local"].dimension, "ray_version": ray.__version__}
+        tokenize = tokenize_seconds(encoders["local"], texts) / len(texts)
+        samples = [f"Sample chunk {n}: " + "the relay resets when the fuse is replaced. " * 12 for n in range(64)]
+        sent = len(pickle.dumps(samples)) + len(pickle.dumps(encoders["local"].encode(samples)))
+        return {"docs": docs, "cpus": cpus, "shape": shape, "chunks": chunks, "start_seconds": start_seconds,
+                "best": {name: min(values) for name, values in runs.items()}, "bytes_per_chunk": sent / len(samples),
+                "dimension": encoders["local"].dimension, "ray_version": ray.__version__, "nodes": nodes,
+                **layout, "texts_per_call": encoders["ray"].texts_per_call,
+                "batch_size": encoders["local"].batch_size, "tokenize_seconds_per_chunk": tokenize,
+                "load_before": load_before, "load_after": os.getloadavg()}
     finally:
         if "ray" in encoders:
             encoders["ray"].close()
@@ -123,46 +147,43 @@ def measure(docs: int, cpus: int, shape: str, layers: int | None, max_tokens: in
         shutil.rmtree(work, ignore_errors=True)
 
 
-def markers(layers: int | None, max_tokens: int | None) -> tuple[str, str]:
-    """The default run's section markers, or those of a run with another layer count or chunk size."""
-    name = "ray-scaling" + (f"-{layers}-layers" if layers else "") + (f"-{max_tokens}-tokens" if max_tokens else "")
-    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-
-
 def render(result: dict, command: str) -> str:
     chunks = result["chunks"]
-    start, end = markers(result["layers"], result["max_tokens"])
-    model = f"model `--shape {result['shape']}`" + (f" with {result['layers']} layer(s)" if result["layers"] else "")
-    chunking = (f"chunking {result['max_tokens']}/{result['max_tokens'] // 8} over documents of 8-16 paragraphs, "
-                f"{result['chunk_tokens']:.0f} tokens per chunk on average" if result["max_tokens"] else "chunking 128/16")
     rows = []
     for name in ("local", "ray"):
         wall, cpu = result["best"][name]
         rows.append(f"| {name} | {wall:.1f} | {chunks / wall:.1f} | {cpu / chunks * 1000:.2f} |")
     ratio = (chunks / result["best"]["ray"][0]) / (chunks / result["best"]["local"][0])
-    variant = ", ".join(v for v in (f"{result['layers']} layer(s)" if result["layers"] else "",
-                                    f"{result['max_tokens']}-token chunks" if result["max_tokens"] else "") if v)
-    title = f" ({variant})" if variant else ""
-    sample = "of the corpus's chunks" if result["max_tokens"] else "chunk-sized texts"
+    start, end = markers(result["cpus"], result["nodes"], result["encoders"], result["cpus_per_encoder"])
+    nodes = "a one-node cluster" if result["nodes"] == 1 else f"a {result['nodes']}-node cluster"
+    driver_cpu = result["best"]["ray"][1] / chunks
+    tokenize = result["tokenize_seconds_per_chunk"]
     return "\n".join([
         start,
-        f"## Ray engine against the local engine (`benchmarks/ray_scaling.py`){title}",
+        "## Ray engine against the local engine (`benchmarks/ray_scaling.py`)"
+        + ("" if start == START else f": {result['nodes']} nodes, {result['encoders']} actors"),
         "",
-        f"{result['docs']} generated documents, {chunks} chunks encoded ({chunking}), from scratch into Qdrant "
-        f"Edge; {model} (random weights); {result['cpus']} CPUs for each engine: "
+        f"{result['docs']} generated documents, {chunks} chunks encoded, from scratch into Qdrant Edge; "
+        f"model `--shape {result['shape']}` (random weights); {result['cpus']} CPUs for each engine: "
         f"the local engine with {result['cpus']} torch threads, the Ray engine ({result['ray_version']}) with "
-        f"{result['cpus']} actors of 1 CPU on a one-node cluster on 127.0.0.1. Best of 2 runs each.",
+        f"{result['encoders']} actors of {result['cpus_per_encoder']:g} CPU on {nodes} on 127.0.0.1. "
+        "Best of 2 runs each.",
         "",
         "| engine | wall s | chunks/s | this process's CPU s per 1 000 chunks |",
         "|---|---|---|---|",
         *rows,
         "",
         f"- Ray / local throughput: **{ratio:.2f}x** (target >= 0.9).",
-        f"- Starting the Ray pool (connect, {result['cpus']} actors each loading the model): "
+        f"- Starting the Ray pool (connect, {result['encoders']} actors each loading the model): "
         f"{result['start_seconds']:.1f} s, once per command.",
         f"- Bytes per chunk to and from the actors (pickled texts + vectors, {result['dimension']}-d dense, on 64 "
-        f"{sample}): {result['bytes_per_chunk']:.0f}.",
-        *machine_and_command(command, f", load average {result['loads'][0]} at the start, {result['loads'][1]} at the end"),
+        f"chunk-sized texts): {result['bytes_per_chunk']:.0f}.",
+        f"- Texts per encode call (the encode step's fan-out: two batches of {result['batch_size']} per actor): "
+        f"{result['texts_per_call']}.",
+        f"- One tokenization of the chunks in the driver (as the batch plan does it): {tokenize * 1000:.2f} CPU s "
+        f"per 1 000 chunks, {tokenize / driver_cpu:.0%} of the driver's CPU.",
+        f"- Load average (1 min) before the runs {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f}.",
+        *machine_and_command(command),
         end,
     ])
 
@@ -170,23 +191,24 @@ def render(result: dict, command: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=200)
-    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the cluster, and the local engine's threads")
+    parser.add_argument("--nodes", type=int, default=1, help="Ray nodes sharing --cpus (default 1)")
+    parser.add_argument("--encoders", type=int, default=0, help="encoder actors (default: --cpus)")
+    parser.add_argument("--cpus-per-encoder", type=float, default=1.0, help="CPUs per actor, e.g. 0.5 (default 1)")
     parser.add_argument("--shape", choices=("small", "full"), default="small")
-    parser.add_argument("--layers", type=int, default=None, help="layers of the model (default: the shape's)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="chunk size (default: 128, overlap 16)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     args = parser.parse_args()
-    loads = [load_average()]
-    result = measure(args.docs, args.cpus, args.shape, args.layers, args.max_tokens)
-    result["loads"] = [*loads, load_average()]
-    command = f"benchmarks/ray_scaling.py --docs {args.docs} --cpus {args.cpus} --shape {args.shape}"
-    command += (f" --layers {args.layers}" if args.layers else "") + (f" --max-tokens {args.max_tokens}" if args.max_tokens else "")
-    publish(RESULTS, *markers(args.layers, args.max_tokens), render(result, command), write=not args.no_write)
+    if args.nodes < 1 or args.cpus % args.nodes:
+        parser.error(f"--cpus ({args.cpus}) must be a multiple of --nodes ({args.nodes})")
+    encoders = args.encoders or args.cpus
+    if encoders * args.cpus_per_encoder > args.cpus:
+        parser.error(f"{encoders} encoders x {args.cpus_per_encoder:g} CPUs do not fit in --cpus {args.cpus}")
+    result = measure(args.docs, args.cpus, args.shape, args.nodes, encoders, args.cpus_per_encoder)
+    command = (f"benchmarks/ray_scaling.py --docs {args.docs} --cpus {args.cpus} --nodes {args.nodes} "
+               f"--encoders {encoders} --cpus-per-encoder {args.cpus_per_encoder:g} --shape {args.shape}")
+    start, end = markers(args.cpus, args.nodes, encoders, args.cpus_per_encoder)
+    publish(RESULTS, start, end, render(result, command), write=not args.no_write)
     return 0
-
-
-def load_average() -> str:
-    return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

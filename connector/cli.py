@@ -533,19 +533,22 @@ def projection_show(ctx, config_path):
 @click.option("--target", help="Collection to write (default: <collection>_<dim>).")
 @click.option("--page-size", type=click.IntRange(1), default=256, show_default=True, help="Points per read and write.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@engine_option
 @json_option
 @click.pass_context
-def backfill(ctx, config_path, dim, target, page_size, progress):
+def backfill(ctx, config_path, dim, target, page_size, progress, engine):
     """Write legacy vectors for every point of the collection into a k-d collection, from the
-    stored vectors (no re-encoding). Resumable after a kill; re-running is harmless.
+    stored vectors (no re-encoding: the engine, `--engine` included, is never started). Resumable
+    after a kill; re-running is harmless.
 
     \b
     Example:
       connector backfill -c configs/qdrant-local.yaml --dim 768 --target kb_768
     """
     from connector.backfill import backfill as run_backfill
+    from connector.engines import with_engine
 
-    config = load_config(config_path)
+    config = with_engine(load_config(config_path), engine)
     report = run_backfill(config, dim, target, progress=sys.stderr.isatty() if progress is None else progress,
                           page_size=page_size)
     p = report.points

@@ -358,14 +358,18 @@ class RayEngineConfig(Strict):
         None, ge=1, description="Encoder actors, each loading the model once; default: the cluster's CPUs // "
         "cpus_per_encoder.",
     )
-    cpus_per_encoder: int = Field(1, ge=1, description="CPUs Ray reserves for each actor, and its torch threads.")
+    cpus_per_encoder: float = Field(
+        1, ge=0.0001, description="CPUs Ray reserves for each actor, and its torch threads (one for a fraction: 0.5 "
+        "puts two actors on each CPU; Ray's finest fraction is 0.0001).",
+    )
     ship_model: bool = Field(
         False,
         description="Send the model's files through Ray's object store to nodes that do not have encoder.model "
         "(the same files at the same path); default: every node must have them.",
     )
     start_timeout: float = Field(
-        300, gt=0, description="Seconds to wait for every actor to be placed and to load the model.",
+        300, gt=0, description="Seconds to wait for the cluster to answer at `address`, then for every actor to be "
+        "placed and to load the model.",
     )
 
     @field_validator("address")

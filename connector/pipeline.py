@@ -13,7 +13,11 @@ bounded queues (connector/stages.py):
           aside while the store is down (connector.steps.write: the order of writes, crash
           safety and the circuit breaker are described there).
 So reading and writing overlap encoding, and memory stays flat however large the corpus: each
-step is at most QUEUE_DEPTH items ahead of the next. Only the write step writes the ledger.
+step is at most QUEUE_DEPTH items ahead of the next. Only the write step writes the ledger, and
+it writes nothing, to the store or the ledger, before the first part is ready (`_start_writing`),
+and a collection is created only once the encoder has started: an encoder that cannot start (a
+Ray cluster unreachable: its pool starts at the first text to encode) fails the run untouched
+when the first window has texts to encode.
 `pipelined=False` runs the same steps one after the other in the calling thread.
 
 What every command opens (state, sink, encoder, projection) is in connector.app.
@@ -83,6 +87,7 @@ class SyncRun:
         self._deferred = DeferredPlans(config.state_dir)
         self._dry_run_shas: Counter[str] = Counter()  # points to write per text
         self._chunk_bar = None  # chunks written, so that one huge document still shows progress
+        self._writing = False  # the writes have started: _start_writing
         # built by prepare()
         self.setup: SyncSetup | None = None
         self.planner: Planner | None = None
@@ -138,12 +143,7 @@ class SyncRun:
         items = self.source.read()  # a missing source folder fails here, before the store is touched
         if not dry_run:
             self._preflight(report)
-            # Before any document is written with it: an interrupted re-chunk goes on with this version.
-            self.ledger.set_meta(CHUNKING_VERSION_KEY, str(self.chunking_version))
             self._move_renamed_documents(report)
-            with busy(report, "write"):
-                self.writer.delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
-            self.writer.watch_store()
         self.prepare()  # a dry run's first need of it: the fingerprint, for the stamps
         planner, writer = self.planner, self.writer
         planner.offer_stamps(self.source, self.ledger)
@@ -179,9 +179,13 @@ class SyncRun:
 
     def _preflight(self, report: SyncReport) -> None:
         """Before anything is read or encoded: the store answers, the collection exists (created if
-        missing) with the configured layout, and still holds what the ledger lists."""
+        missing) with the configured layout, and still holds what the ledger lists. A collection is
+        created only once the encoder has started (a new collection's documents are all to encode),
+        so that an encoder that cannot start (a Ray cluster unreachable) leaves the store untouched."""
         try:
             self._check_store_has_ledger(report)
+            if self.sink.describe() is None:
+                self.prepare().encoder.start()
             self.ensure_collection()
             claim(self.sink, self.ledger, shared_collection(self.config), self.take_over)
         except TransientError as err:
@@ -189,6 +193,21 @@ class SyncRun:
                 f"cannot reach the store {sink_target(self.config)}: {err} Nothing was read, encoded or written: "
                 "start the store (or correct the sink's address) and run the sync again."
             ) from err
+
+    def _start_writing(self, report: SyncReport) -> None:
+        """Just before the sync's first write of documents: by then the first window's vectors are
+        ready (or it needed none), so an encoder that could not start at its first text (a Ray
+        cluster unreachable) has failed the run with the store and the ledger untouched. Record the
+        chunking version, delete what a crashed run had queued, then let a store outage pause the
+        writes instead of failing them. Once per run."""
+        if self._writing:
+            return
+        self._writing = True
+        # Before any document is written with it: an interrupted re-chunk goes on with this version.
+        self.ledger.set_meta(CHUNKING_VERSION_KEY, str(self.chunking_version))
+        with busy(report, "write"):
+            self.writer.delete(self.ledger.pending_deletes(), report)  # what a crashed run had queued
+        self.writer.watch_store()
 
     def _sync(self, items, report: SyncReport) -> None:
         """The three steps (see the module doc); inline, one after the other, when not pipelined."""
@@ -204,10 +223,13 @@ class SyncRun:
                                tick=TICK_SECONDS)) as parts:
                 try:
                     for part in parts:
+                        if part is not TICK:
+                            self._start_writing(report)
                         with busy(report, "write"):
                             writer.resume_writes(report)
                             if part is not TICK:
                                 writer.write(part, report)
+                    self._start_writing(report)  # nothing to write: the pending deletes are still done
                     with busy(report, "write"):
                         writer.drain_deferred(report)
                 except BaseException:

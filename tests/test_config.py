@@ -205,6 +205,14 @@ def test_ray_addresses(tmp_path, address):
     assert (config.engine.address, config.engine.encoders, config.engine.cpus_per_encoder) == (address, 8, 4)
 
 
+def test_an_encoder_actor_may_take_a_fraction_of_a_cpu_and_then_runs_one_torch_thread(tmp_path):
+    from connector.engines.ray import actor_config
+
+    config = load_config(write(tmp_path, dict(BASE, engine={"type": "ray", "encoders": 4, "cpus_per_encoder": 0.5})))
+    assert config.engine.cpus_per_encoder == 0.5
+    assert actor_config(config, tmp_path).encoder.threads == 1
+
+
 @pytest.mark.parametrize("engine, expected", [
     ({"type": "spark"}, "engine: Value error, type must be one of local, ray, not 'spark'"),
     ("dask", "engine: Value error, type must be one of local, ray, not 'dask'"),
@@ -215,7 +223,7 @@ def test_ray_addresses(tmp_path, address):
     ({"type": "ray", "address": "head"}, "'head' is not a Ray address"),
     ({"type": "ray", "address": "head:70000"}, "'head:70000' is not a Ray address"),
     ({"type": "ray", "encoders": 0}, "engine.encoders: Input should be greater than or equal to 1"),
-    ({"type": "ray", "cpus_per_encoder": 0}, "engine.cpus_per_encoder: Input should be greater than or equal to 1"),
+    ({"type": "ray", "cpus_per_encoder": 0}, "engine.cpus_per_encoder: Input should be greater than or equal to 0.0001"),
     ({"type": "ray", "start_timeout": 0}, "engine.start_timeout: Input should be greater than 0"),
 ])
 def test_a_bad_engine_is_a_config_error(tmp_path, engine, expected):

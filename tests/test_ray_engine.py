@@ -118,6 +118,7 @@ def test_two_actors_on_two_nodes_give_the_local_engines_vectors(ray_cluster, tmp
     encoder = make_encoder(config)
     try:
         assert isinstance(encoder, RayEncoder)
+        encoder.start()  # else at the first text to encode
         assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
         assert len({w["node_id"] for w in encoder.workers}) == 2  # one actor per node (SPREAD)
         assert {w["node"] for w in encoder.workers} == {"127.0.0.1"}
@@ -431,4 +432,149 @@ def test_a_driver_killed_mid_sync_converges_on_the_next_run(ray_cluster, tmp_pat
         assert np.array_equal(a.sparse.indices, b.sparse.indices)
         np.testing.assert_allclose(a.sparse.values, b.sparse.values, atol=1e-5)
         assert a.payload == b.payload
+    wait_for_free_cpus(ray_cluster)
+
+
+# ---- the pool starts at the first text to encode; backfill; an address that is no Ray head ----------
+def ledger_dump(state_dir: Path) -> list[str]:
+    """Every row of the ledger, as SQL."""
+    import sqlite3
+
+    from connector.ledger import Ledger
+
+    db = sqlite3.connect(f"{(state_dir / Ledger.FILENAME).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def store_contents(config) -> dict:
+    """Each point's id, payload and vectors, comparable with ==."""
+    return {pid: (json.dumps(p.payload, sort_keys=True), p.dense.tolist(), p.sparse.indices.tolist(),
+                  p.sparse.values.tolist()) for pid, p in stored_points(config).items()}
+
+
+def test_with_nothing_to_encode_the_ray_engine_needs_no_cluster_and_with_texts_it_writes_nothing(
+        tmp_path, tiny_model_dir):
+    """An unchanged sync, a dry run, `projection fit --from store` and `backfill` never start the pool:
+    they exit 0 with nothing listening at engine.address. A sync with a text to encode fails (exit 1)
+    with the store and the ledger as they were, and `projection fit --from source` encodes on the
+    pool: it fails the same way."""
+    write_corpus(tmp_path / "docs", docs=4)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "ray", {"type": "ray", "address": address}),
+                          "ray")
+    loaded = load_config(config)
+    first = run_cli("sync", "-c", str(config), "--engine", "local", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["documents"]["new"] == 6
+
+    unchanged = run_cli("sync", "-c", str(config), "--json")
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert json.loads(unchanged.stdout)["documents"]["unchanged"] == 6
+    fitted = run_cli("projection", "fit", "-c", str(config), "--dim", "4", "--from", "store", "--json")
+    assert fitted.returncode == 0, fitted.stderr
+    backfilled = run_cli("backfill", "-c", str(config), "--dim", "4", "--json")
+    assert backfilled.returncode == 0, backfilled.stderr
+    assert json.loads(backfilled.stdout)["points"]["written"] > 0
+
+    (tmp_path / "docs" / "doc01.md").write_text("# Note 1\n\nThe fuse box moved to the basement.\n", encoding="utf-8")
+    dry = run_cli("sync", "-c", str(config), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["chunks"]["encoded"] > 0  # it would encode, but a dry run never does
+
+    store, ledger = store_contents(loaded), ledger_dump(loaded.state_dir)
+    changed = run_cli("sync", "-c", str(config))
+    assert changed.returncode == 1, changed.stderr
+    assert f"cannot reach the Ray cluster at engine.address '{address}'" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    assert store_contents(loaded) == store and ledger_dump(loaded.state_dir) == ledger
+
+    projection = loaded.state_dir / "projection.npz"
+    saved = projection.read_bytes() if projection.exists() else None
+    from_source = run_cli("projection", "fit", "-c", str(config), "--dim", "4", "--from", "source", "--sample", "1000")
+    assert from_source.returncode == 1, from_source.stderr  # the edited note's chunk is not in the embedding cache
+    assert f"cannot reach the Ray cluster at engine.address '{address}'" in from_source.stderr
+    assert (projection.read_bytes() if projection.exists() else None) == saved
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and then says nothing (or `answer`, once)."""
+
+    def __init__(self, answer: bytes = b""):
+        import socket
+        import threading
+
+        self.answer, self.connections = answer, []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.connections.append(conn)  # kept open: the client waits for an answer that never comes
+            if self.answer:
+                conn.sendall(self.answer)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (b"", "it accepted the connection but said nothing for 2 s (engine.start_timeout)"),
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "it answered b'HTTP/1.1 ', not as a gRPC server"),
+], ids=["silent", "http"])
+def test_an_address_where_something_else_answers_fails_within_the_start_timeout(
+        tmp_path, tiny_model_dir, answer, expected):
+    write_corpus(tmp_path / "docs", docs=2)
+    server = SilentServer(answer)
+    try:
+        engine = {"type": "ray", "address": server.address, "start_timeout": 2}
+        config = write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "ray", engine), "ray")
+        # the timeout only keeps a hang (ray.init retrying for minutes) from stalling the suite
+        proc = subprocess.run([CONNECTOR, "sync", "-c", str(config)], capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert proc.returncode == 1, proc.stderr
+    assert f"engine.address '{server.address}' ({server.address}) is not a Ray cluster: {expected}" in proc.stderr
+    assert "HOST:6379" in proc.stderr and "ray://HOST:10001" in proc.stderr and "--engine local" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with make_sink(load_config(config).sink) as sink:
+        assert sink.describe() is None  # nothing written
+
+
+@pytest.mark.slow
+def test_a_backfill_on_the_ray_engine_gives_the_local_engines_collection(ray_cluster, tmp_path, tiny_model_dir):
+    from connector.schemas_layout import load_layout
+
+    write_corpus(tmp_path / "docs", docs=6)
+    configs = {
+        "local": write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "local"), "local"),
+        "ray": write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "ray", ray_engine(ray_cluster)), "ray"),
+    }
+    targets = {}
+    for engine, config in configs.items():
+        synced = run_cli("sync", "-c", str(config), "--engine", engine)
+        assert synced.returncode == 0, synced.stderr
+        proc = run_cli("backfill", "-c", str(config), "--dim", "4", "--target", "kb_4", "--engine", engine, "--json")
+        assert proc.returncode == 0, f"{engine}: {proc.stderr}"
+        assert json.loads(proc.stdout)["points"]["written"] > 0
+        sink = load_config(config).sink.model_copy(update={"collection": "kb_4"})
+        with make_sink(sink, layout=load_layout("chunks_legacy", legacy_field="dense_4")) as store:
+            targets[engine] = {p.id: p for p in store.retrieve(sorted(store.all_ids()), True)}
+    local, remote = targets["local"], targets["ray"]
+    assert local.keys() == remote.keys()
+    for pid in local:
+        assert local[pid].payload == remote[pid].payload
+        np.testing.assert_allclose(local[pid].extra["dense_4"], remote[pid].extra["dense_4"], atol=1e-5)
+        assert np.array_equal(local[pid].sparse.indices, remote[pid].sparse.indices)
+        np.testing.assert_allclose(local[pid].sparse.values, remote[pid].sparse.values, atol=1e-6)
     wait_for_free_cpus(ray_cluster)

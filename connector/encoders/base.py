@@ -30,6 +30,11 @@ class Encoder(ABC):
         """What identifies the vectors this encoder produces (model id/revision, weights hash,
         max_length). Two encoders with equal fingerprints give equal vectors."""
 
+    def start(self) -> None:
+        """Get ready to encode; idempotent. Nothing to do here; an engine whose workers run elsewhere
+        starts them (and may then ask for other `texts_per_call`). The sync calls it once it has texts
+        to encode, so that a run with nothing to encode never starts them; `encode` calls it too."""
+
     @abstractmethod
     def encode(self, texts: Sequence[str]) -> list[Vectors]:
         """Encode texts in one forward pass per batch; output order equals input order."""

@@ -22,5 +22,5 @@ class Engine(ABC):
 
     @abstractmethod
     def make_encoder(self) -> Encoder:
-        """The config's encoder, ready to encode (a remote engine has its workers running); raises
-        a ConnectorError that says how to fix the problem when it cannot start."""
+        """The config's encoder. A remote engine's workers start at its `start()` (the first text to
+        encode), which raises a ConnectorError that says how to fix the problem when they cannot."""

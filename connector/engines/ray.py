@@ -11,10 +11,17 @@ the same files there; otherwise, with `engine.ship_model: true`, from a copy the
 Ray's object store once (unpacked into the node's temporary folder, keyed by the model's content
 hash); otherwise it reports that the model is missing on its node.
 
+The pool starts at the first text to encode (`RayEncoder.start`, which the encode step calls
+before it encodes): a command with nothing to encode (an unchanged sync, a dry run, `projection
+fit --from store`, `backfill`) never connects to the cluster. The sync creates a collection only
+once the pool has started and writes no document before its first window's vectors are ready
+(connector.pipeline), so a pool that cannot start fails it before the store or the ledger is
+touched.
+
 Faults. Ray restarts an actor whose process died (MAX_RESTARTS times) and runs its unfinished
 batches again on it (encoding is idempotent). A worker that cannot load the model fails the
-command with that worker's node and reason. The cluster unreachable at start fails the command
-before the store is touched.
+command with that worker's node and reason. The cluster unreachable fails the command with how
+to fix it, and so does an address where something else answers (within engine.start_timeout).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import weakref
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +47,10 @@ from connector.records import Vectors
 MAX_RESTARTS = 4
 #: Seconds to wait for a TCP connection to `engine.address` before `ray.init` (which would retry for long).
 CONNECT_TIMEOUT = 10.0
+#: HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (the GCS of a Ray head,
+#: and its Ray Client server) answers with a SETTINGS frame of its own.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
 
 HOW_TO_START = (
     "Start a cluster with `ray start --head` on the head node (other nodes join with `ray start "
@@ -56,38 +68,75 @@ def import_ray():
 
 
 class RayEngine(Engine):
-    """`engine: {type: ray, ...}`: connects to the cluster and starts the encoder actors."""
+    """`engine: {type: ray, ...}`: the encoder actors, started at the first text to encode."""
 
     def make_encoder(self) -> "RayEncoder":
-        ray = import_ray()
-        connect(ray, self.config.engine.address)
+        import_ray()  # a missing extra fails the command now, not at its first text
         local = build_local_encoder(self.config)  # tokenizer, fingerprint, batch plan; its weights stay on disk
-        return RayEncoder.start(ray, local, self.config)
+        return RayEncoder(local, self.config)
 
 
-def connect(ray, address: str) -> None:
-    """Connect this process to the Ray cluster at `address`, once; later calls reuse the connection."""
+def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Connect this process to the Ray cluster at `address`, once; later calls reuse the connection.
+    An address where nothing listens, or where something other than a Ray head answers, fails within
+    `timeout` seconds (ray.init would retry for minutes)."""
     if ray.is_initialized():
         connected = ray.get_runtime_context().gcs_address
         if address == "auto" or address.startswith("ray://") or address == connected:
             return
         raise EngineError(f"this process is already connected to the Ray cluster at {connected}, "
                           f"not to engine.address {address!r}")
-    if address != "auto":
-        check_reachable(address)
+    target = os.environ.get("RAY_ADDRESS") if address == "auto" else address  # auto: what ray.init reads
+    if target and target != "auto" and os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
+        check_reachable(target, timeout, address)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as err:  # ConnectionError, RuntimeError, a Ray Client error: the fix is the same
         raise EngineError(unreachable(address, f"{type(err).__name__}: {err}")) from None
 
 
-def check_reachable(address: str) -> None:
-    """Fail at once, with how to fix it, when nothing listens at `address` (host:port or ray://host:port)."""
-    host, port = address.removeprefix("ray://").rsplit(":", 1)  # the config checked the form (RAY_ADDRESS)
+def check_reachable(target: str, timeout: float, address: str) -> None:
+    """Fail, with how to fix it, when nothing listens at `target` (host:port or ray://host:port, what
+    engine.`address` resolves to), or when what listens does not answer as a gRPC server (a Ray head's
+    GCS and Ray Client ports both do) within `timeout` seconds."""
+    host, port = target.removeprefix("ray://").rsplit(":", 1)  # the config checked the form (RAY_ADDRESS)
+    deadline = time.monotonic() + timeout
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
-    except OSError as err:
-        raise EngineError(unreachable(address, err.strerror or str(err))) from None
+        conn = socket.create_connection((host, int(port)), timeout=min(CONNECT_TIMEOUT, timeout))
+    except (OSError, ValueError) as err:
+        raise EngineError(unreachable(address, getattr(err, "strerror", None) or str(err))) from None
+    with conn:
+        try:
+            conn.sendall(HTTP2_PREFACE)
+            header = receive(conn, 9, deadline)  # the first frame's header: length (3), type, flags, stream (4)
+        except TimeoutError:
+            header, reason = None, f"it accepted the connection but said nothing for {timeout:g} s (engine.start_timeout)"
+        except OSError as err:
+            header, reason = None, f"it closed the connection ({err.strerror or err})"
+    if header is not None and len(header) < 9:
+        reason = "it closed the connection"
+    elif header is not None and header[3] != HTTP2_SETTINGS:
+        reason = f"it answered {header[:9]!r}, not as a gRPC server"
+    elif header is not None:
+        return
+    raise EngineError(
+        f"engine.address {address!r} ({target}) is not a Ray cluster: {reason}. Check that "
+        "it is the head node's GCS address (HOST:6379 by default: the address `ray start --head` prints, and "
+        "`ray status` on the head shows) or ray://HOST:10001 for Ray Client, not another service's port; or run "
+        "without a cluster: --engine local. Nothing was written."
+    )
+
+
+def receive(conn: socket.socket, size: int, deadline: float) -> bytes:
+    """Up to `size` bytes from `conn` (fewer if it closes); TimeoutError once `deadline` passes."""
+    data = b""
+    while len(data) < size:
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def unreachable(address: str, reason: str) -> str:
@@ -98,44 +147,59 @@ class RayEncoder(Encoder):
     """The config's encoder, its batches encoded by a pool of Ray actors.
 
     `local` is the driver's copy of the encoder: its tokenizer, fingerprint and batch plan (its
-    weights are never loaded in the driver). `encode` sends each batch of `local.plan_batches` to
-    an actor, round robin, and returns the vectors in input order. `close()` stops the actors;
-    they also stop when this object is collected or the driver exits.
+    weights are never loaded in the driver). The pool starts at `start()` (connect, start the
+    actors, wait until each has loaded the model); `encode` starts it if need be, sends each batch
+    of `local.plan_batches` to an actor, round robin, and returns the vectors in input order.
+    `close()` stops the actors; they also stop when this object is collected or the driver exits.
     """
 
-    def __init__(self, ray, local, actors: list, workers: list[dict], shipped: list | None):
-        self._ray = ray
+    def __init__(self, local, config: SyncConfig):
         self._local = local
-        self._actors = actors
-        self.workers = workers  # what each actor said when it started: node, node_id, pid, model_from
-        self._shipped = shipped  # keeps the shipped model in the object store for actors that restart
+        self._config = config
+        self._ray = None
+        self._actors: list = []
+        self._workers: list[dict] = []
+        self._shipped: list | None = None  # keeps the shipped model in the object store for actors that restart
+        self._next = 0
+        self._close = None
         self.dimension = local.dimension
         self.max_length = local.max_length
-        # two batches per actor in each call, so that every actor works while the driver waits
-        self.texts_per_call = max(Encoder.texts_per_call, 2 * local.batch_size * len(actors))
-        self._next = 0
-        self._close = weakref.finalize(self, _kill, actors)
 
-    @classmethod
-    def start(cls, ray, local, config: SyncConfig) -> "RayEncoder":
-        """Start `engine.encoders` actors (default: one per `cpus_per_encoder` CPUs of the cluster)
-        and wait until each has loaded the model."""
-        engine = config.engine
-        count = engine.encoders or max(1, int(ray.cluster_resources().get("CPU", 0)) // engine.cpus_per_encoder)
-        worker_config = actor_config(config, local.folder)
-        sha = local.fingerprint["content_sha256"]
-        shipped = [ray.put(model_files(local.folder))] if engine.ship_model else None  # in a list: not resolved
+    def start(self) -> None:
+        """Connect to the cluster and start `engine.encoders` actors (default: one per
+        `cpus_per_encoder` CPUs of the cluster); return once each has loaded the model. Once only."""
+        if self._actors:
+            return
+        ray, engine = import_ray(), self._config.engine
+        connect(ray, engine.address, engine.start_timeout)
+        count = engine.encoders or max(1, int(ray.cluster_resources().get("CPU", 0) / engine.cpus_per_encoder))
+        worker_config = actor_config(self._config, self._local.folder)
+        sha = self._local.fingerprint["content_sha256"]
+        shipped = [ray.put(model_files(self._local.folder))] if engine.ship_model else None  # in a list: not resolved
         actor = ray.remote(EncoderWorker).options(
             num_cpus=engine.cpus_per_encoder, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
             scheduling_strategy="SPREAD",
         )
         actors = [actor.remote(worker_config, sha, shipped) for _ in range(count)]
         try:
-            workers = wait_started(ray, actors, config)
+            self._workers = wait_started(ray, actors, self._config)
         except BaseException:
             _kill(actors)
             raise
-        return cls(ray, local, actors, workers, shipped)
+        self._ray, self._actors, self._shipped = ray, actors, shipped
+        self._close = weakref.finalize(self, _kill, actors)
+
+    @property
+    def texts_per_call(self) -> int:
+        """Two batches per actor in each call, so that every actor works while the driver waits (the
+        base's count until the pool has started)."""
+        return max(Encoder.texts_per_call, 2 * self._local.batch_size * len(self._actors))
+
+    @property
+    def workers(self) -> list[dict]:
+        """What each actor said when it started: node, node_id, pid, model_from (starts the pool)."""
+        self.start()
+        return self._workers
 
     @property
     def fingerprint(self) -> dict:
@@ -149,6 +213,7 @@ class RayEncoder(Encoder):
         texts = list(texts)
         if not texts:
             return []
+        self.start()
         _token_ids, batches = self._local.plan_batches(texts)
         refs = []
         for batch in batches:
@@ -162,19 +227,23 @@ class RayEncoder(Encoder):
         return results
 
     def describe_workers(self) -> list[dict]:
-        """Each actor's node, node_id, pid and model source, asked now (a restarted actor has a new pid)."""
+        """Each actor's node, node_id, pid and model source, asked now (a restarted actor has a new pid;
+        starts the pool)."""
+        self.start()
         return [result(self._ray, actor.describe.remote()) for actor in self._actors]
 
     def close(self) -> None:
-        """Stop the actors (idempotent)."""
-        self._close()
+        """Stop the actors, if they started (idempotent)."""
+        if self._close is not None:
+            self._close()
 
 
 def actor_config(config: SyncConfig, folder: Path) -> SyncConfig:
     """The config an actor builds its encoder from: the model folder the driver loaded (a hub model's
-    snapshot folder: the actors never download), and torch threads matching the actor's CPUs."""
+    snapshot folder: the actors never download), and torch threads matching the actor's CPUs (one for
+    a fraction of a CPU)."""
     encoder = config.encoder.model_copy(
-        update={"model": str(folder), "revision": None, "threads": config.engine.cpus_per_encoder})
+        update={"model": str(folder), "revision": None, "threads": max(1, int(config.engine.cpus_per_encoder))})
     return config.model_copy(update={"encoder": encoder})
 
 
@@ -189,7 +258,7 @@ def wait_started(ray, actors: list, config: SyncConfig) -> list[dict]:
         raise EngineError(
             f"{len(pending)} of {len(actors)} encoder actors did not start within {engine.start_timeout:g} s "
             f"(engine.start_timeout). The cluster has {cpus:g} CPUs and the engine asks for {len(actors)} encoders x "
-            f"{engine.cpus_per_encoder} CPUs: lower engine.encoders or engine.cpus_per_encoder, or add nodes."
+            f"{engine.cpus_per_encoder:g} CPUs: lower engine.encoders or engine.cpus_per_encoder, or add nodes."
         )
     workers = [result(ray, ref) for ref in refs]
     failed = [w for w in workers if w["error"]]

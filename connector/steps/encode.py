@@ -97,6 +97,8 @@ class EncodeStep:
         with self._lock:  # the tokenizer too: it is not safe to use from two threads at once
             found = self.cache.get_many(texts)
             missing = [sha for sha in texts if sha not in found]
+            if missing:
+                self.encoder.start()  # a remote engine's workers start at the run's first text to encode
             per_call = self.encoder.texts_per_call
             if len(missing) > per_call:
                 # by token count, longest first, so that each slice gives the encoder batches as full as
