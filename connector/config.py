@@ -503,13 +503,6 @@ class SyncConfig(Strict):
     state_dir: Path = Path(".connector")
 
     @model_validator(mode="after")
-    def _ray_runs_torch(self) -> "SyncConfig":
-        if self.engine.type == "ray" and self.encoder.backend != "torch":
-            raise ValueError(f"engine ray runs encoder.backend torch only (backend is {self.encoder.backend}); "
-                             "use engine local for onnx")
-        return self
-
-    @model_validator(mode="after")
     def _chunk_fits_model(self) -> "SyncConfig":
         if self.chunking.max_tokens + 2 > self.encoder.max_length:
             raise ValueError(

@@ -232,9 +232,11 @@ def test_a_bad_engine_is_a_config_error(tmp_path, engine, expected):
     assert expected in str(err.value)
 
 
-def test_the_ray_engine_runs_the_torch_backend_only(tmp_path):
-    with pytest.raises(ConfigError, match="engine ray runs encoder.backend torch only"):
-        load_config(write(tmp_path, dict(BASE, engine="ray", encoder={"model": "./m", "backend": "onnx"})))
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_the_ray_engine_runs_the_onnx_backend_too(tmp_path, quantize):
+    encoder = {"model": "./m", "backend": "onnx", "quantize": quantize}
+    config = load_config(write(tmp_path, dict(BASE, engine="ray", encoder=encoder)))
+    assert (config.engine.type, config.encoder.backend, config.encoder.quantize) == ("ray", "onnx", quantize)
 
 
 def test_the_engine_override(tmp_path):
@@ -247,5 +249,4 @@ def test_the_engine_override(tmp_path):
     local = load_config(write(tmp_path, BASE))
     assert (with_engine(local, "ray").engine.address, with_engine(local, "ray").engine.encoders) == ("auto", None)
     onnx = load_config(write(tmp_path, dict(BASE, encoder={"model": "./m", "backend": "onnx"})))
-    with pytest.raises(ConfigError, match="--engine ray runs encoder.backend torch only"):
-        with_engine(onnx, "ray")
+    assert (with_engine(onnx, "ray").engine.type, with_engine(onnx, "ray").encoder.backend) == ("ray", "onnx")

@@ -116,6 +116,36 @@ def test_export_is_cached_per_model_content(tiny_model_dir, cache_dir, fp32_enco
     assert {p: p.stat().st_mtime_ns for p in (cache_dir / key).iterdir()} == mtimes
 
 
+def test_an_encoder_given_an_exported_graph_runs_it_without_exporting_or_writing(
+        tiny_model_dir, tmp_path, int8_encoder):
+    """What the Ray engine's actors do with the driver's export (a copy elsewhere: the shipped one)."""
+    import shutil
+
+    from connector.errors import ModelLoadError
+
+    source = int8_encoder.export()
+    copy = tmp_path / "shipped" / source.name
+    copy.parent.mkdir()
+    for path in onnx_backend.graph_files(source):
+        shutil.copy(path, copy.parent / path.name)
+    assert [p.name for p in onnx_backend.graph_files(copy)] == ["model.int8.onnx", "model.int8.onnx.data"]
+    assert onnx_backend.graph_sha256(copy) == onnx_backend.graph_sha256(source)
+    exports = onnx_backend.export_count
+    encoder = OnnxEncoder(str(tiny_model_dir), graph=copy, quantize="int8", max_length=512, batch_size=4)
+    assert encoder.model_path == encoder.export() == copy and encoder.fingerprint == int8_encoder.fingerprint
+    got, expected = encoder.encode(TEXTS), int8_encoder.encode(TEXTS)
+    assert all(np.array_equal(a.dense, b.dense) and np.array_equal(a.sparse.values, b.sparse.values)
+               for a, b in zip(got, expected))
+    assert onnx_backend.export_count == exports and sorted(p.name for p in tmp_path.rglob("*")) == [
+        "model.int8.onnx", "model.int8.onnx.data", "shipped"]
+    missing = OnnxEncoder(str(tiny_model_dir), graph=tmp_path / "none" / "model.onnx", max_length=512)
+    with pytest.raises(ModelLoadError, match="the exported ONNX graph .* is missing"):
+        missing.encode(["text"])
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="either cache_dir"):
+        OnnxEncoder(str(tiny_model_dir), cache_dir=tmp_path, graph=copy)
+
+
 def test_fingerprints_and_vector_identity(tiny_encoder, fp32_encoder, int8_encoder):
     assert fp32_encoder.fingerprint == {**tiny_encoder.fingerprint, "backend": "onnx", "quantize": "none",
                                         "graph": onnx_backend.GRAPH_VERSION}

@@ -23,7 +23,9 @@ from connector.config import load_config, parse_config
 from connector.encoders.base import Encoder
 from connector.engines.local import build_local_encoder
 from connector.errors import ModelLoadError
-from connector.engines.ray import EncoderWorker, RayEncoder, actor_config, connect, model_files
+from connector.encoders import onnx
+from connector.engines.ray import (EncoderWorker, RayEncoder, actor_config, connect, model_files, onnx_graph,
+                                   wait_started)
 from connector.pipeline import make_encoder, run_sync
 from connector.sinks.factory import make_sink
 from conftest import RAY_ENV
@@ -318,6 +320,121 @@ def test_an_actor_whose_node_lacks_the_model_loads_the_copy_shipped_through_the_
             if handle is not None:
                 ray.kill(handle)
         shutil.rmtree(Path(tempfile.gettempdir()) / "connector-models" / sha, ignore_errors=True)
+    wait_for_free_cpus(ray_cluster)
+
+
+# ---- the ONNX backend (fp32 and int8) ----------------------------------------------------------
+def onnx_config_data(tmp_path: Path, model, name: str, quantize: str, engine: dict | None = None) -> dict:
+    data = config_data(tmp_path, model, name, engine)
+    data["encoder"].update(backend="onnx", quantize=quantize)  # threads 1 = cpus_per_encoder: onnxruntime's too
+    return data
+
+
+def cached_files(state_dir: Path) -> list[str]:
+    """The files in the state dir's ONNX cache, by their path in it."""
+    return sorted(str(p.relative_to(state_dir / "onnx")) for p in (state_dir / "onnx").rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_onnx_on_the_ray_engine_is_exported_once_by_the_driver_and_gives_the_local_engines_vectors(
+        ray_cluster, tmp_path, tiny_model_dir, quantize):
+    data = onnx_config_data(tmp_path, tiny_model_dir, "a", quantize, ray_engine(ray_cluster))
+    config = parse_config(data, tmp_path)
+    exports = onnx.export_count
+    encoder = make_encoder(config)
+    try:
+        assert not (config.state_dir / "onnx").exists()  # nothing is exported before the pool starts
+        encoder.start()
+        assert onnx.export_count == exports + 1  # the driver exported, once
+        # the local engine's encoder on the same state dir: it runs the same graph file, without exporting again
+        local = build_local_encoder(parse_config({**data, "engine": {"type": "local"}}, tmp_path))
+        graph = local.model_path
+        assert graph.is_file() and graph.parent.parent == config.state_dir / "onnx"
+        exported = cached_files(config.state_dir)
+        names = {"none": ["model.onnx", "model.onnx.data"],
+                 "int8": ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data"]}[quantize]
+        assert exported == [f"{graph.parent.name}/{name}" for name in names]
+        assert len({w["node_id"] for w in encoder.workers}) == 2
+        assert {(w["model_from"], w["graph_from"]) for w in encoder.workers} == {("path", "path")}
+        # each actor runs the driver's file and exported nothing itself
+        ran = ray.get([a.__ray_call__.remote(lambda w: (str(w._encoder.model_path), onnx.export_count))
+                       for a in encoder._actors])
+        assert ran == [(str(graph), 0)] * 2
+        assert encoder.fingerprint == local.fingerprint and encoder.fingerprint["quantize"] == quantize
+        remote_vectors, local_vectors = encoder.encode(TEXTS), local.encode(TEXTS)
+        assert len(remote_vectors) == len(TEXTS)
+        assert all(same_vectors(r, v) for r, v in zip(remote_vectors, local_vectors))  # np.array_equal
+        assert onnx.export_count == exports + 1 and cached_files(config.state_dir) == exported
+    finally:
+        encoder.close()
+    wait_for_free_cpus(ray_cluster)
+
+
+@pytest.mark.slow
+def test_an_int8_onnx_sync_on_the_ray_engine_equals_the_local_engines(ray_cluster, tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "docs")
+    local = parse_config(onnx_config_data(tmp_path, tiny_model_dir, "local", "int8"), tmp_path)
+    remote = parse_config(onnx_config_data(tmp_path, tiny_model_dir, "ray", "int8", ray_engine(ray_cluster)), tmp_path)
+    encoder = make_encoder(remote)
+
+    def both(prune: bool = False) -> dict:
+        expected = run_sync(local, prune=prune)
+        got = run_sync(remote, prune=prune, encoder=encoder)
+        assert summary(got) == summary(expected) and got.exit_code == 0
+        assert recovery.verify(local).ok and recovery.verify(remote).ok
+        return summary(got)
+
+    try:
+        first = both()
+        assert first["documents"]["new"] == 26 and first["chunks"]["encoded"] > 32  # more than one encode call
+        (tmp_path / "docs" / "doc03.md").write_text("# Note 3\n\nThe relay was replaced by a breaker.\n")
+        (tmp_path / "docs" / "doc04.md").unlink()
+        edited = both(prune=True)
+        assert (edited["documents"]["changed"], edited["documents"]["deleted"]) == (1, 1)
+    finally:
+        encoder.close()
+    # each state dir has its own export of the same model (the same weights; the graph files differ in a few
+    # bytes of their layout), and the vectors are equal
+    local_points, remote_points = stored_points(local), stored_points(remote)
+    assert local_points.keys() == remote_points.keys() and len(local_points) > 32
+    assert all(same_vectors(local_points[i], remote_points[i]) for i in local_points)  # np.array_equal
+    wait_for_free_cpus(ray_cluster)
+
+
+@pytest.mark.slow
+def test_an_actor_whose_node_lacks_the_onnx_graph_runs_the_copy_shipped_through_the_object_store(
+        ray_cluster, tmp_path, tiny_model_dir):
+    config = parse_config(onnx_config_data(tmp_path, tiny_model_dir, "a", "int8", ray_engine(ray_cluster)), tmp_path)
+    local = build_local_encoder(config)
+    connect(ray, config.engine.address)
+    graph = onnx_graph(ray, local, ship=True)  # the driver exports and ships
+    expected = local.encode(TEXTS)
+    shutil.rmtree(config.state_dir / "onnx")  # from here on only the object store has the graph
+    sha = local.fingerprint["content_sha256"]
+    actor = ray.remote(EncoderWorker).options(num_cpus=1)
+    with_copy, without = actor.remote(actor_config(config, local.folder), sha, None, graph), None
+    try:
+        info = ray.get(with_copy.describe.remote())
+        assert (info["model_from"], info["graph_from"], info["error"]) == ("path", "object store", None)
+        assert all(same_vectors(a, b) for a, b in zip(ray.get(with_copy.encode.remote(TEXTS)), expected))
+        assert not (config.state_dir / "onnx").exists()  # the actor wrote nothing into the driver's state dir
+        ray.kill(with_copy)
+        # without the shipped copy, a file of other bytes at the driver's path is not run
+        Path(graph["path"]).parent.mkdir(parents=True)
+        Path(graph["path"]).write_bytes(b"another graph")
+        without = actor.remote(actor_config(config, local.folder), sha, None, {**graph, "shipped": None})
+        with pytest.raises(ModelLoadError) as failed:
+            wait_started(ray, [without], config)
+        message = str(failed.value)
+        assert "the encoder actor on node 127.0.0.1 could not load the model" in message
+        assert f"the ONNX graph {graph['path']} that the driver exported is missing on this node, or holds other " \
+               "bytes" in message and "engine.ship_model: true" in message
+    finally:
+        for handle in (with_copy, without):
+            if handle is not None:
+                ray.kill(handle)
+        shutil.rmtree(Path(tempfile.gettempdir()) / "connector-models" / graph["sha256"], ignore_errors=True)
     wait_for_free_cpus(ray_cluster)
 
 

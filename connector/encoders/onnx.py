@@ -78,10 +78,11 @@ class OnnxEncoder(BGEM3Encoder):
     above 0.9999) or slightly different ones with `quantize="int8"`.
 
     `cache_dir` holds the exported graphs (see the module docstring); the export runs on the
-    first `encode()` that finds no cached graph, with torch (a few seconds for a small model,
-    minutes and ~3x the weights in RAM for bge-m3). `threads` sets onnxruntime's intra-op
-    threads (default: the physical cores available to this process). The other arguments are
-    BGEM3Encoder's.
+    first `encode()` (or `export()`) that finds no cached graph, with torch (a few seconds for a
+    small model, minutes and ~3x the weights in RAM for bge-m3). `graph` instead names an exported
+    graph file to run as it is (the Ray engine's actors run the driver's export): this encoder then
+    never exports and writes nothing. `threads` sets onnxruntime's intra-op threads (default: the
+    physical cores available to this process). The other arguments are BGEM3Encoder's.
 
     Raises MissingExtraError when onnxruntime is not installed (pip install "connector[onnx]").
     """
@@ -90,7 +91,8 @@ class OnnxEncoder(BGEM3Encoder):
         self,
         model: str,
         *,
-        cache_dir: Path,
+        cache_dir: Path | None = None,
+        graph: Path | None = None,
         quantize: Literal["none", "int8"] = "none",
         max_length: int = 8192,
         batch_size: int = 16,
@@ -101,18 +103,23 @@ class OnnxEncoder(BGEM3Encoder):
         _import_onnxruntime()
         if quantize not in ("none", "int8"):
             raise ConfigError(f"quantize must be 'none' or 'int8', not {quantize!r}")
+        if (cache_dir is None) == (graph is None):
+            raise ValueError("OnnxEncoder needs either cache_dir (where it exports) or graph (an exported graph)")
         super().__init__(model, max_length=max_length, batch_size=batch_size, revision=revision, threads=threads,
                          base_dir=base_dir)
         self.quantize = quantize
         self.threads = threads or physical_cores()
-        self.export_dir = Path(cache_dir) / f"{self._fingerprint['content_sha256'][:16]}-g{GRAPH_VERSION}"
+        self._graph = None if graph is None else Path(graph)
+        self.export_dir = (self._graph.parent if self._graph is not None
+                           else Path(cache_dir) / f"{self._fingerprint['content_sha256'][:16]}-g{GRAPH_VERSION}")
         self._fingerprint.update(backend="onnx", quantize=quantize, graph=GRAPH_VERSION)
         self._session = None
 
     @classmethod
-    def from_config(cls, encoder_config, cache_dir: Path) -> "OnnxEncoder":  # type: ignore[override]
-        """Build from a `connector.config.EncoderConfig`; `cache_dir` holds the exports."""
-        return super().from_config(encoder_config, cache_dir=cache_dir, quantize=encoder_config.quantize)
+    def from_config(cls, encoder_config, cache_dir: Path | None = None,  # type: ignore[override]
+                    graph: Path | None = None) -> "OnnxEncoder":
+        """Build from a `connector.config.EncoderConfig`; `cache_dir` holds the exports (or `graph` is one)."""
+        return super().from_config(encoder_config, cache_dir=cache_dir, graph=graph, quantize=encoder_config.quantize)
 
     @property
     def fingerprint(self) -> dict:
@@ -121,8 +128,25 @@ class OnnxEncoder(BGEM3Encoder):
 
     @property
     def model_path(self) -> Path:
-        """The ONNX file this encoder runs (it may not exist before the first encode())."""
+        """The ONNX file this encoder runs (it may not exist before the first encode() or export())."""
+        if self._graph is not None:
+            return self._graph
         return self.export_dir / ("model.int8.onnx" if self.quantize == "int8" else "model.onnx")
+
+    def export(self) -> Path:
+        """Export (and quantize) into the cache unless the graph is there, without loading it;
+        returns `model_path`. An encoder given a `graph` only checks that the file is there."""
+        if self._graph is not None:
+            if not self._graph.is_file():
+                raise ModelLoadError(f"the exported ONNX graph {self._graph} is missing")
+            return self._graph
+        fp32 = self.export_dir / "model.onnx"
+        private_dir(self.export_dir.parent)
+        if not fp32.is_file():
+            export_fused(self.folder, self.dimension, self.num_heads, fp32)
+        if self.quantize == "int8" and not self.model_path.is_file():
+            quantize_int8(fp32, self.model_path)
+        return self.model_path
 
     def prepare(self) -> Path:
         """Export (and quantize) unless cached, and open the session; returns `model_path`."""
@@ -131,13 +155,7 @@ class OnnxEncoder(BGEM3Encoder):
 
     def _loaded_session(self):
         if self._session is None:
-            fp32 = self.export_dir / "model.onnx"
-            private_dir(self.export_dir.parent)
-            if not fp32.is_file():
-                export_fused(self.folder, self.dimension, self.num_heads, fp32)
-            if self.quantize == "int8" and not self.model_path.is_file():
-                quantize_int8(fp32, self.model_path)
-            self._session = _open_session(self.model_path, self.threads)
+            self._session = _open_session(self.export(), self.threads)
         return self._session
 
     @property
@@ -152,6 +170,25 @@ class OnnxEncoder(BGEM3Encoder):
         )
         norms = np.linalg.norm(cls, axis=-1, keepdims=True)
         return cls / np.maximum(norms, 1e-12), token_weights, None  # as torch.nn.functional.normalize
+
+
+def graph_files(model_path: Path) -> list[Path]:
+    """The files of the exported graph `model_path`: itself and its external weights (`.data`), if any."""
+    data = model_path.with_name(model_path.name + ".data")
+    return [model_path, *([data] if data.is_file() else [])]
+
+
+def graph_sha256(model_path: Path) -> str:
+    """The content hash of the exported graph `model_path`: the sha256 of every byte of its files
+    (each file's hash is remembered by `filehash.file_sha256`, so a large graph is read once)."""
+    import hashlib
+
+    from connector.encoders.filehash import file_sha256
+
+    digest = hashlib.sha256()
+    for path in graph_files(model_path):
+        digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _graph_module(folder: Path, hidden_size: int):

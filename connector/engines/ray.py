@@ -11,6 +11,14 @@ the same files there; otherwise, with `engine.ship_model: true`, from a copy the
 Ray's object store once (unpacked into the node's temporary folder, keyed by the model's content
 hash); otherwise it reports that the model is missing on its node.
 
+The ONNX backend (encoder.backend: onnx, fp32 or int8). The driver exports the graph once, into
+its own state dir's cache (`state_dir/onnx`, as the local engine does), when the pool starts; no
+actor ever exports, nor writes into that folder. An actor runs the driver's graph file from the
+same path when its node has the same bytes there (checked against the content hash the driver
+sends); otherwise, with `engine.ship_model: true`, from a copy shipped through the object store
+(unpacked like the model, keyed by the graph's hash); otherwise it reports that the graph is
+missing on its node. It needs the model folder too (tokenizer, config), under the rule above.
+
 The pool starts at the first text to encode (`RayEncoder.start`, which the encode step calls
 before it encodes): a command with nothing to encode (an unchanged sync, a dry run, `projection
 fit --from store`, `backfill`) never connects to the cluster. The sync creates a collection only
@@ -159,7 +167,7 @@ class RayEncoder(Encoder):
         self._ray = None
         self._actors: list = []
         self._workers: list[dict] = []
-        self._shipped: list | None = None  # keeps the shipped model in the object store for actors that restart
+        self._shipped: list | None = None  # keeps what was shipped in the object store for actors that restart
         self._next = 0
         self._close = None
         self.dimension = local.dimension
@@ -176,17 +184,18 @@ class RayEncoder(Encoder):
         worker_config = actor_config(self._config, self._local.folder)
         sha = self._local.fingerprint["content_sha256"]
         shipped = [ray.put(model_files(self._local.folder))] if engine.ship_model else None  # in a list: not resolved
+        graph = onnx_graph(ray, self._local, engine.ship_model)
         actor = ray.remote(EncoderWorker).options(
             num_cpus=engine.cpus_per_encoder, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
             scheduling_strategy="SPREAD",
         )
-        actors = [actor.remote(worker_config, sha, shipped) for _ in range(count)]
+        actors = [actor.remote(worker_config, sha, shipped, graph) for _ in range(count)]
         try:
             self._workers = wait_started(ray, actors, self._config)
         except BaseException:
             _kill(actors)
             raise
-        self._ray, self._actors, self._shipped = ray, actors, shipped
+        self._ray, self._actors, self._shipped = ray, actors, [shipped, graph]
         self._close = weakref.finalize(self, _kill, actors)
 
     @property
@@ -197,7 +206,7 @@ class RayEncoder(Encoder):
 
     @property
     def workers(self) -> list[dict]:
-        """What each actor said when it started: node, node_id, pid, model_from (starts the pool)."""
+        """What each actor said when it started: node, node_id, pid, model_from, graph_from (starts the pool)."""
         self.start()
         return self._workers
 
@@ -240,11 +249,24 @@ class RayEncoder(Encoder):
 
 def actor_config(config: SyncConfig, folder: Path) -> SyncConfig:
     """The config an actor builds its encoder from: the model folder the driver loaded (a hub model's
-    snapshot folder: the actors never download), and torch threads matching the actor's CPUs (one for
-    a fraction of a CPU)."""
+    snapshot folder: the actors never download), and threads (torch's or onnxruntime's) matching the
+    actor's CPUs (one for a fraction of a CPU)."""
     encoder = config.encoder.model_copy(
         update={"model": str(folder), "revision": None, "threads": max(1, int(config.engine.cpus_per_encoder))})
     return config.model_copy(update={"encoder": encoder})
+
+
+def onnx_graph(ray, local: Encoder, ship: bool) -> dict | None:
+    """For the onnx backend, the driver's exported graph as the actors get it: exported now unless the
+    driver's state dir has it (`OnnxEncoder.export`), its `path`, the `sha256` of its files and, with
+    `ship`, its files in the object store (`shipped`, in a list: not resolved). None for torch."""
+    from connector.encoders.onnx import OnnxEncoder, graph_files, graph_sha256
+
+    if not isinstance(local, OnnxEncoder):
+        return None
+    path = local.export()
+    shipped = [ray.put({f.name: f.read_bytes() for f in graph_files(path)})] if ship else None
+    return {"path": str(path), "sha256": graph_sha256(path), "shipped": shipped}
 
 
 def wait_started(ray, actors: list, config: SyncConfig) -> list[dict]:
@@ -310,14 +332,15 @@ class EncoderWorker:
     restarts it). A model that cannot be loaded is reported by `describe` rather than raised, so
     that the driver can say which node failed and why."""
 
-    def __init__(self, config: SyncConfig, content_sha256: str, shipped: list | None):
+    def __init__(self, config: SyncConfig, content_sha256: str, shipped: list | None, graph: dict | None = None):
         import ray
 
         self.info = {"node": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
-                     "pid": os.getpid(), "model_from": None, "error": None}
+                     "pid": os.getpid(), "model_from": None, "graph_from": None, "error": None}
         self._encoder = None
         try:
-            self._encoder, self.info["model_from"] = load_worker_encoder(config, content_sha256, shipped)
+            self._encoder, self.info["model_from"], self.info["graph_from"] = load_worker_encoder(
+                config, content_sha256, shipped, graph)
         except Exception as err:  # noqa: BLE001 - reported to the driver with its reason
             self.info["error"] = str(err) if isinstance(err, ConnectorError) else f"{type(err).__name__}: {err}"
 
@@ -331,9 +354,11 @@ class EncoderWorker:
         return self._encoder.encode(texts)
 
 
-def load_worker_encoder(config: SyncConfig, content_sha256: str, shipped: list | None) -> tuple[Encoder, str]:
-    """The encoder of `config` (whose model is the driver's model folder) and where its model came
-    from: "path" (this node has the same files there) or "object store" (the driver's copy)."""
+def load_worker_encoder(config: SyncConfig, content_sha256: str, shipped: list | None,
+                        graph: dict | None = None) -> tuple[Encoder, str, str | None]:
+    """The encoder of `config` (whose model is the driver's model folder), where its model came from
+    and where its ONNX graph (`graph`, see `onnx_graph`; None for torch) came from: "path" (this node
+    has the same files there) or "object store" (the driver's copy); None for no graph."""
     folder = Path(config.encoder.model)
     if model_on_node(folder, content_sha256):
         source = "path"
@@ -346,12 +371,34 @@ def load_worker_encoder(config: SyncConfig, content_sha256: str, shipped: list |
             f"the model folder {folder} is missing on this node, or holds other files than the driver's: copy the "
             "folder to the same path on every node, or set engine.ship_model: true to send it through Ray's object store"
         )
+    graph_path, graph_source = graph_on_node(graph)
     encoder = build_local_encoder(config.model_copy(update={"encoder": config.encoder.model_copy(
-        update={"model": str(folder)})}))
+        update={"model": str(folder)})}), onnx_graph=graph_path)
     if encoder.fingerprint["content_sha256"] != content_sha256:
         raise ModelLoadError(f"the model in {folder} is not the driver's (its files changed meanwhile?)")
     encoder.encode([""])  # loads the weights now: a broken model fails the start, not the first batch
-    return encoder, source
+    return encoder, source, graph_source
+
+
+def graph_on_node(graph: dict | None) -> tuple[Path | None, str | None]:
+    """The driver's exported ONNX graph (see `onnx_graph`) on this node, and where it came from:
+    "path" (the same bytes at the driver's path) or "object store"; (None, None) without a graph."""
+    from connector.encoders.onnx import graph_sha256
+
+    if graph is None:
+        return None, None
+    path = Path(graph["path"])
+    if path.is_file() and graph_sha256(path) == graph["sha256"]:
+        return path, "path"
+    if graph["shipped"]:
+        import ray
+
+        return unpack_model(ray.get(graph["shipped"][0]), graph["sha256"]) / path.name, "object store"
+    raise ModelLoadError(
+        f"the ONNX graph {path} that the driver exported is missing on this node, or holds other bytes than the "
+        "driver's: set engine.ship_model: true to send it through Ray's object store, or put state_dir on storage "
+        "that every node mounts at the same path"
+    )
 
 
 def model_on_node(folder: Path, content_sha256: str) -> bool:
@@ -370,8 +417,9 @@ def model_files(folder: Path) -> dict[str, bytes]:
 
 
 def unpack_model(files: dict[str, bytes], content_sha256: str) -> Path:
-    """The shipped model as a folder in this node's temporary folder, written once per model and
-    node (actors on the same node, or restarted, reuse it)."""
+    """The shipped files (a model folder's, or an ONNX graph's) as a folder in this node's temporary
+    folder named by their content hash, written once per node (actors on the same node, or
+    restarted, reuse it)."""
     target = Path(tempfile.gettempdir()) / "connector-models" / content_sha256
     if target.is_dir():
         return target
