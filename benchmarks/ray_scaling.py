@@ -1,7 +1,7 @@
 """The Ray engine against the local engine on this machine: the same corpus, the same CPUs.
 
     .venv/bin/python benchmarks/ray_scaling.py [--docs 200] [--cpus 2] [--nodes 1] [--encoders N]
-        [--cpus-per-encoder 1] [--shape small] [--no-write]
+        [--cpus-per-encoder 1] [--shape small] [--layers N] [--max-tokens 512] [--no-write]
 
 A Ray cluster of --nodes nodes with --cpus CPUs in all on 127.0.0.1 (`ray.cluster_utils.Cluster`,
 started and stopped by this script) runs the Ray engine with --encoders actors (default: --cpus)
@@ -22,9 +22,16 @@ Driver tokenization: the driver tokenizes each chunk's text after the chunker di
 and the encode step's length sort when a window has more texts than `texts_per_call`); the
 section gives the CPU seconds of one such pass per 1 000 chunks, to set against the driver's.
 
+--layers N gives the model N layers instead of the shape's (the driver's work does not depend on
+them: `--shape full --layers 1` measures the driver at bge-m3's vector size without the cost of 24
+layers); --max-tokens N chunks at N tokens (overlap N/8) instead of pipeline_sync's 128/16, over
+longer documents (8-16 paragraphs), reports the mean tokens per chunk, and takes the bytes per
+chunk on the corpus's own chunks.
+
 Writes its section of benchmarks/RESULTS.md unless --no-write: between the ray-scaling markers for
-the default layout (one node, one actor of one CPU per CPU), else between markers named after the
-layout (e.g. ray-scaling-2n-4x0.5).
+the default run (one node, one actor of one CPU per CPU, the shape's layers, 128-token chunks),
+else between markers named after the layout and then the variant (e.g. ray-scaling-2n-4x0.5,
+ray-scaling-1-layers-512-tokens, ray-scaling-2n-4x0.5-1-layers-512-tokens).
 """
 
 from __future__ import annotations
@@ -50,23 +57,31 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def markers(cpus: int, nodes: int, encoders: int, cpus_per_encoder: float) -> tuple[str, str]:
-    """The RESULTS.md markers of a cluster layout (the default layout keeps the plain ones)."""
-    if (nodes, encoders, cpus_per_encoder) == (1, cpus, 1):
+def markers(cpus: int, nodes: int, encoders: int, cpus_per_encoder: float, layers: int | None = None,
+            max_tokens: int | None = None) -> tuple[str, str]:
+    """The RESULTS.md markers of a cluster layout and a layer count / chunk size: the default run
+    keeps the plain ones, any other gets a name of its own (layout part, then variant part)."""
+    layout = "" if (nodes, encoders, cpus_per_encoder) == (1, cpus, 1) else f"-{nodes}n-{encoders}x{cpus_per_encoder:g}"
+    variant = (f"-{layers}-layers" if layers else "") + (f"-{max_tokens}-tokens" if max_tokens else "")
+    if not layout and not variant:
         return START, END
-    name = f"ray-scaling-{nodes}n-{encoders}x{cpus_per_encoder:g}"
+    name = f"ray-scaling{layout}{variant}"
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def engine_config(work: Path, model: Path, name: str, cpus: int, address: str | None, encoders: int = 0,
-                  cpus_per_encoder: float = 1):
-    """pipeline_sync's config on Qdrant Edge; the Ray engine at `address`, or the local engine."""
+                  cpus_per_encoder: float = 1, max_tokens: int | None = None):
+    """pipeline_sync's config on Qdrant Edge (chunking at `max_tokens`, overlap 1/8, if given); the
+    Ray engine at `address`, or the local engine."""
     from pipeline_sync import make_config
 
     from connector.config import LocalEngineConfig, RayEngineConfig
 
     config = make_config(work, model, "qdrant-edge", name)
     config.encoder.threads = cpus
+    if max_tokens:
+        config.chunking.max_tokens, config.chunking.overlap_tokens = max_tokens, max_tokens // 8
+        config.encoder.max_length = max(config.encoder.max_length, max_tokens + 2)
     engine = (RayEngineConfig(address=address, encoders=encoders or cpus, cpus_per_encoder=cpus_per_encoder)
               if address else LocalEngineConfig())
     return config.model_copy(update={"engine": engine})
@@ -91,7 +106,8 @@ def tokenize_seconds(encoder, texts: list[str]) -> float:
     return best
 
 
-def measure(docs: int, cpus: int, shape: str, nodes: int = 1, actors: int = 0, cpus_per_encoder: float = 1) -> dict:
+def measure(docs: int, cpus: int, shape: str, nodes: int = 1, actors: int = 0, cpus_per_encoder: float = 1,
+            layers: int | None = None, max_tokens: int | None = None) -> dict:
     import ray
     from encode_throughput import ensure_model
     from pipeline_sync import write_corpus
@@ -99,7 +115,7 @@ def measure(docs: int, cpus: int, shape: str, nodes: int = 1, actors: int = 0, c
 
     from connector.pipeline import make_encoder, run_sync
 
-    model = ensure_model(shape)
+    model = ensure_model(shape, layers)
     work = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus // nodes})
     for _ in range(nodes - 1):
@@ -109,19 +125,21 @@ def measure(docs: int, cpus: int, shape: str, nodes: int = 1, actors: int = 0, c
     load_before = os.getloadavg()
     encoders = {}
     try:
-        write_corpus(work / "docs", docs)
+        write_corpus(work / "docs", docs, paragraph_counts=(8, 16) if max_tokens else (1, 6))
         started = time.perf_counter()
-        encoders["ray"] = make_encoder(engine_config(work, model, "warm-ray", cpus, cluster.address, **layout))
+        encoders["ray"] = make_encoder(engine_config(work, model, "warm-ray", cpus, cluster.address, **layout,
+                                                     max_tokens=max_tokens))
         encoders["ray"].start()  # the pool starts at the first text otherwise
         start_seconds = time.perf_counter() - started
-        encoders["local"] = make_encoder(engine_config(work, model, "warm-local", cpus, None))
+        encoders["local"] = make_encoder(engine_config(work, model, "warm-local", cpus, None, max_tokens=max_tokens))
         encoders["local"].encode(["warm-up: loads the weights"])
         runs: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
         chunks, texts = 0, []
         for attempt in range(2):
             for name, encoder in encoders.items():
                 label = f"{name}-{attempt}"
-                config = engine_config(work, model, label, cpus, cluster.address if name == "ray" else None, **layout)
+                config = engine_config(work, model, label, cpus, cluster.address if name == "ray" else None, **layout,
+                                       max_tokens=max_tokens)
                 wall, cpu = time.perf_counter(), time.process_time()
                 report = run_sync(config, encoder=encoder)
                 runs[name].append((time.perf_counter() - wall, time.process_time() - cpu))
@@ -130,10 +148,17 @@ def measure(docs: int, cpus: int, shape: str, nodes: int = 1, actors: int = 0, c
                 if not texts:
                     texts = stored_texts(config)
                 shutil.rmtree(work / label)
-        tokenize = tokenize_seconds(encoders["local"], texts) / len(texts)
-        samples = [f"Sample chunk {n}: " + "the relay resets when the fuse is replaced. " * 12 for n in range(64)]
-        sent = len(pickle.dumps(samples)) + len(pickle.dumps(encoders["local"].encode(samples)))
-        return {"docs": docs, "cpus": cpus, "shape": shape, "chunks": chunks, "start_seconds": start_seconds,
+        local = encoders["local"]
+        tokenize = tokenize_seconds(local, texts) / len(texts)
+        chunk_tokens = None
+        if max_tokens:  # the corpus's own chunks
+            chunk_tokens = sum(len(local.tokenizer.encode(t, add_special_tokens=False)) for t in texts) / len(texts)
+            samples = texts[:64]
+        else:
+            samples = [f"Sample chunk {n}: " + "the relay resets when the fuse is replaced. " * 12 for n in range(64)]
+        sent = len(pickle.dumps(samples)) + len(pickle.dumps(local.encode(samples)))
+        return {"docs": docs, "cpus": cpus, "shape": shape, "layers": layers, "max_tokens": max_tokens,
+                "chunk_tokens": chunk_tokens, "chunks": chunks, "start_seconds": start_seconds,
                 "best": {name: min(values) for name, values in runs.items()}, "bytes_per_chunk": sent / len(samples),
                 "dimension": encoders["local"].dimension, "ray_version": ray.__version__, "nodes": nodes,
                 **layout, "texts_per_call": encoders["ray"].texts_per_call,
@@ -154,17 +179,27 @@ def render(result: dict, command: str) -> str:
         wall, cpu = result["best"][name]
         rows.append(f"| {name} | {wall:.1f} | {chunks / wall:.1f} | {cpu / chunks * 1000:.2f} |")
     ratio = (chunks / result["best"]["ray"][0]) / (chunks / result["best"]["local"][0])
-    start, end = markers(result["cpus"], result["nodes"], result["encoders"], result["cpus_per_encoder"])
+    layers, max_tokens = result["layers"], result["max_tokens"]
+    default_layout = (result["nodes"], result["encoders"], result["cpus_per_encoder"]) == (1, result["cpus"], 1)
+    start, end = markers(result["cpus"], result["nodes"], result["encoders"], result["cpus_per_encoder"], layers,
+                         max_tokens)
     nodes = "a one-node cluster" if result["nodes"] == 1 else f"a {result['nodes']}-node cluster"
     driver_cpu = result["best"]["ray"][1] / chunks
     tokenize = result["tokenize_seconds_per_chunk"]
+    variant = ", ".join(v for v in (f"{layers} layer(s)" if layers else "",
+                                    f"{max_tokens}-token chunks" if max_tokens else "") if v)
+    model = f"model `--shape {result['shape']}`" + (f" with {layers} layer(s)" if layers else "")
+    chunking = (f"chunking {max_tokens}/{max_tokens // 8} over documents of 8-16 paragraphs, "
+                f"{result['chunk_tokens']:.0f} tokens per chunk on average" if max_tokens else "chunking 128/16")
+    sample = "of the corpus's chunks" if max_tokens else "chunk-sized texts"
     return "\n".join([
         start,
         "## Ray engine against the local engine (`benchmarks/ray_scaling.py`)"
-        + ("" if start == START else f": {result['nodes']} nodes, {result['encoders']} actors"),
+        + ("" if default_layout else f": {result['nodes']} nodes, {result['encoders']} actors")
+        + (f" ({variant})" if variant else ""),
         "",
-        f"{result['docs']} generated documents, {chunks} chunks encoded, from scratch into Qdrant Edge; "
-        f"model `--shape {result['shape']}` (random weights); {result['cpus']} CPUs for each engine: "
+        f"{result['docs']} generated documents, {chunks} chunks encoded ({chunking}), from scratch into Qdrant "
+        f"Edge; {model} (random weights); {result['cpus']} CPUs for each engine: "
         f"the local engine with {result['cpus']} torch threads, the Ray engine ({result['ray_version']}) with "
         f"{result['encoders']} actors of {result['cpus_per_encoder']:g} CPU on {nodes} on 127.0.0.1. "
         "Best of 2 runs each.",
@@ -177,7 +212,7 @@ def render(result: dict, command: str) -> str:
         f"- Starting the Ray pool (connect, {result['encoders']} actors each loading the model): "
         f"{result['start_seconds']:.1f} s, once per command.",
         f"- Bytes per chunk to and from the actors (pickled texts + vectors, {result['dimension']}-d dense, on 64 "
-        f"chunk-sized texts): {result['bytes_per_chunk']:.0f}.",
+        f"{sample}): {result['bytes_per_chunk']:.0f}.",
         f"- Texts per encode call (the encode step's fan-out: two batches of {result['batch_size']} per actor): "
         f"{result['texts_per_call']}.",
         f"- One tokenization of the chunks in the driver (as the batch plan does it): {tokenize * 1000:.2f} CPU s "
@@ -196,6 +231,8 @@ def main() -> int:
     parser.add_argument("--encoders", type=int, default=0, help="encoder actors (default: --cpus)")
     parser.add_argument("--cpus-per-encoder", type=float, default=1.0, help="CPUs per actor, e.g. 0.5 (default 1)")
     parser.add_argument("--shape", choices=("small", "full"), default="small")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the model (default: the shape's)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="chunk size, overlap 1/8 (default: 128, overlap 16)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     args = parser.parse_args()
     if args.nodes < 1 or args.cpus % args.nodes:
@@ -203,10 +240,14 @@ def main() -> int:
     encoders = args.encoders or args.cpus
     if encoders * args.cpus_per_encoder > args.cpus:
         parser.error(f"{encoders} encoders x {args.cpus_per_encoder:g} CPUs do not fit in --cpus {args.cpus}")
-    result = measure(args.docs, args.cpus, args.shape, args.nodes, encoders, args.cpus_per_encoder)
+    if (args.layers is not None and args.layers < 1) or (args.max_tokens is not None and args.max_tokens < 8):
+        parser.error("--layers must be at least 1 and --max-tokens at least 8 (chunking.max_tokens's minimum)")
+    result = measure(args.docs, args.cpus, args.shape, args.nodes, encoders, args.cpus_per_encoder, args.layers,
+                     args.max_tokens)
     command = (f"benchmarks/ray_scaling.py --docs {args.docs} --cpus {args.cpus} --nodes {args.nodes} "
                f"--encoders {encoders} --cpus-per-encoder {args.cpus_per_encoder:g} --shape {args.shape}")
-    start, end = markers(args.cpus, args.nodes, encoders, args.cpus_per_encoder)
+    command += (f" --layers {args.layers}" if args.layers else "") + (f" --max-tokens {args.max_tokens}" if args.max_tokens else "")
+    start, end = markers(args.cpus, args.nodes, encoders, args.cpus_per_encoder, args.layers, args.max_tokens)
     publish(RESULTS, start, end, render(result, command), write=not args.no_write)
     return 0
 

@@ -29,3 +29,25 @@ def test_a_layout_that_does_not_fit_the_cpus_is_refused_before_a_cluster_starts(
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "4 encoders x 1 CPUs do not fit in --cpus 2" in proc.stderr
+
+
+def test_a_layer_count_or_chunk_size_gets_its_own_section_on_any_layout():
+    assert bench.markers(2, 1, 2, 1, 1, 512) == ("<!-- ray-scaling-1-layers-512-tokens:start -->",
+                                                 "<!-- ray-scaling-1-layers-512-tokens:end -->")
+    names = {bench.markers(2, nodes, encoders, share, layers, tokens)[0]
+             for nodes, encoders, share in ((1, 2, 1), (2, 4, 0.5))
+             for layers in (None, 1) for tokens in (None, 512)}
+    assert len(names) == 8
+    assert "<!-- ray-scaling-2n-4x0.5-1-layers-512-tokens:start -->" in names
+
+
+def test_the_committed_sections_keep_their_markers():
+    results = (BENCHMARKS / "RESULTS.md").read_text(encoding="utf-8")
+    for start, end in (bench.markers(2, 1, 2, 1), bench.markers(2, 1, 2, 1, 1, 512)):
+        assert start in results and end in results
+
+
+def test_max_tokens_chunks_at_that_size_with_an_eighth_overlap(tmp_path):
+    config = bench.engine_config(tmp_path, tmp_path / "model", "local", 2, None, max_tokens=512)
+    assert (config.chunking.max_tokens, config.chunking.overlap_tokens) == (512, 64)
+    assert config.encoder.max_length >= 514
