@@ -22,7 +22,8 @@ from connector.config import load_config, parse_config
 from connector.pipeline import run_sync
 from conftest import RAY_ENV
 from milvus_server import free_port
-from test_ray_engine import config_data, run_cli, summary, wait_for_free_cpus, write_config, write_corpus
+from test_ray_engine import (assert_same_store, config_data, run_cli, summary, wait_for_free_cpus, write_config,
+                             write_corpus)
 
 RAY = str(Path(sys.executable).parent / "ray")
 #: Every process the `ray start`s start inherits this variable, set to the cluster's temp dir: how the test finds them.
@@ -161,11 +162,25 @@ def test_cli_sync_on_a_ray_start_cluster_gives_the_local_engines_summary(
     engine = {"type": "ray", "encoders": 2, "cpus_per_encoder": 1, "address": {
         "head": ray_start_cluster.address, "ray-client": f"ray://127.0.0.1:{ray_start_cluster.client_port}"}[address]}
     config = write_config(tmp_path, config_data(tmp_path, tiny_model_dir, "ray", engine), "ray")
+    wait_for_free_cpus(ray_start_cluster)  # connects this process, to see the run's actors
+    before = encoder_actors()
     proc = run_cli("sync", "-c", str(config), "--json")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["documents"]["new"] == 10
     assert recovery.verify(load_config(config)).ok
-    local = run_sync(parse_config(config_data(tmp_path, tiny_model_dir, "local"), tmp_path))
-    assert summary(got) == summary(local)
+    local = parse_config(config_data(tmp_path, tiny_model_dir, "local"), tmp_path)
+    assert summary(got) == summary(run_sync(local))
+    assert_same_store(local, load_config(config))
     wait_for_free_cpus(ray_start_cluster)  # the CLI's actors ended with its run
+    ran = [actor for key, actor in encoder_actors().items() if key not in before]
+    assert len(ran) == 2 and len({actor["Address"]["NodeID"] for actor in ran}) == 2  # one on each node
+    assert {actor["Address"]["IPAddress"] for actor in ran} == {"127.0.0.1"}
+
+
+def encoder_actors() -> dict[str, dict]:
+    """The encoder actors the cluster has run (alive or not), by id: the GCS's actor table (Ray's state
+    API needs the dashboard, which these nodes run without)."""
+    from ray._private.state import actors
+
+    return {key: actor for key, actor in actors().items() if actor["ActorClassName"] == "EncoderWorker"}
