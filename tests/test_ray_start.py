@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,9 +35,10 @@ class RayStartCluster:
     """A head node and a second node from `ray start`, on 127.0.0.1, with free ports and a temp dir
     of their own (nothing shared with other Ray users of this machine).
 
-    `ray start` returns once its node runs; its processes (gcs_server, raylet, agents, workers...)
-    are then nobody's children. `processes()` finds them and `stop()` ends them by pid: never
-    `ray stop`, which ends every Ray process of the user."""
+    The second node starts through `ray_start_loopback.py` (Ray's `ray start`, which on its own
+    would not join it on 127.0.0.1: see there). `ray start` returns once its node runs; its
+    processes (gcs_server, raylet, agents, workers...) are then nobody's children. `processes()`
+    finds them and `stop()` ends them by pid: never `ray stop`, which ends every Ray process of the user."""
 
     def __init__(self):
         # short: Ray's socket paths under the temp dir must fit in 107 characters
@@ -142,6 +144,15 @@ def ray_start_cluster():
         left = cluster.stop()
         shutil.rmtree(cluster.temp_dir, ignore_errors=True)
         assert not left, [command_line(pid) for pid, _ in left]
+        assert not any(listening(port) for port in (cluster.port, cluster.client_port))  # the GCS and Ray Client
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.mark.slow
