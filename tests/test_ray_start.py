@@ -60,6 +60,11 @@ class RayStartCluster:
         proc = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, f"{' '.join(command)}:\n{proc.stdout}\n{proc.stderr}"
 
+    def log_tails(self, pattern: str, chars: int = 3000) -> str:
+        """The end of each of the nodes' log files named like `pattern`, to say why a test failed."""
+        return "".join(f"\n--- {path.name}:\n{path.read_text(errors='replace')[-chars:]}"
+                       for path in sorted(self.temp_dir.glob(f"session_*/logs/{pattern}")))
+
     def processes(self) -> set[tuple[int, int]]:
         """The live processes of this cluster, as (pid, start time): those whose environment has MARKER
         (every process the `ray start`s started inherits it) or whose command line names the temp dir,
@@ -176,7 +181,7 @@ def test_cli_sync_on_a_ray_start_cluster_gives_the_local_engines_summary(
     wait_for_free_cpus(ray_start_cluster)  # connects this process, to see the run's actors
     before = encoder_actors()
     proc = run_cli("sync", "-c", str(config), "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + ray_start_cluster.log_tails("ray_client_server*")
     got = json.loads(proc.stdout)
     assert got["documents"]["new"] == 10
     assert recovery.verify(load_config(config)).ok
