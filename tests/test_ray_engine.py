@@ -24,7 +24,7 @@ from connector import recovery
 from connector.config import MilvusSinkConfig, load_config, parse_config
 from connector.encoders.base import Encoder
 from connector.engines.local import build_local_encoder
-from connector.errors import ModelLoadError
+from connector.errors import EngineError, ModelLoadError
 from connector.engines.ray import EncoderWorker, RayEncoder, actor_config, connect, model_files
 from connector.pipeline import make_encoder, run_sync
 from connector.sinks.factory import make_sink
@@ -364,6 +364,33 @@ def test_an_unreachable_cluster_fails_the_sync_before_anything_is_written(tmp_pa
     assert "Traceback" not in proc.stderr
     with make_sink(load_config(config).sink) as sink:
         assert sink.describe() is None
+
+
+#: What Ray Client's ray.init raised when the head's Ray Client server could not start the session (seen
+#: once in ~8 runs of test_ray_start.py on a loaded machine): the server's traceback inside the message.
+RAY_CLIENT_SESSION_FAILED = (
+    "Initialization failure from server:\nTraceback (most recent call last):\n  File \"/venv/lib/python3.11/"
+    "site-packages/ray/util/client/server/proxier.py\", line 772, in Datapath\n    raise RuntimeError(\n"
+    "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err for detailed logs.\n")
+
+
+def test_a_ray_client_server_that_fails_the_session_is_reported_with_its_reason_and_no_traceback(monkeypatch):
+    import connector.engines.ray as ray_engine_module
+
+    class ClientServerFails:
+        def is_initialized(self):
+            return False
+
+        def init(self, address, **options):
+            raise ConnectionAbortedError(RAY_CLIENT_SESSION_FAILED)
+
+    monkeypatch.setattr(ray_engine_module, "check_reachable", lambda address: None)  # its port answers
+    with pytest.raises(EngineError) as failed:
+        connect(ClientServerFails(), "ray://127.0.0.1:10001")
+    message = str(failed.value)
+    assert ("(ConnectionAbortedError: Initialization failure from server: RuntimeError: Starting Ray client server "
+            "failed. See ray_client_server_23000.err for detailed logs.)") in message
+    assert "Traceback" not in message and "\n" not in message
 
 
 def committed_documents(state_dir: Path) -> int:

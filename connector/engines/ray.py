@@ -78,7 +78,7 @@ def connect(ray, address: str) -> None:
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as err:  # ConnectionError, RuntimeError, a Ray Client error: the fix is the same
-        raise EngineError(unreachable(address, f"{type(err).__name__}: {err}")) from None
+        raise EngineError(unreachable(address, f"{type(err).__name__}: {without_traceback(err)}")) from None
 
 
 def check_reachable(address: str) -> None:
@@ -88,6 +88,15 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
     except OSError as err:
         raise EngineError(unreachable(address, err.strerror or str(err))) from None
+
+
+def without_traceback(err: Exception) -> str:
+    """The error's message on one line; a Ray Client server's traceback in it (the server failed the
+    session) is cut to its first line and the server's own error, its last line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines:
+        lines = [lines[0], lines[-1]]
+    return " ".join(lines)
 
 
 def unreachable(address: str, reason: str) -> str:
