@@ -53,12 +53,19 @@ from connector.records import Vectors
 
 #: Times Ray restarts an encoder actor whose process died; its unfinished batches are retried as often.
 MAX_RESTARTS = 4
+#: A Ray Client server (ray://) starts one server process per session; when that process fails to start
+#: (a busy head), the connection is tried this many times, CLIENT_SESSION_WAIT x attempt seconds apart.
+CLIENT_SESSION_ATTEMPTS = 3
+CLIENT_SESSION_WAIT = 2.0
+CLIENT_SESSION_FAILURES = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
 #: Seconds to wait for a TCP connection to `engine.address` before `ray.init` (which would retry for long).
 CONNECT_TIMEOUT = 10.0
 #: HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (the GCS of a Ray head,
 #: and its Ray Client server) answers with a SETTINGS frame of its own.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 HTTP2_SETTINGS = 4
+
+log = logging.getLogger("connector.engine")
 
 HOW_TO_START = (
     "Start a cluster with `ray start --head` on the head node (other nodes join with `ray start "
@@ -97,10 +104,24 @@ def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     target = os.environ.get("RAY_ADDRESS") if address == "auto" else address  # auto: what ray.init reads
     if target and target != "auto" and os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
         check_reachable(target, timeout, address)
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except Exception as err:  # ConnectionError, RuntimeError, a Ray Client error: the fix is the same
-        raise EngineError(unreachable(address, f"{type(err).__name__}: {err}")) from None
+    for attempt in range(1, CLIENT_SESSION_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except Exception as err:  # ConnectionError, RuntimeError, a Ray Client error: the fix is the same
+            reason = f"{type(err).__name__}: {without_traceback(err)}"
+            if attempt < CLIENT_SESSION_ATTEMPTS and client_session_failed(err):
+                log.warning("the Ray Client server at %s could not start this session (%s); trying again (attempt "
+                            "%d of %d)", address, reason, attempt + 1, CLIENT_SESSION_ATTEMPTS)
+                time.sleep(CLIENT_SESSION_WAIT * attempt)
+                continue
+            raise EngineError(unreachable(address, reason)) from None
+
+
+def client_session_failed(err: Exception) -> bool:
+    """Whether a Ray Client server answered but failed to start the session's own server process
+    (which a busy head does now and then; another session usually starts)."""
+    return any(sign in str(err) for sign in CLIENT_SESSION_FAILURES)
 
 
 def check_reachable(target: str, timeout: float, address: str) -> None:
@@ -145,6 +166,15 @@ def receive(conn: socket.socket, size: int, deadline: float) -> bytes:
             break
         data += chunk
     return data
+
+
+def without_traceback(err: Exception) -> str:
+    """The error's message on one line; a Ray Client server's traceback in it (the server failed the
+    session) is cut to its first line and the server's own error, its last line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines:
+        lines = [lines[0], lines[-1]]
+    return " ".join(lines)
 
 
 def unreachable(address: str, reason: str) -> str:
