@@ -43,6 +43,7 @@ from typing import Literal
 import numpy as np
 
 from connector.encoders.bge_m3 import BGEM3Encoder, _load_weights, bge_m3_outputs, physical_cores
+from connector.encoders.onnx_fusion import DISABLED_OPTIMIZERS
 from connector.errors import ConfigError, MissingExtraError, ModelLoadError
 from connector.statedir import private_dir
 
@@ -57,9 +58,10 @@ OPSET = 18
 INT8_SETTINGS = {"per_channel": True, "reduce_range": False,
                  "op_types_to_quantize": ["MatMul", "Gather", "Attention"], "extra_options": {"MatMulConstBOnly": True}}
 
-#: Version of the graph recipe (2: attention and bias/GELU/LayerNorm fused, onnx_fusion.py). Part of
+#: Version of the graph recipe (2: attention, bias + GELU and residual + LayerNorm fused; 3: residual + LayerNorm
+#: left as Add + LayerNormalization, onnx_fusion.py). Part of
 #: the export folder's name and of the fingerprint: another recipe gives (slightly) other vectors.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 #: Number of exports this process ran (tests check that the cache is used).
 export_count = 0
@@ -307,7 +309,8 @@ def _open_session(path: Path, threads: int):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=DISABLED_OPTIMIZERS)
     except Exception as err:
         raise ModelLoadError(
             f"could not load the ONNX model {path} ({type(err).__name__}: {err}); delete the folder "
