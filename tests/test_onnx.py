@@ -145,6 +145,19 @@ def test_the_cached_graphs_are_fused(fp32_encoder, int8_encoder, tiny_model_dir)
         assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers + 1, ops
 
 
+def test_int8_keeps_the_sparse_head_in_fp32(int8_encoder, tiny_model_dir):
+    """int8 does not pay for a product with one output column (quantizing every token's hidden state
+    costs as much as the product): the sparse head stays a float MatMul, every other MatMul is int8."""
+    import onnx
+
+    hidden = json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"]
+    int8_encoder.prepare()
+    graph = onnx.load(str(int8_encoder.model_path), load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    assert [shapes.get(n.input[1]) for n in graph.node if n.op_type == "MatMul"] == [[hidden, 1]]
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) > 0
+
+
 def test_the_session_keeps_layernorm_unfused(tmp_path, tiny_model_dir, monkeypatch):
     """onnxruntime's own optimiser (ORT_ENABLE_ALL) would fuse Add + LayerNormalization back into
     the slower SkipLayerNormalization: the session the encoder opens must not."""

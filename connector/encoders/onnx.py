@@ -23,7 +23,9 @@ export is cached, with a warning.
 int8 is onnxruntime's dynamic quantization (`quantize_dynamic`) of the fused graph: weights of
 MatMul, Gather (the embeddings) and the fused Attention's Q/K/V as signed int8, per output channel
 (`per_channel=True`, better quality than per tensor at the same speed), activations quantized per
-batch at run time (uint8).
+batch at run time (uint8). The sparse head (a MatMul with one output column) stays fp32: int8
+saves nothing there (`single_column_matmuls`). The attention's softmax(QK^T)V, LayerNorm and GELU
+run in fp32 in both graphs.
 `reduce_range` stays off. int8 vectors differ a little from fp32 ones, so the fingerprint
 (and the sync's vector identity) carries `backend` and `quantize`.
 """
@@ -267,6 +269,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
                 tmp / target.name,
                 weight_type=QuantType.QInt8,
                 use_external_data_format=True,  # works for any size; bge-m3's int8 stays far below 2 GB anyway
+                nodes_to_exclude=single_column_matmuls(source),
                 **INT8_SETTINGS,
             )
     except ModelLoadError:
@@ -274,6 +277,17 @@ def quantize_int8(source: Path, target: Path) -> Path:
     except Exception as err:
         raise ModelLoadError(f"could not quantize {source} to int8 ({type(err).__name__}: {err})") from err
     return target
+
+
+def single_column_matmuls(path: Path) -> list[str]:
+    """The MatMul nodes of the graph in `path` whose weight has one output column: bge-m3's sparse
+    head, Linear(hidden, 1). int8 does not pay there: quantizing its input, every token's hidden
+    state, costs as much as the fp32 product itself, and every token weight would lose precision."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    columns = {t.name for t in graph.initializer if len(t.dims) == 2 and t.dims[1] == 1}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in columns]
 
 
 class _staging:
