@@ -76,6 +76,23 @@ What is measured
   8 runs each, measured in this run with the same thread count. (On AMD CPUs MKL runs AVX2 code:
   torch.matmul alone would understate the machine by half.)
 
+What a CPU without AVX-512 gets
+-------------------------------
+The torch rows can be held to AVX2 on an AVX-512 machine; every backend's subprocess inherits the
+environment::
+
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell \
+        .venv/bin/python benchmarks/encode_throughput.py --shape small --no-write
+
+(oneDNN: torch's packed linears; MKL: torch.matmul, the transformers rows; OpenBLAS: numpy's peak
+candidate). ONNX Runtime has no such switch: MLAS picks its kernels from CPUID and XCR0 when the
+library loads (``onnxruntime/core/mlas/lib/platform.cpp``, ``MLAS_PLATFORM::MLAS_PLATFORM``; no
+environment variable or session option selects an instruction set; the session config keys of
+onnxruntime 1.32 under ``mlas.`` are Arm/KleidiAI and conv tuning only), so the ``onnx`` and
+``onnx-int8`` rows of such a run still use AVX-512 (and AMX where the CPU has it), and the "% of
+fp32 peak" column is against a peak that ONNX Runtime's AVX-512 MatMul may set. Measure ONNX on an
+AVX2 machine itself.
+
 Running the whole comparison on an idle machine
 -----------------------------------------------
 The figures are only worth publishing from one run on a machine nothing else uses: on 2 cores shared

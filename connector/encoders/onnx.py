@@ -23,7 +23,9 @@ export is cached, with a warning.
 int8 is onnxruntime's dynamic quantization (`quantize_dynamic`) of the fused graph: weights of
 MatMul, Gather (the embeddings) and the fused Attention's Q/K/V as signed int8, per output channel
 (`per_channel=True`, better quality than per tensor at the same speed), activations quantized per
-batch at run time (uint8).
+batch at run time (uint8). The sparse head (a MatMul with one output column) stays fp32: int8
+saves nothing there (`single_column_matmuls`). The attention's softmax(QK^T)V, LayerNorm and GELU
+run in fp32 in both graphs.
 `reduce_range` stays off. int8 vectors differ a little from fp32 ones, so the fingerprint
 (and the sync's vector identity) carries `backend` and `quantize`.
 """
@@ -43,6 +45,7 @@ from typing import Literal
 import numpy as np
 
 from connector.encoders.bge_m3 import BGEM3Encoder, _load_weights, bge_m3_outputs, physical_cores
+from connector.encoders.onnx_fusion import DISABLED_OPTIMIZERS
 from connector.errors import ConfigError, MissingExtraError, ModelLoadError
 from connector.statedir import private_dir
 
@@ -57,9 +60,10 @@ OPSET = 18
 INT8_SETTINGS = {"per_channel": True, "reduce_range": False,
                  "op_types_to_quantize": ["MatMul", "Gather", "Attention"], "extra_options": {"MatMulConstBOnly": True}}
 
-#: Version of the graph recipe (2: attention and bias/GELU/LayerNorm fused, onnx_fusion.py). Part of
+#: Version of the graph recipe (2: attention, bias + GELU and residual + LayerNorm fused; 3: residual + LayerNorm
+#: left as Add + LayerNormalization, onnx_fusion.py). Part of
 #: the export folder's name and of the fingerprint: another recipe gives (slightly) other vectors.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 #: Number of exports this process ran (tests check that the cache is used).
 export_count = 0
@@ -311,6 +315,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
                 tmp / target.name,
                 weight_type=QuantType.QInt8,
                 use_external_data_format=True,  # works for any size; bge-m3's int8 stays far below 2 GB anyway
+                nodes_to_exclude=single_column_matmuls(source),
                 **INT8_SETTINGS,
             )
     except ModelLoadError:
@@ -318,6 +323,17 @@ def quantize_int8(source: Path, target: Path) -> Path:
     except Exception as err:
         raise ModelLoadError(f"could not quantize {source} to int8 ({type(err).__name__}: {err})") from err
     return target
+
+
+def single_column_matmuls(path: Path) -> list[str]:
+    """The MatMul nodes of the graph in `path` whose weight has one output column: bge-m3's sparse
+    head, Linear(hidden, 1). int8 does not pay there: quantizing its input, every token's hidden
+    state, costs as much as the fp32 product itself, and every token weight would lose precision."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    columns = {t.name for t in graph.initializer if len(t.dims) == 2 and t.dims[1] == 1}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in columns]
 
 
 class _staging:
@@ -353,7 +369,8 @@ def _open_session(path: Path, threads: int):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=DISABLED_OPTIMIZERS)
     except Exception as err:
         raise ModelLoadError(
             f"could not load the ONNX model {path} ({type(err).__name__}: {err}); delete the folder "

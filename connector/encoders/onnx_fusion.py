@@ -11,7 +11,9 @@ optimizer does not recognise that spelling, so `fuse_attention` rewrites it: per
 
 becomes one com.microsoft.Attention(x, [Wq|Wk|Wv], [bq|bk|bv], attention_mask as int32) with
 scale c*c: one GEMM for Q, K and V, and attention in one kernel. `fuse_graph` then lets
-onnxruntime.transformers fuse bias + GELU and residual + LayerNorm. Outputs agree with the
+onnxruntime.transformers fuse bias + GELU. Residual + LayerNorm stay two ops (Add,
+LayerNormalization): onnxruntime's fused SkipLayerNormalization is 2.5x slower on the CPU
+(`DISABLED_OPTIMIZERS`, which the session must pass too). Outputs agree with the
 unfused graph to ~4e-6; on bge-m3's shape fp32 runs ~17% faster and int8 (with the attention
 quantized too) ~30% faster (benchmarks/RESULTS.md).
 
@@ -132,7 +134,7 @@ def fuse_graph(source: Path, target: Path, num_heads: int, hidden_size: int) -> 
     """Write the fused graph of the unfused export `source` to `target` (+ `target`.data); returns
     counts of the fused operators. Raises FusionError when not every attention block matched."""
     import onnx
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import optimize_by_onnxruntime, optimize_model
 
     model = onnx.load(str(source))
     layers = sum(1 for n in model.graph.node if n.op_type == "Softmax")
@@ -140,18 +142,52 @@ def fuse_graph(source: Path, target: Path, num_heads: int, hidden_size: int) -> 
     if fused != layers or not layers:
         raise FusionError(f"fused {fused} attention blocks of {layers}: the export's pattern is not the expected one")
     stage = target.with_name(target.stem + ".attention.onnx")
+    basic = target.with_name(target.stem + ".basic.onnx")
     onnx.save(model, str(stage), save_as_external_data=True, all_tensors_to_one_file=True,
               location=stage.name + ".data", size_threshold=1024)
     del model
     try:
-        optimized = optimize_model(str(stage), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=1)
+        # onnxruntime's basic optimisation (constant folding, ...) first, so that the fusions match. Its
+        # copy goes next to `target`, not where optimize_model(opt_level=1) puts it (the system temp
+        # folder, often too small for bge-m3's 2.2 GB: the fusion then failed and the slow unfused graph
+        # was cached for good); each copy is deleted as soon as the next one exists.
+        optimize_by_onnxruntime(str(stage), optimized_model_path=str(basic), opt_level=1,
+                                disabled_optimizers=["ConstantSharing"], save_as_external_data=True)
+        _remove_onnx(stage)
+        optimized = optimize_model(str(basic), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                   optimization_options=_fusion_options(), opt_level=0)  # the weights are in memory now
+        _remove_onnx(basic)
         stats = {name: n for name, n in optimized.get_fused_operator_statistics().items() if n}
         optimized.save_model_to_file(str(target), use_external_data_format=True, all_tensors_to_one_file=True)
     finally:
-        stage.unlink(missing_ok=True)
-        stage.with_name(stage.name + ".data").unlink(missing_ok=True)
+        _remove_onnx(stage)
+        _remove_onnx(basic)
     return {**stats, "Attention": fused}
+
+
+#: onnxruntime's graph optimisations the session must not run (`disabled_optimizers` of
+#: InferenceSession): SkipLayerNormFusion would turn residual Add + LayerNormalization back into
+#: SkipLayerNormalization, which onnxruntime 1.32's CPU kernel runs 2.5x slower than the two ops
+#: (4.8 against 1.9 ns per element at hidden 384 and 1024, one or two threads; it is 20% of int8's
+#: time at 6 x 384).
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def _fusion_options():
+    """onnxruntime.transformers' fusions for this graph: bias + GELU yes, residual + LayerNorm no
+    (see DISABLED_OPTIMIZERS)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
+    return options
+
+
+def _remove_onnx(path: Path) -> None:
+    """Delete an ONNX file and its external data file (`<name>.data`), if they exist."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
 def _drop_dead_nodes(graph) -> None:
