@@ -241,9 +241,8 @@ def export_fused(folder: Path, hidden_size: int, num_heads: int, target: Path) -
             size_gb = sum(p.stat().st_size for p in raw.parent.iterdir()) / 1e9
             raise ModelLoadError(
                 f"could not fuse the ONNX graph of {folder} ({type(err).__name__}: {err}); nothing was cached, "
-                f"the next run tries again. The fusion writes two more copies of the model ({size_gb:.1f} GB "
-                f"each) to {target.parent} and to the temp folder {tempfile.gettempdir()} (TMPDIR): check "
-                "the free space there") from err
+                f"the next run tries again. The fusion writes up to two more copies of the model ({size_gb:.1f} GB "
+                f"each) into {target.parent}: check the free space there") from err
         shutil.rmtree(raw.parent, ignore_errors=True)
     return target
 
