@@ -566,6 +566,8 @@ def test_a_ray_client_server_that_fails_the_session_is_reported_with_its_reason_
     assert ("(ConnectionAbortedError: Initialization failure from server: RuntimeError: Starting Ray client server "
             "failed. See ray_client_server_23000.err for detailed logs.)") in message
     assert "Traceback" not in message and "\n" not in message
+    assert "answered but could not start this session's server process, 3 times" in message
+    assert "cannot reach" not in message and "Nothing was written" in message
     assert fake.inits == ray_engine_module.CLIENT_SESSION_ATTEMPTS == 3
 
 

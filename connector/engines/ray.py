@@ -115,6 +115,14 @@ def connect(ray, address: str, timeout: float = CONNECT_TIMEOUT) -> None:
                             "%d of %d)", address, reason, attempt + 1, CLIENT_SESSION_ATTEMPTS)
                 time.sleep(CLIENT_SESSION_WAIT * attempt)
                 continue
+            if client_session_failed(err):  # it answered: "cannot reach ... start a cluster" would mislead
+                raise EngineError(
+                    f"the Ray Client server at engine.address {address!r} answered but could not start this "
+                    f"session's server process, {CLIENT_SESSION_ATTEMPTS} times ({reason}). Its log on the head "
+                    "node (the file named above, in the Ray temp dir's session_latest/logs) says why; a head short "
+                    "of memory or ports 23000-24000 taken are common causes. Or connect by the head's GCS address "
+                    "(HOST:6379) from a machine in the cluster, or run without a cluster: --engine local. Nothing "
+                    "was written.") from None
             raise EngineError(unreachable(address, reason)) from None
 
 
