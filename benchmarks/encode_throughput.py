@@ -265,7 +265,6 @@ def worker_peak(threads: int) -> dict:
     """The machine's fp32 matrix-multiply rate: a 4096x4096 @ 4096x4096 product through every
     library at hand (torch's BLAS = MKL, numpy's = OpenBLAS, ONNX Runtime's MLAS, torch's oneDNN
     with a packed weight), best of PEAK_REPEATS each; the peak is the fastest of them."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -721,16 +720,20 @@ def comparison_base(rows: list[dict]) -> dict | None:
     return None
 
 
+def comparisons(rows: list[dict], base: dict | None):
+    """(row, compare(row's vectors, base's)) for every other row that has vectors; none without a base."""
+    if base is None:
+        return
+    for r in rows:
+        if r is not base and "sample" in r:
+            yield r, compare(r["sample"], base["sample"])
+
+
 def agreement(rows: list[dict], against: str) -> list[str]:
     """Each backend's vectors against those of the backend `against`, one line each."""
     base = next((r for r in rows if r.get("backend") == against and "sample" in r), None)
-    if base is None:
-        return []
     out = []
-    for r in rows:
-        if r is base or "sample" not in r:
-            continue
-        c = compare(r["sample"], base["sample"])
+    for r, c in comparisons(rows, base):
         line = (f"{r['backend']}: dense cosine mean {c['cos_mean']:.6f} (min {c['cos_min']:.6f}, max |diff| "
                 f"{c['dense_max_diff']:.1e}), ")
         if c["sparse_max_diff"] is None:
@@ -746,13 +749,9 @@ def check_agreement(rows: list[dict]) -> list[str]:
     """Every row whose vectors are outside its tolerance against the comparison base, as
     'backend: problem; problem'; empty when all agree (or there is nothing to compare with)."""
     base = comparison_base(rows)
-    if base is None:
-        return []
     failures = []
-    for r in rows:
-        if r is base or "sample" not in r:
-            continue
-        problems = disagreement(r["backend"], compare(r["sample"], base["sample"]))
+    for r, c in comparisons(rows, base):
+        problems = disagreement(r["backend"], c)
         if problems:
             failures.append(f"{r['backend']} against {base['backend']}: " + "; ".join(problems))
     return failures

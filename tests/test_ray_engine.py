@@ -544,22 +544,34 @@ RAY_CLIENT_SESSION_FAILED = (
     "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err for detailed logs.\n")
 
 
-def test_a_ray_client_server_that_fails_the_session_is_reported_with_its_reason_and_no_traceback(monkeypatch):
+class FakeRay:
+    """`ray` as `connect` uses it: `init` raises each of `failures` in turn, then succeeds; counts its calls."""
+
+    def __init__(self, *failures: Exception):
+        self.failures, self.inits = list(failures), 0
+
+    def is_initialized(self):
+        return False
+
+    def init(self, address, **options):
+        self.inits += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+
+@pytest.fixture
+def client_server_answers(monkeypatch):
+    """The Ray Client port answers (no reachability check), and retries do not wait."""
     import connector.engines.ray as ray_engine_module
 
-    class ClientServerFails:
-        inits = 0
-
-        def is_initialized(self):
-            return False
-
-        def init(self, address, **options):
-            self.inits += 1
-            raise ConnectionAbortedError(RAY_CLIENT_SESSION_FAILED)
-
-    monkeypatch.setattr(ray_engine_module, "check_reachable", lambda *args: None)  # its port answers
+    monkeypatch.setattr(ray_engine_module, "check_reachable", lambda *args: None)
     monkeypatch.setattr(ray_engine_module, "CLIENT_SESSION_WAIT", 0.01)
-    fake = ClientServerFails()
+    return ray_engine_module
+
+
+def test_a_ray_client_server_that_fails_the_session_is_reported_with_its_reason_and_no_traceback(
+        client_server_answers):
+    fake = FakeRay(*(ConnectionAbortedError(RAY_CLIENT_SESSION_FAILED) for _ in range(5)))
     with pytest.raises(EngineError) as failed:
         connect(fake, "ray://127.0.0.1:10001")
     message = str(failed.value)
@@ -568,36 +580,16 @@ def test_a_ray_client_server_that_fails_the_session_is_reported_with_its_reason_
     assert "Traceback" not in message and "\n" not in message
     assert "answered but could not start this session's server process, 3 times" in message
     assert "cannot reach" not in message and "Nothing was written" in message
-    assert fake.inits == ray_engine_module.CLIENT_SESSION_ATTEMPTS == 3
+    assert fake.inits == client_server_answers.CLIENT_SESSION_ATTEMPTS == 3
 
 
-def test_a_ray_client_session_that_fails_to_start_once_is_tried_again(monkeypatch):
+def test_a_ray_client_session_that_fails_to_start_once_is_tried_again(client_server_answers):
     """A busy head's Ray Client server sometimes fails to start a session's server process; the
     next session usually starts: the engine tries again rather than failing the command."""
-    import connector.engines.ray as ray_engine_module
-
-    class FailsOnce:
-        inits = 0
-
-        def is_initialized(self):
-            return False
-
-        def init(self, address, **options):
-            self.inits += 1
-            if self.inits == 1:
-                raise ConnectionAbortedError(RAY_CLIENT_SESSION_FAILED)
-
-    class Refuses(FailsOnce):
-        def init(self, address, **options):
-            self.inits += 1
-            raise ConnectionError("connection refused")
-
-    monkeypatch.setattr(ray_engine_module, "check_reachable", lambda *args: None)
-    monkeypatch.setattr(ray_engine_module, "CLIENT_SESSION_WAIT", 0.01)
-    fake = FailsOnce()
+    fake = FakeRay(ConnectionAbortedError(RAY_CLIENT_SESSION_FAILED))
     connect(fake, "ray://127.0.0.1:10001")
     assert fake.inits == 2
-    refused = Refuses()  # any other failure is not tried again
+    refused = FakeRay(ConnectionError("connection refused"))  # any other failure is not tried again
     with pytest.raises(EngineError, match="connection refused"):
         connect(refused, "ray://127.0.0.1:10001")
     assert refused.inits == 1
